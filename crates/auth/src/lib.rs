@@ -1,0 +1,72 @@
+//! Authentication against CREODIAS/CDSE Keycloak with two-factor TOTP.
+//!
+//! This crate owns everything that touches credentials:
+//! - [`secret`]: the [`Secret`] wrapper and [`redact_url`], so nothing secret reaches a log;
+//! - `totp`: RFC 6238 codes for a given 30 s step, with the server clock's offset applied;
+//! - `token`: the [`TokenManager`], which keeps one access token for every reader of the process
+//!   and, through a locked cache file, for every process of the user.
+//!
+//! Readers see only the [`TokenSource`] trait: ask for a token, and report one the server refused.
+
+pub mod secret;
+
+pub use secret::{redact_url, Secret};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// An access token and when it stops being usable (wall-clock, server-corrected).
+#[derive(Clone, Debug)]
+pub struct AccessToken {
+    /// The bearer token itself; `Debug` prints `***`.
+    pub value: Secret,
+    /// When the server will stop accepting it (from `expires_in` or the JWT's `exp`).
+    pub expires_at: SystemTime,
+}
+
+impl PartialEq for AccessToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+/// Where readers get tokens. Implemented by the token manager; tests implement it with fixed
+/// tokens.
+pub trait TokenSource: Send + Sync + 'static {
+    /// A token that is valid now and for a useful while yet. Concurrent callers share one renewal.
+    fn token(&self) -> impl Future<Output = Result<AccessToken, AuthError>> + Send;
+
+    /// The server refused `token` (401/403) although it had not expired: forget it, so that the
+    /// next [`TokenSource::token`] renews. Callers that report the same token concurrently cause
+    /// one renewal between them.
+    fn rejected(&self, token: &AccessToken) -> impl Future<Output = ()> + Send;
+}
+
+impl<T: TokenSource> TokenSource for Arc<T> {
+    fn token(&self) -> impl Future<Output = Result<AccessToken, AuthError>> + Send {
+        (**self).token()
+    }
+    fn rejected(&self, token: &AccessToken) -> impl Future<Output = ()> + Send {
+        (**self).rejected(token)
+    }
+}
+
+/// Why no token could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    /// The server refused the credentials definitively (wrong password, user or TOTP secret,
+    /// disabled account, locked account). Not retried: Keycloak locks accounts after repeated
+    /// failures.
+    #[error("login refused by {server}: {reason}. Check user, password and totp_secret in your secrets.conf; no further attempts are made, to avoid locking the account")]
+    Refused { server: String, reason: String },
+    /// The token endpoint could not be reached or kept failing (network, 5xx) after retries.
+    #[error("token endpoint {server} unavailable: {reason}")]
+    Unavailable { server: String, reason: String },
+    /// The server answered something this client cannot understand.
+    #[error("unexpected answer from token endpoint {server}: {reason}")]
+    Protocol { server: String, reason: String },
+    /// The shared token cache could not be used.
+    #[error("token cache {path}: {reason}")]
+    Cache { path: String, reason: String },
+}
