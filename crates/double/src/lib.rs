@@ -1,1 +1,2 @@
-//! placeholder
+//! fake-creodias: a local double of CREODIAS (Keycloak, zipper, OData catalogue).
+pub mod generate;

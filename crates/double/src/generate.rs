@@ -1,0 +1,1 @@
+//! Test product generator (placeholder).
