@@ -9,6 +9,7 @@
 //! - `prefetch`: one per open file; detects sequential reading and reads ahead in parallel.
 //! - `mock`: an in-memory [`RangeSource`] with fault injection, for tests of the layers above.
 
+pub mod cache;
 pub mod mock;
 
 use std::future::Future;
