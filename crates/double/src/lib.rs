@@ -1,2 +1,330 @@
-//! fake-creodias: a local double of CREODIAS (Keycloak, zipper, OData catalogue).
+//! fake-creodias: a local double of CREODIAS (Keycloak token endpoint, zipper, OData catalogue).
+//!
+//! Every test and benchmark of the project talks to this double instead of the real services
+//! (there is no internet where they run). It follows `/work/shared/protocol.md`: the same paths,
+//! the same status codes and error bodies, real TOTP, JWT-shaped tokens that expire, HTTP ranges
+//! served from product files on disk, and fault switches ([`Faults`]) that a test flips at run time.
+//!
+//! This file owns the public face: the configuration types and the [`Double`] handle. The services
+//! live in their own rooms: [`keycloak`](crate) (token endpoint), `zipper` (downloads and the
+//! `/files/` index for peers), `catalogue` (OData search), `server` (accept loop, routing, outage),
+//! `state` (what the services share), `store` (the product directory), `body` (streamed,
+//! throttled, cuttable response bodies).
+
+mod body;
+mod catalogue;
+mod filter;
 pub mod generate;
+mod jwt;
+mod keycloak;
+mod log;
+mod server;
+mod state;
+mod store;
+mod zipper;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+pub use log::LogEntry;
+
+/// The client id of CREODIAS's public OpenID client (protocol.md, "Identity").
+pub const CREODIAS_CLIENT_ID: &str = "CLOUDFERRO_PUBLIC";
+/// Keycloak realm path of CREODIAS; the CDSE realm (`CDSE`) is served too.
+pub const TOKEN_PATH: &str = "/auth/realms/Creodias-new/protocol/openid-connect/token";
+
+/// One account of the fake Keycloak realm.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub username: String,
+    pub password: String,
+    /// Base32 TOTP secret (spaces, lower case and `=` padding are tolerated, like pyotp).
+    pub totp_secret: String,
+    /// A disabled account is refused with 400 "Account disabled".
+    pub disabled: bool,
+}
+
+impl User {
+    pub fn new(username: &str, password: &str, totp_secret: &str) -> User {
+        User {
+            username: username.to_string(),
+            password: password.to_string(),
+            totp_secret: totp_secret.to_string(),
+            disabled: false,
+        }
+    }
+}
+
+/// Fault switches. All of them can be changed while the double runs ([`Double::set_faults`]);
+/// each request reads the switches current when it starts.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Fraction (0..=1) of zipper GETs answered 503 with a DAT-ZIP error body.
+    pub fail_rate: f64,
+    /// Fraction (0..=1) of zipper bodies cut mid-way: about half the body is sent, then the
+    /// connection is aborted, so the client sees a short body.
+    pub cut_rate: f64,
+    /// Added before every answer, on all services.
+    pub latency: Duration,
+    /// Bytes per second per response body (zipper and files).
+    pub bandwidth_per_conn: Option<u64>,
+    /// Zipper bodies streaming at once per user; over it: 429 DAT-ZIP-100 + Retry-After.
+    pub max_connections_per_user: Option<usize>,
+    /// Ignore Range headers: 200 and the whole body, like zippers reported not to honour ranges.
+    pub no_range: bool,
+    /// The next N zipper requests get 429 with `Retry-After: 1` (counts down as they are served).
+    pub rate_limit_burst: u32,
+    /// Every refresh_token grant is refused ("Token is not active"), forcing password logins.
+    pub refuse_refresh: bool,
+    /// Alter one byte of every zipper/files body, for checksum tests.
+    pub tamper: bool,
+    /// The token endpoint answers 200 with an HTML body instead of JSON.
+    pub garbage_token: bool,
+    /// The catalogue answers 200 with an HTML body instead of JSON.
+    pub garbage_catalogue: bool,
+    /// Zipper error bodies are HTML instead of DAT-ZIP JSON (status codes unchanged).
+    pub garbage_zipper_errors: bool,
+    /// The zipper needs no token, and `/files/` serves an HTML index (for peers such as rclone
+    /// and httpdirfs that cannot log in).
+    pub no_auth: bool,
+}
+
+/// How to start a double. `Config::default()` has no users and no products.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub users: Vec<User>,
+    /// Default `CLOUDFERRO_PUBLIC`.
+    pub client_id: String,
+    /// Access token lifetime; default 300 s ("CREODIAS: not published; treat as short").
+    pub access_lifetime: Duration,
+    /// Refresh token lifetime; default 1800 s.
+    pub refresh_lifetime: Duration,
+    /// Failed logins before the account locks (Keycloak's default 30); 0 never locks.
+    pub lockout_after: u32,
+    /// Product store: a directory with `index.json` (see `store`).
+    pub products_dir: Option<PathBuf>,
+    pub faults: Faults,
+    /// Seed of the RNG that decides faults (and token ids), so runs repeat.
+    pub seed: u64,
+    /// When set, every request is appended there as one JSON line.
+    pub log_path: Option<PathBuf>,
+    /// 0 picks any free port.
+    pub port: u16,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            users: Vec::new(),
+            client_id: CREODIAS_CLIENT_ID.to_string(),
+            access_lifetime: Duration::from_secs(300),
+            refresh_lifetime: Duration::from_secs(1800),
+            lockout_after: 30,
+            products_dir: None,
+            faults: Faults::default(),
+            seed: 0,
+            log_path: None,
+            port: 0,
+        }
+    }
+}
+
+impl Config {
+    /// A default configuration with one enabled user.
+    pub fn with_user(user: &str, password: &str, secret: &str) -> Config {
+        Config {
+            users: vec![User::new(user, password, secret)],
+            ..Config::default()
+        }
+    }
+
+    /// Builder-style helper: serve products from `dir`.
+    pub fn products(mut self, dir: impl Into<PathBuf>) -> Config {
+        self.products_dir = Some(dir.into());
+        self
+    }
+}
+
+/// The TOTP code of `secret` (base32) at `unix_time` seconds: what pyotp's `TOTP(secret).at(t)`
+/// gives. Tests use it to log in; the double uses the same function to check codes.
+pub fn totp_code(secret: &str, unix_time: u64) -> anyhow::Result<String> {
+    Ok(keycloak::totp_for_step(
+        secret,
+        unix_time / keycloak::TOTP_PERIOD_SECS,
+    )?)
+}
+
+/// A handle on a running double. Clones share the server; it stops on [`Double::stop`] or when
+/// the last handle is dropped.
+#[derive(Clone)]
+pub struct Double {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<state::Shared>,
+    stop_tx: watch::Sender<bool>,
+    /// The serving thread of `start_in_thread`, kept only to name it; never joined.
+    _thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The thread of `start_in_thread` ends by itself once the server loop sees the signal;
+        // joining here could block inside a runtime, so its handle is dropped (detached).
+        let _ = self.stop_tx.send(true);
+    }
+}
+
+impl Double {
+    /// Binds 127.0.0.1:`config.port` and serves on the current tokio runtime.
+    pub async fn start(config: Config) -> anyhow::Result<Double> {
+        let (listener, shared) = bind(config).await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(server::serve(listener, shared.clone(), stop_rx));
+        Ok(Double {
+            inner: Arc::new(Inner {
+                shared,
+                stop_tx,
+                _thread: None,
+            }),
+        })
+    }
+
+    /// Serves from a thread of its own with a multi-thread runtime: for plain `#[test]` fns and
+    /// for callers that block (a FUSE mount, a subprocess).
+    pub fn start_in_thread(config: Config) -> anyhow::Result<Double> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("fake-creodias".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    // Two workers: enough to stream several bodies while answering tokens,
+                    // small enough for the 2-core machines the tests run on.
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::Error::from(e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match bind(config).await {
+                        Ok((listener, shared)) => {
+                            let _ = ready_tx.send(Ok(shared.clone()));
+                            server::serve(listener, shared, stop_rx).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .context("spawning the double's thread")?;
+        let shared = ready_rx
+            .recv()
+            .context("the double's thread died before binding")??;
+        Ok(Double {
+            inner: Arc::new(Inner {
+                shared,
+                stop_tx,
+                _thread: Some(thread),
+            }),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        self.inner.shared.base_url.clone()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.inner.shared.port
+    }
+
+    /// `{base}/auth/realms/Creodias-new/protocol/openid-connect/token`
+    pub fn token_url(&self) -> String {
+        format!("{}{}", self.base_url(), TOKEN_PATH)
+    }
+
+    /// `{base}/odata/v1/Products({id})/$value`: `{id}` is left for the caller to fill.
+    pub fn download_template(&self) -> String {
+        format!("{}/odata/v1/Products({{id}})/$value", self.base_url())
+    }
+
+    /// `{base}/download/{id}`, the tutorial's form.
+    pub fn legacy_download_template(&self) -> String {
+        format!("{}/download/{{id}}", self.base_url())
+    }
+
+    /// `{base}/odata/v1`
+    pub fn catalogue_url(&self) -> String {
+        format!("{}/odata/v1", self.base_url())
+    }
+
+    /// `{base}/files/` (HTML index, only with `Faults::no_auth`).
+    pub fn files_url(&self) -> String {
+        format!("{}/files/", self.base_url())
+    }
+
+    /// Every request so far, in the order their answers finished.
+    pub fn log(&self) -> Vec<LogEntry> {
+        self.inner.shared.log.entries()
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        *self.inner.shared.faults.lock().unwrap() = f;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.inner.shared.faults.lock().unwrap().clone()
+    }
+
+    /// Every access token issued so far gets 401 at the zipper from now on.
+    pub fn revoke_tokens(&self) {
+        self.inner
+            .shared
+            .auth
+            .lock()
+            .unwrap()
+            .revoke_access_tokens();
+    }
+
+    /// For `d`: new connections are closed unanswered, requests on open connections are dropped
+    /// without an answer, bodies in flight are cut. Then service resumes.
+    pub fn outage(&self, d: Duration) {
+        self.inner.shared.start_outage(d);
+    }
+
+    /// Clears a brute-force lock and the failure count of `username`.
+    pub fn unlock_user(&self, username: &str) {
+        self.inner.shared.auth.lock().unwrap().unlock(username);
+    }
+
+    /// Zipper/files bodies streaming right now for `username` (what the connection cap counts).
+    pub fn active_downloads(&self, username: &str) -> usize {
+        self.inner.shared.active_for(username)
+    }
+
+    /// Stops accepting and aborts every open connection. Idempotent.
+    pub fn stop(&self) {
+        let _ = self.inner.stop_tx.send(true);
+    }
+}
+
+async fn bind(config: Config) -> anyhow::Result<(tokio::net::TcpListener, Arc<state::Shared>)> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{}", config.port))?;
+    let port = listener.local_addr()?.port();
+    let shared = state::Shared::new(config, port)?;
+    Ok((listener, Arc::new(shared)))
+}

@@ -1,0 +1,495 @@
+//! The fake Keycloak: the OpenID Connect token endpoint of the `Creodias-new` (and `CDSE`) realm.
+//!
+//! It owns the realm: accounts with real TOTP (HMAC-SHA1, 6 digits, 30 s, window 1), the codes
+//! each account used in the last 90 s (a reused code is refused like a wrong one), brute-force
+//! lockout, and the table of tokens it issued (the zipper asks it whether a token is good).
+//! Answers follow protocol.md: wrong user/password/code and locks all give 401 `invalid_grant`
+//! "Invalid user credentials"; a disabled account 400 "Account disabled"; refresh failures 400
+//! `invalid_grant` "Invalid refresh token" / "Token is not active".
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Response, StatusCode};
+use serde_json::{json, Value};
+use totp_rs::{Algorithm, Builder, Secret, Totp};
+
+use crate::jwt;
+use crate::log::LogEntry;
+use crate::server::{html_response, json_response};
+use crate::state::Shared;
+use crate::{Config, User};
+
+/// RFC 6238 / Keycloak default period.
+pub(crate) const TOTP_PERIOD_SECS: u64 = 30;
+/// Keycloak's default look-around: the previous, current and next step are accepted.
+const TOTP_WINDOW_STEPS: u64 = 1;
+/// Keycloak remembers used codes this long (protocol.md); long enough to cover the window.
+const USED_CODE_MEMORY: Duration = Duration::from_secs(90);
+/// Expired tokens are kept this long, so a late use is told "expired", not "unknown".
+const EXPIRED_TOKEN_MEMORY: Duration = Duration::from_secs(3600);
+/// Past this many tokens the table drops the long-expired ones (a benchmark logs in often).
+const TOKEN_TABLE_SOFT_CAP: usize = 10_000;
+
+const INVALID_CREDENTIALS: &str = "Invalid user credentials";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TokenKind {
+    Access,
+    Refresh,
+}
+
+/// What the realm remembers about a token it issued (the token string is the key).
+pub(crate) struct TokenRecord {
+    pub jti: String,
+    pub kind: TokenKind,
+    pub username: String,
+    pub sid: String,
+    pub expires: Instant,
+    pub revoked: bool,
+}
+
+struct Account {
+    user: User,
+    secret: Totp,
+    failures: u32,
+    locked: bool,
+    used_codes: Vec<(String, Instant)>,
+}
+
+/// Users, sessions and issued tokens.
+pub(crate) struct Realm {
+    client_id: String,
+    issuer: String,
+    access_lifetime: Duration,
+    refresh_lifetime: Duration,
+    lockout_after: u32,
+    /// Keyed by lower-cased username: Keycloak usernames are case-insensitive.
+    accounts: HashMap<String, Account>,
+    tokens: HashMap<String, TokenRecord>,
+}
+
+/// `secret` as pyotp reads it: spaces dropped, case and `=` padding ignored.
+fn totp_of(secret: &str) -> anyhow::Result<Totp> {
+    let clean: String = secret
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '=')
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let bytes = Secret::try_from_base32(&clean)
+        .map_err(|_| anyhow::anyhow!("TOTP secret is not base32 (A-Z, 2-7)"))?;
+    Ok(Builder::new()
+        .with_algorithm(Algorithm::SHA1)
+        .with_digits(6)
+        .with_skew(TOTP_WINDOW_STEPS as u16)
+        .with_step_duration(TOTP_PERIOD_SECS)
+        .with_secret(bytes)
+        // Short secrets are accepted, as by pyotp and Keycloak.
+        .build_noncompliant())
+}
+
+/// The 6-digit code of `secret` for TOTP step `step`.
+pub(crate) fn totp_for_step(secret: &str, step: u64) -> anyhow::Result<String> {
+    Ok(totp_of(secret)?
+        .generate(step * TOTP_PERIOD_SECS)
+        .to_string())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The answer of one grant, before it becomes an HTTP response.
+struct Grant {
+    status: StatusCode,
+    body: Value,
+    outcome: &'static str,
+    username: Option<String>,
+    totp_step: Option<u64>,
+    token_id: Option<String>,
+}
+
+fn refused(status: StatusCode, error: &str, description: &str, outcome: &'static str) -> Grant {
+    Grant {
+        status,
+        body: json!({"error": error, "error_description": description}),
+        outcome,
+        username: None,
+        totp_step: None,
+        token_id: None,
+    }
+}
+
+impl Realm {
+    pub(crate) fn new(config: &Config, base_url: &str) -> anyhow::Result<Realm> {
+        let mut accounts = HashMap::new();
+        for u in &config.users {
+            let secret =
+                totp_of(&u.totp_secret).map_err(|e| anyhow::anyhow!("user {}: {e}", u.username))?;
+            accounts.insert(
+                u.username.to_lowercase(),
+                Account {
+                    user: u.clone(),
+                    secret,
+                    failures: 0,
+                    locked: false,
+                    used_codes: Vec::new(),
+                },
+            );
+        }
+        Ok(Realm {
+            client_id: config.client_id.clone(),
+            issuer: format!("{base_url}/auth/realms/Creodias-new"),
+            access_lifetime: config.access_lifetime,
+            refresh_lifetime: config.refresh_lifetime,
+            lockout_after: config.lockout_after,
+            accounts,
+            tokens: HashMap::new(),
+        })
+    }
+
+    pub(crate) fn revoke_access_tokens(&mut self) {
+        for t in self.tokens.values_mut() {
+            if t.kind == TokenKind::Access {
+                t.revoked = true;
+            }
+        }
+    }
+
+    pub(crate) fn unlock(&mut self, username: &str) {
+        if let Some(a) = self.accounts.get_mut(&username.to_lowercase()) {
+            a.locked = false;
+            a.failures = 0;
+        }
+    }
+
+    /// The zipper's question: whose is this access token? Err holds the log outcome.
+    pub(crate) fn check_access(&self, token: &str) -> Result<(String, String), &'static str> {
+        match self.tokens.get(token) {
+            Some(t) if t.kind == TokenKind::Access => {
+                if t.revoked {
+                    Err("revoked_token")
+                } else if Instant::now() >= t.expires {
+                    Err("expired_token")
+                } else {
+                    Ok((t.username.clone(), t.jti.clone()))
+                }
+            }
+            _ => Err("unknown_token"),
+        }
+    }
+
+    fn password_grant(
+        &mut self,
+        form: &HashMap<String, String>,
+        rng: &mut impl rand::Rng,
+    ) -> Grant {
+        let Some(username) = form.get("username").filter(|u| !u.is_empty()) else {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Missing parameter: username",
+                "invalid_request",
+            );
+        };
+        let lockout_after = self.lockout_after;
+        let Some(acct) = self.accounts.get_mut(&username.to_lowercase()) else {
+            let mut g = refused(
+                StatusCode::UNAUTHORIZED,
+                "invalid_grant",
+                INVALID_CREDENTIALS,
+                "unknown_user",
+            );
+            g.username = Some(username.clone());
+            return g;
+        };
+        let canonical = acct.user.username.clone();
+        let fail = |acct: &mut Account, outcome: &'static str| {
+            acct.failures += 1;
+            if lockout_after > 0 && acct.failures >= lockout_after {
+                acct.locked = true;
+            }
+            let mut g = refused(
+                StatusCode::UNAUTHORIZED,
+                "invalid_grant",
+                INVALID_CREDENTIALS,
+                outcome,
+            );
+            g.username = Some(acct.user.username.clone());
+            g
+        };
+        // Keycloak checks "enabled" as soon as it finds the user, then the brute-force lock.
+        if acct.user.disabled {
+            let mut g = refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "Account disabled",
+                "disabled",
+            );
+            g.username = Some(canonical);
+            return g;
+        }
+        if acct.locked {
+            let mut g = refused(
+                StatusCode::UNAUTHORIZED,
+                "invalid_grant",
+                INVALID_CREDENTIALS,
+                "locked",
+            );
+            g.username = Some(canonical);
+            return g;
+        }
+        if form.get("password") != Some(&acct.user.password) {
+            return fail(acct, "bad_password");
+        }
+        // Keycloak reads `otp` first, then `totp`.
+        let code = form
+            .get("otp")
+            .filter(|c| !c.is_empty())
+            .or_else(|| form.get("totp"))
+            .filter(|c| !c.is_empty());
+        let Some(code) = code else {
+            return fail(acct, "missing_code");
+        };
+        let now = Instant::now();
+        acct.used_codes
+            .retain(|(_, at)| now.duration_since(*at) < USED_CODE_MEMORY);
+        if acct.used_codes.iter().any(|(c, _)| c == code) {
+            return fail(acct, "reused_code");
+        }
+        let current = unix_now() / TOTP_PERIOD_SECS;
+        let step = (current.saturating_sub(TOTP_WINDOW_STEPS)..=current + TOTP_WINDOW_STEPS)
+            .find(|s| acct.secret.generate(s * TOTP_PERIOD_SECS).to_string() == *code);
+        let Some(step) = step else {
+            return fail(acct, "bad_code");
+        };
+        acct.used_codes.push((code.clone(), now));
+        acct.failures = 0;
+        let sid = jwt::uuid(rng);
+        let mut g = self.issue(&canonical, &sid, rng);
+        g.totp_step = Some(step);
+        g
+    }
+
+    fn refresh_grant(
+        &mut self,
+        form: &HashMap<String, String>,
+        refuse: bool,
+        rng: &mut impl rand::Rng,
+    ) -> Grant {
+        let Some(token) = form.get("refresh_token").filter(|t| !t.is_empty()) else {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Missing parameter: refresh_token",
+                "invalid_request",
+            );
+        };
+        let rec = self
+            .tokens
+            .get(token)
+            .filter(|t| t.kind == TokenKind::Refresh);
+        let Some(rec) = rec else {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "Invalid refresh token",
+                "invalid_refresh",
+            );
+        };
+        let (username, sid, jti) = (rec.username.clone(), rec.sid.clone(), rec.jti.clone());
+        let mut g = if refuse {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "Token is not active",
+                "refresh_refused",
+            )
+        } else if Instant::now() >= rec.expires {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "Token is not active",
+                "expired_refresh",
+            )
+        } else {
+            return self.issue(&username, &sid, rng);
+        };
+        g.username = Some(username);
+        g.token_id = Some(jti);
+        g
+    }
+
+    /// Mints an access + refresh pair for `username` in session `sid`.
+    fn issue(&mut self, username: &str, sid: &str, rng: &mut impl rand::Rng) -> Grant {
+        let now = Instant::now();
+        if self.tokens.len() > TOKEN_TABLE_SOFT_CAP {
+            self.tokens
+                .retain(|_, t| t.expires + EXPIRED_TOKEN_MEMORY > now);
+        }
+        let iat = unix_now();
+        let mut mint = |kind: TokenKind, lifetime: Duration| {
+            let jti = jwt::uuid(rng);
+            let token = jwt::mint(
+                &jwt::Claims {
+                    jti: &jti,
+                    sub: username,
+                    sid,
+                    iat,
+                    // Rounded up so a client reading `exp` never renews later than the server expects.
+                    exp: iat + lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0),
+                    typ: if kind == TokenKind::Access {
+                        "Bearer"
+                    } else {
+                        "Refresh"
+                    },
+                    issuer: &self.issuer,
+                    client_id: &self.client_id,
+                },
+                rng,
+            );
+            self.tokens.insert(
+                token.clone(),
+                TokenRecord {
+                    jti: jti.clone(),
+                    kind,
+                    username: username.to_string(),
+                    sid: sid.to_string(),
+                    expires: now + lifetime,
+                    revoked: false,
+                },
+            );
+            (token, jti)
+        };
+        let (access, access_jti) = mint(TokenKind::Access, self.access_lifetime);
+        let (refresh, _) = mint(TokenKind::Refresh, self.refresh_lifetime);
+        Grant {
+            status: StatusCode::OK,
+            body: json!({
+                "access_token": access,
+                "expires_in": self.access_lifetime.as_secs(),
+                "refresh_expires_in": self.refresh_lifetime.as_secs(),
+                "refresh_token": refresh,
+                "token_type": "Bearer",
+                "not-before-policy": 0,
+                "session_state": sid,
+                "scope": "profile email",
+            }),
+            outcome: "ok",
+            username: Some(username.to_string()),
+            totp_step: None,
+            token_id: Some(access_jti),
+        }
+    }
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body (`+` is a space, `%XX` a byte; the first
+/// of repeated keys wins, like Keycloak's `getFirst`). Any other content type reads as empty,
+/// which Keycloak then reports as a missing `grant_type`.
+fn parse_form(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
+    let is_form = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    let mut form = HashMap::new();
+    if is_form {
+        for (k, v) in url::form_urlencoded::parse(body) {
+            form.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+        }
+    }
+    form
+}
+
+/// POST on the token endpoint. Fills `entry` (grant, user, step, outcome, token id).
+pub(crate) fn handle(
+    shared: &Arc<Shared>,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+    body: &Bytes,
+    entry: &mut LogEntry,
+) -> Response<Body> {
+    if method != axum::http::Method::POST {
+        entry.outcome = "method_not_allowed".into();
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "RESTEASY003650: No resource method found for GET, return 405 with Allow header"}),
+        );
+    }
+    let faults = shared.faults();
+    if faults.garbage_token {
+        entry.outcome = "garbage".into();
+        return html_response(
+            StatusCode::OK,
+            "<html><head><title>Maintenance</title></head><body><h1>We'll be back soon</h1></body></html>",
+        );
+    }
+    let form = parse_form(headers, body);
+    entry.grant_type = form.get("grant_type").cloned();
+    let grant = {
+        let mut realm = shared.auth.lock().unwrap();
+        let mut rng = shared.rng.lock().unwrap();
+        match form.get("grant_type").map(String::as_str) {
+            None | Some("") => refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Missing form parameter: grant_type",
+                "invalid_request",
+            ),
+            Some(_) if form.get("client_id") != Some(&realm.client_id) => refused(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Invalid client or Invalid client credentials",
+                "invalid_client",
+            ),
+            Some("password") => realm.password_grant(&form, &mut *rng),
+            Some("refresh_token") => realm.refresh_grant(&form, faults.refuse_refresh, &mut *rng),
+            Some(_) => refused(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "Unsupported grant_type",
+                "unsupported_grant_type",
+            ),
+        }
+    };
+    entry.outcome = grant.outcome.into();
+    entry.username = grant.username;
+    entry.totp_step = grant.totp_step;
+    entry.token_id = grant.token_id;
+    let mut resp = json_response(grant.status, &grant.body);
+    let h = resp.headers_mut();
+    h.insert("cache-control", "no-store".parse().unwrap());
+    h.insert("pragma", "no-cache".parse().unwrap());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc6238_vector_for_sha1() {
+        // RFC 6238 appendix B: secret "12345678901234567890", T=59 -> 94287082 (8 digits);
+        // the 6-digit code is its last six digits.
+        let b32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"; // base32 of "12345678901234567890"
+        assert_eq!(totp_for_step(b32, 59 / 30).unwrap(), "287082");
+    }
+
+    #[test]
+    fn secrets_are_read_like_pyotp() {
+        let spaced = "JBSW Y3DP EHPK 3PXP";
+        let plain = "JBSWY3DPEHPK3PXP";
+        assert_eq!(
+            totp_for_step(spaced, 1000).unwrap(),
+            totp_for_step(&plain.to_lowercase(), 1000).unwrap()
+        );
+        assert!(totp_for_step("1234 ABCD", 1).is_err());
+    }
+}

@@ -1,0 +1,316 @@
+//! The HTTP front: accept loop, routing, latency, outage, and logging of plain answers.
+//!
+//! The accept loop is ours (hyper directly, not `axum::serve`) because an outage must drop
+//! connections and requests without any answer: a request refused during an outage makes the
+//! service future fail, and hyper then closes the connection without writing a response.
+//! Routing is done by hand on the raw path, since the zipper's
+//! `/odata/v1/Products(<uuid>)/$value` has parentheses and a literal `$` that routers mangle.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::log::{redact_path, LogEntry};
+use crate::state::Shared;
+
+/// Biggest request body read (the token form is a few KB; this bounds a hostile client).
+const MAX_REQUEST_BODY: usize = 1 << 20;
+
+/// Why a request got no answer at all.
+#[derive(Debug)]
+pub(crate) struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dropped by a simulated outage")
+    }
+}
+impl std::error::Error for Dropped {}
+
+/// Serves until `stop` turns true, then aborts every connection still open.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => {
+                let Ok((sock, _)) = accepted else { continue };
+                if shared.in_outage() {
+                    drop(sock);
+                    continue;
+                }
+                let _ = sock.set_nodelay(true);
+                let shared = shared.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { dispatch(shared, req).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.abort_all();
+}
+
+/// Which service a path belongs to.
+pub(crate) enum Route {
+    Token,
+    /// Download of the product with this id.
+    Zipper(String),
+    CatalogueSearch,
+    CatalogueEntity(String),
+    FilesIndex,
+    File(String),
+    Unknown,
+}
+
+pub(crate) fn route(path: &str) -> Route {
+    const TOKEN_SUFFIX: &str = "/protocol/openid-connect/token";
+    if let Some(realm) = path
+        .strip_prefix("/auth/realms/")
+        .and_then(|r| r.strip_suffix(TOKEN_SUFFIX))
+    {
+        if realm == "Creodias-new" || realm == "CDSE" {
+            return Route::Token;
+        }
+        return Route::Unknown;
+    }
+    if let Some(id) = path.strip_prefix("/download/") {
+        if !id.is_empty() && !id.contains('/') {
+            return Route::Zipper(id.to_string());
+        }
+    }
+    if path == "/odata/v1/Products" || path == "/odata/v1/Products/" {
+        return Route::CatalogueSearch;
+    }
+    if let Some(rest) = path.strip_prefix("/odata/v1/Products(") {
+        // `$` may arrive percent-encoded (%24) from clients that escape it.
+        let rest = rest.replace("%24", "$");
+        if let Some(id) = rest.strip_suffix(")/$value") {
+            return Route::Zipper(id.trim_matches('\'').to_string());
+        }
+        if let Some(id) = rest.strip_suffix(')') {
+            return Route::CatalogueEntity(id.trim_matches('\'').to_string());
+        }
+    }
+    if path == "/files" || path == "/files/" {
+        return Route::FilesIndex;
+    }
+    if let Some(name) = path.strip_prefix("/files/") {
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        return Route::File(name.into_owned());
+    }
+    Route::Unknown
+}
+
+async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Dropped> {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let route = route(uri.path());
+    let mut entry = LogEntry {
+        service: match route {
+            Route::Token => "token",
+            Route::Zipper(_) => "zipper",
+            Route::CatalogueSearch | Route::CatalogueEntity(_) => "catalogue",
+            Route::FilesIndex | Route::File(_) => "files",
+            Route::Unknown => "other",
+        }
+        .to_string(),
+        method: method.to_string(),
+        path: redact_path(uri.path(), uri.query()),
+        ..LogEntry::default()
+    };
+    if shared.in_outage() {
+        return Err(log_dropped(&shared, entry));
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::read(body).await {
+        Ok(b) => b,
+        Err(()) => {
+            entry.outcome = "bad_body".into();
+            let resp = json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({"error": "request body too large"}),
+            );
+            return Ok(finish(&shared, entry, resp));
+        }
+    };
+    let latency = shared.faults().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+        if shared.in_outage() {
+            return Err(log_dropped(&shared, entry));
+        }
+    }
+    let resp = match route {
+        Route::Token => {
+            crate::keycloak::handle(&shared, &method, &parts.headers, &body, &mut entry)
+        }
+        Route::Zipper(id) => {
+            match crate::zipper::download(&shared, &method, &parts.headers, uri.query(), &id, entry)
+                .await
+            {
+                Answer::Done(resp, e) => {
+                    entry = e;
+                    resp
+                }
+                Answer::Streaming(resp) => return Ok(resp),
+            }
+        }
+        Route::File(name) => {
+            match crate::zipper::file(&shared, &method, &parts.headers, &name, entry).await {
+                Answer::Done(resp, e) => {
+                    entry = e;
+                    resp
+                }
+                Answer::Streaming(resp) => return Ok(resp),
+            }
+        }
+        Route::FilesIndex => crate::zipper::files_index(&shared, &method, &mut entry),
+        Route::CatalogueSearch => {
+            crate::catalogue::search(&shared, &method, uri.query(), &mut entry)
+        }
+        Route::CatalogueEntity(id) => crate::catalogue::entity(&shared, &method, &id, &mut entry),
+        Route::Unknown => {
+            entry.outcome = "not_found".into();
+            json_response(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "Not Found"}),
+            )
+        }
+    };
+    let resp = if method == Method::HEAD {
+        strip_body(resp)
+    } else {
+        resp
+    };
+    Ok(finish(&shared, entry, resp))
+}
+
+/// What a download handler hands back: either a complete answer still to be logged, or a
+/// streaming response whose body logs itself when it ends.
+pub(crate) enum Answer {
+    Done(Response<Body>, LogEntry),
+    Streaming(Response<Body>),
+}
+
+fn log_dropped(shared: &Shared, mut entry: LogEntry) -> Dropped {
+    entry.status = 0;
+    entry.outcome = "outage".into();
+    entry.t_ms = shared.t_ms();
+    shared.log.push(entry);
+    Dropped
+}
+
+/// Logs a complete answer; its body is whole, so its length is what will be sent.
+fn finish(shared: &Shared, mut entry: LogEntry, resp: Response<Body>) -> Response<Body> {
+    entry.status = resp.status().as_u16();
+    entry.bytes_sent = if entry.method == "HEAD" {
+        0
+    } else {
+        http_body::Body::size_hint(resp.body()).exact().unwrap_or(0)
+    };
+    if entry.outcome.is_empty() {
+        entry.outcome = "ok".into();
+    }
+    entry.t_ms = shared.t_ms();
+    shared.log.push(entry);
+    resp
+}
+
+/// HEAD: the same headers, no body (Content-Length kept as the GET would send it).
+fn strip_body(resp: Response<Body>) -> Response<Body> {
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, Body::empty())
+}
+
+struct Limited;
+impl Limited {
+    async fn read(body: Incoming) -> Result<Bytes, ()> {
+        let limited = http_body_util::Limited::new(body, MAX_REQUEST_BODY);
+        limited
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|_| ())
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    bytes_response(status, "application/json", value.to_string().into_bytes())
+}
+
+pub(crate) fn html_response(status: StatusCode, html: &str) -> Response<Body> {
+    bytes_response(status, "text/html; charset=utf-8", html.as_bytes().to_vec())
+}
+
+pub(crate) fn bytes_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body.clone()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_raw_path() {
+        assert!(matches!(
+            route("/auth/realms/Creodias-new/protocol/openid-connect/token"),
+            Route::Token
+        ));
+        assert!(matches!(
+            route("/auth/realms/CDSE/protocol/openid-connect/token"),
+            Route::Token
+        ));
+        assert!(matches!(
+            route("/auth/realms/Other/protocol/openid-connect/token"),
+            Route::Unknown
+        ));
+        assert!(matches!(route("/download/abc"), Route::Zipper(id) if id == "abc"));
+        assert!(
+            matches!(route("/odata/v1/Products(abc)/$value"), Route::Zipper(id) if id == "abc")
+        );
+        assert!(
+            matches!(route("/odata/v1/Products(abc)/%24value"), Route::Zipper(id) if id == "abc")
+        );
+        assert!(
+            matches!(route("/odata/v1/Products(abc)"), Route::CatalogueEntity(id) if id == "abc")
+        );
+        assert!(matches!(
+            route("/odata/v1/Products"),
+            Route::CatalogueSearch
+        ));
+        assert!(matches!(route("/files/"), Route::FilesIndex));
+        assert!(matches!(route("/files/A%20B.zip"), Route::File(n) if n == "A B.zip"));
+        assert!(matches!(route("/nothing"), Route::Unknown));
+    }
+}

@@ -1,0 +1,104 @@
+//! What the three services share while the double runs: configuration, fault switches, the
+//! seeded RNG, the realm (users, tokens), the product store, the log, the outage clock and the
+//! count of bodies streaming per user.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::keycloak::Realm;
+use crate::log::Log;
+use crate::store::Store;
+use crate::{Config, Faults};
+
+pub(crate) struct Shared {
+    pub base_url: String,
+    pub port: u16,
+    pub faults: Mutex<Faults>,
+    pub rng: Mutex<StdRng>,
+    pub auth: Mutex<Realm>,
+    pub store: Store,
+    pub log: Log,
+    started: Instant,
+    outage_until: Mutex<Option<Instant>>,
+    active: Mutex<HashMap<String, usize>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, port: u16) -> anyhow::Result<Shared> {
+        let base_url = format!("http://127.0.0.1:{port}");
+        let store = Store::open(config.products_dir.as_deref())?;
+        let log = Log::new(config.log_path.as_deref())?;
+        let realm = Realm::new(&config, &base_url)?;
+        Ok(Shared {
+            base_url,
+            port,
+            faults: Mutex::new(config.faults.clone()),
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            auth: Mutex::new(realm),
+            store,
+            log,
+            started: Instant::now(),
+            outage_until: Mutex::new(None),
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn faults(&self) -> Faults {
+        self.faults.lock().unwrap().clone()
+    }
+
+    /// Milliseconds since start, for log entries.
+    pub(crate) fn t_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// True with probability `p`, drawn from the seeded RNG.
+    pub(crate) fn roll(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().unwrap().random::<f64>() < p
+    }
+
+    pub(crate) fn start_outage(&self, d: Duration) {
+        *self.outage_until.lock().unwrap() = Some(Instant::now() + d);
+    }
+
+    pub(crate) fn in_outage(&self) -> bool {
+        matches!(*self.outage_until.lock().unwrap(), Some(t) if Instant::now() < t)
+    }
+
+    pub(crate) fn active_for(&self, user: &str) -> usize {
+        self.active.lock().unwrap().get(user).copied().unwrap_or(0)
+    }
+
+    /// Takes one of `user`'s streaming slots, or None when `cap` are already taken.
+    pub(crate) fn acquire_slot(self: &Arc<Self>, user: &str, cap: Option<usize>) -> Option<Slot> {
+        let mut active = self.active.lock().unwrap();
+        let n = active.entry(user.to_string()).or_insert(0);
+        if cap.is_some_and(|c| *n >= c) {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            shared: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+/// One streaming body counted against its user's connection cap; released on drop.
+pub(crate) struct Slot {
+    shared: Arc<Shared>,
+    user: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut active = self.shared.active.lock().unwrap();
+        if let Some(n) = active.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The zipper: product downloads on `/download/<uuid>` and `/odata/v1/Products(<uuid>)/$value`,
+//! and, for peers that cannot log in (rclone, httpdirfs), the `/files/` index and files when the
+//! `no_auth` fault is on.
+//!
+//! A request passes, in order: token check (`?token=` or `Authorization: Bearer`; 401
+//! DAT-ZIP-604 "Token not found" for missing, unknown, expired and revoked tokens alike), the
+//! rate-limit burst (429), product lookup (404), the random 503, Range parsing (206 / 416 / 200),
+//! the per-user connection cap (429 DAT-ZIP-100), then the streamed body (see `body`).
+//! Error codes other than 604 and 100 are not documented publicly; the ones used here are
+//! plausible stand-ins in the same `{"trace-id","code","message"}` shape.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use rand::Rng as _;
+use serde_json::json;
+
+use crate::body::{self, Plan};
+use crate::log::LogEntry;
+use crate::server::{html_response, json_response, Answer};
+use crate::state::Shared;
+use crate::store::Product;
+
+/// Seconds a client is told to wait after a 429 (the rate-limit burst promises exactly 1).
+const RETRY_AFTER_SECS: &str = "1";
+/// Connection-cap accounting name for requests made without a token (`no_auth`).
+const ANONYMOUS: &str = "anonymous";
+
+/// What the Range header asks for, against a body of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RangeAsk {
+    /// No usable Range header (absent, malformed or multi-range): the whole body, 200.
+    Whole,
+    /// Inclusive first and last byte, 206.
+    Part(u64, u64),
+    /// 416.
+    Unsatisfiable,
+}
+
+pub(crate) fn parse_range(header: Option<&str>, size: u64) -> RangeAsk {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeAsk::Whole;
+    };
+    let spec = spec.trim();
+    if spec.contains(',') {
+        // RFC 9110 lets a server ignore a multi-range request; the zipper answers one body.
+        return RangeAsk::Whole;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeAsk::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => RangeAsk::Whole,
+        (true, false) => match b.parse::<u64>() {
+            Ok(0) => RangeAsk::Unsatisfiable,
+            Ok(_) if size == 0 => RangeAsk::Unsatisfiable,
+            Ok(n) => RangeAsk::Part(size.saturating_sub(n), size - 1),
+            Err(_) => RangeAsk::Whole,
+        },
+        (false, _) => {
+            let Ok(first) = a.parse::<u64>() else {
+                return RangeAsk::Whole;
+            };
+            let last = if b.is_empty() {
+                u64::MAX
+            } else {
+                match b.parse::<u64>() {
+                    Ok(l) if l >= first => l,
+                    _ => return RangeAsk::Whole,
+                }
+            };
+            if first >= size {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part(first, last.min(size - 1))
+            }
+        }
+    }
+}
+
+fn trace_id(shared: &Shared) -> String {
+    let b: [u8; 16] = shared.rng.lock().unwrap().random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A zipper error in its JSON shape, or HTML when `garbage_zipper_errors` is on.
+fn error(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    if shared.faults().garbage_zipper_errors {
+        return html_response(
+            status,
+            &format!("<html><body><h1>{}</h1><p>nginx</p></body></html>", status),
+        );
+    }
+    json_response(
+        status,
+        &json!({"trace-id": trace_id(shared), "code": code, "message": message}),
+    )
+}
+
+fn too_many(shared: &Shared) -> Response<Body> {
+    let mut r = error(
+        shared,
+        StatusCode::TOO_MANY_REQUESTS,
+        "DAT-ZIP-100",
+        "Max session number exceeded",
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
+    r
+}
+
+/// The access token of a request: `?token=` first, then `Authorization: Bearer`.
+fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(q) = query {
+        for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+            if k == "token" && !v.is_empty() {
+                return Some(v.into_owned());
+            }
+        }
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+        .then(|| token.trim().to_string())
+}
+
+/// GET/HEAD of a product through the zipper.
+pub(crate) async fn download(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    id: &str,
+    mut entry: LogEntry,
+) -> Answer {
+    entry.product = Some(id.to_string());
+    if method != Method::GET && method != Method::HEAD {
+        entry.outcome = "method_not_allowed".into();
+        let r = error(
+            shared,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "DAT-ZIP-405",
+            "Method not allowed",
+        );
+        return Answer::Done(r, entry);
+    }
+    let user = if shared.faults().no_auth {
+        ANONYMOUS.to_string()
+    } else {
+        let checked = match token_of(headers, query) {
+            None => Err("no_token"),
+            Some(t) => shared.auth.lock().unwrap().check_access(&t),
+        };
+        match checked {
+            Ok((user, jti)) => {
+                entry.username = Some(user.clone());
+                entry.token_id = Some(jti);
+                user
+            }
+            Err(outcome) => {
+                entry.outcome = outcome.into();
+                let r = error(
+                    shared,
+                    StatusCode::UNAUTHORIZED,
+                    "DAT-ZIP-604",
+                    "Token not found",
+                );
+                return Answer::Done(r, entry);
+            }
+        }
+    };
+    let Some(product) = shared.store.by_id(id).filter(|p| p.file.is_some()) else {
+        entry.outcome = "not_found".into();
+        let r = error(
+            shared,
+            StatusCode::NOT_FOUND,
+            "DAT-ZIP-404",
+            "Product not found",
+        );
+        return Answer::Done(r, entry);
+    };
+    serve_product(shared, method, headers, &product, &user, entry).await
+}
+
+/// The rest of a download, shared by the zipper and `/files/`: faults, Range, headers, body.
+async fn serve_product(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    product: &Product,
+    user: &str,
+    mut entry: LogEntry,
+) -> Answer {
+    let burst = {
+        let mut f = shared.faults.lock().unwrap();
+        let hit = f.rate_limit_burst > 0;
+        f.rate_limit_burst = f.rate_limit_burst.saturating_sub(1);
+        hit
+    };
+    if burst {
+        entry.outcome = "429".into();
+        return Answer::Done(too_many(shared), entry);
+    }
+    let faults = shared.faults();
+    if *method == Method::GET && shared.roll(faults.fail_rate) {
+        entry.outcome = "fault_503".into();
+        let r = error(
+            shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DAT-ZIP-503",
+            "Service temporarily unavailable",
+        );
+        return Answer::Done(r, entry);
+    }
+    let path = product.file.clone().expect("checked by caller");
+    let meta = match tokio::fs::metadata(&path).await {
+        Ok(m) => m,
+        Err(_) => {
+            entry.outcome = "not_found".into();
+            let r = error(
+                shared,
+                StatusCode::NOT_FOUND,
+                "DAT-ZIP-404",
+                "Product not found",
+            );
+            return Answer::Done(r, entry);
+        }
+    };
+    let size = meta.len();
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let ask = if faults.no_range {
+        RangeAsk::Whole
+    } else {
+        parse_range(range_header, size)
+    };
+    let mut resp = Response::new(Body::empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
+    if !faults.no_range {
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("attachment; filename=\"{}\"", product.zip_name()))
+    {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(m) = meta.modified() {
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(m)) {
+            h.insert(header::LAST_MODIFIED, v);
+        }
+    }
+    let (status, first, len) = match ask {
+        RangeAsk::Whole => (StatusCode::OK, 0, size),
+        RangeAsk::Part(a, b) => {
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {a}-{b}/{size}")).unwrap(),
+            );
+            (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
+        }
+        RangeAsk::Unsatisfiable => {
+            entry.outcome = "range_not_satisfiable".into();
+            let mut r = error(
+                shared,
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "DAT-ZIP-416",
+                "Requested range not satisfiable",
+            );
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).unwrap(),
+            );
+            return Answer::Done(r, entry);
+        }
+    };
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    *resp.status_mut() = status;
+    if *method == Method::HEAD {
+        return Answer::Done(resp, entry);
+    }
+    let Some(slot) = shared.acquire_slot(user, faults.max_connections_per_user) else {
+        entry.outcome = "max_connections".into();
+        return Answer::Done(too_many(shared), entry);
+    };
+    let cut_after = shared.roll(faults.cut_rate).then_some(len / 2);
+    let tamper_at =
+        (faults.tamper && len > 0).then(|| shared.rng.lock().unwrap().random_range(0..len));
+    if tamper_at.is_some() {
+        entry.outcome = "tampered".into();
+    }
+    entry.status = status.as_u16();
+    let plan = Plan {
+        file: path,
+        start: first,
+        len,
+        cut_after,
+        tamper_at,
+        bandwidth: faults.bandwidth_per_conn,
+    };
+    *resp.body_mut() = body::stream(shared.clone(), plan, entry, Some(slot));
+    Answer::Streaming(resp)
+}
+
+/// `/files/NAME.zip` (only with `no_auth`).
+pub(crate) async fn file(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    name: &str,
+    mut entry: LogEntry,
+) -> Answer {
+    let product = shared.store.by_file_name(name);
+    match product {
+        Some(p)
+            if shared.faults().no_auth && (*method == Method::GET || *method == Method::HEAD) =>
+        {
+            entry.product = Some(p.id.clone());
+            serve_product(shared, method, headers, &p, ANONYMOUS, entry).await
+        }
+        _ => {
+            entry.outcome = "not_found".into();
+            Answer::Done(
+                html_response(
+                    StatusCode::NOT_FOUND,
+                    "<html><body>404 Not Found</body></html>",
+                ),
+                entry,
+            )
+        }
+    }
+}
+
+/// `/files/`: an HTML index with one link per downloadable product (only with `no_auth`).
+pub(crate) fn files_index(
+    shared: &Arc<Shared>,
+    method: &Method,
+    entry: &mut LogEntry,
+) -> Response<Body> {
+    if !shared.faults().no_auth || (*method != Method::GET && *method != Method::HEAD) {
+        entry.outcome = "not_found".into();
+        return html_response(
+            StatusCode::NOT_FOUND,
+            "<html><body>404 Not Found</body></html>",
+        );
+    }
+    let mut html = String::from(
+        "<html><head><title>Index of /files/</title></head><body>\n<h1>Index of /files/</h1>\n",
+    );
+    for p in shared.store.products().iter() {
+        if let Some(n) = p.file_name() {
+            let href =
+                percent_encoding::utf8_percent_encode(&n, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+                    // Keep the usual file-name characters readable in the link.
+                    .replace("%2E", ".")
+                    .replace("%5F", "_")
+                    .replace("%2D", "-");
+            let text = n.replace('&', "&amp;").replace('<', "&lt;");
+            html.push_str(&format!("<a href=\"{href}\">{text}</a><br>\n"));
+        }
+    }
+    html.push_str("</body></html>\n");
+    html_response(StatusCode::OK, &html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeAsk::*;
+        assert_eq!(parse_range(None, 100), Whole);
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), Part(90, 99));
+        assert_eq!(parse_range(Some("bytes=90-200"), 100), Part(90, 99));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), Part(90, 99));
+        assert_eq!(parse_range(Some("bytes=-1000"), 100), Part(0, 99));
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 100), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-4"), 100), Whole);
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Whole);
+        assert_eq!(parse_range(Some("items=0-1"), 100), Whole);
+    }
+
+    #[test]
+    fn token_from_query_then_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(token_of(&h, Some("token=q")).as_deref(), Some("q"));
+        assert_eq!(token_of(&h, None).as_deref(), Some("abc"));
+        assert_eq!(token_of(&HeaderMap::new(), Some("x=1")), None);
+    }
+}
