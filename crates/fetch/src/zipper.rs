@@ -1,0 +1,540 @@
+//! The download client: product bytes from zipper (CREODIAS) or the CDSE download service.
+//!
+//! [`Zipper`] implements [`RangeSource`]: `info` (size, file name, whether Range is honoured) and
+//! `get_range` (exactly the bytes asked for, or an error; never bytes from another offset), plus
+//! [`Zipper::stream_from`] for one sequential stream, for servers that ignore Range and for the
+//! download command. What it takes care of, so that the layers above need not:
+//! - the token, in the query (`?token=`, CREODIAS) or a bearer header (CDSE), renewed through
+//!   the [`TokenSource`] when the service refuses it (401, or 403 "Token not found");
+//! - redirects, followed by hand so the credential only reaches trusted hosts;
+//! - retries of 5xx, connect errors and stalls with backoff, bounded by `max_retries` and a
+//!   deadline; bodies cut mid-way are resumed from the last byte received;
+//! - 429: `Retry-After` honoured, and fewer parallel connections (the [`budget`]);
+//! - servers that answer 200 to a ranged request: remembered per product, and reported as
+//!   [`FetchError::RangeIgnored`] so the layer above switches to a stream.
+//!
+//! Files: `request` (one exchange with all policies), `parse` (header and error-body parsers),
+//! `budget` (the adaptive connection limit), `stream` (the sequential stream).
+
+mod budget;
+mod parse;
+mod request;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+pub use stream::ZipperStream;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use eodata_auth::TokenSource;
+use reqwest::header::{ACCEPT_RANGES, CONTENT_DISPOSITION, CONTENT_RANGE};
+use reqwest::{Method, StatusCode};
+
+use crate::{FetchError, ObjectInfo, RangeSource, RangeSupport};
+use budget::Budget;
+use parse::{parse_content_disposition, parse_content_range};
+use request::{content_length, header_str, RangeSpec, RetryState};
+
+/// How the access token travels with a download request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenPassing {
+    /// `?token=<access_token>` in the URL (CREODIAS zipper). Survives redirects as a URL does;
+    /// the URL is only ever logged through [`eodata_auth::redact_url`].
+    Query,
+    /// `Authorization: Bearer <access_token>` (CDSE).
+    Bearer,
+}
+
+/// Parallel connections by default: CDSE allows 4 per user (about 20 MB/s each); more are
+/// refused with 429 or throttled to 1 MB/s.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4;
+/// No byte for this long means the connection is dead. Long, because zipper builds some zips on
+/// the fly before the first byte; a stall is retried like any failure.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Failures in a row (without a byte of progress) before a request gives up: with backoff
+/// doubling from 0.2 s to 5 s this rides out about 20 s of a failing backend.
+pub const DEFAULT_MAX_RETRIES: u32 = 8;
+/// No new try is started after this long: a reader blocked longer than this is better told.
+/// It also bounds waiting on 429s, which the service asks for in seconds to minutes.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// What the download client needs to know about the service.
+#[derive(Clone, Debug)]
+pub struct ZipperConfig {
+    /// The product's download URL with `{id}` where the product's UUID goes, e.g.
+    /// `https://zipper.creodias.eu/odata/v1/Products({id})/$value`.
+    pub url_template: String,
+    pub token_passing: TokenPassing,
+    /// Hosts besides the template's own that may receive the credential on a redirect (exact
+    /// names, or `.example.eu` for every subdomain).
+    pub trusted_hosts: Vec<String>,
+    /// Most parallel connections; fewer while the service answers 429.
+    pub max_connections: usize,
+    /// No progress for this long -> the try fails (retried; finally [`FetchError::Timeout`]).
+    pub read_timeout: Duration,
+    /// Consecutive failures without progress before giving up.
+    pub max_retries: u32,
+    /// No new try after this long since the request began.
+    pub deadline: Duration,
+}
+
+impl ZipperConfig {
+    /// A configuration with the defaults above.
+    pub fn new(url_template: impl Into<String>, token_passing: TokenPassing) -> Self {
+        ZipperConfig {
+            url_template: url_template.into(),
+            token_passing,
+            trusted_hosts: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            max_retries: DEFAULT_MAX_RETRIES,
+            deadline: DEFAULT_DEADLINE,
+        }
+    }
+}
+
+/// Counters since the client was made: for `status`, benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZipperStats {
+    /// HTTP requests sent (each redirect hop and each retry is one).
+    pub requests: u64,
+    /// Body bytes received for product data.
+    pub bytes: u64,
+    /// Tries after the first, of any cause.
+    pub retries: u64,
+    /// Of those, resumes of a body cut mid-way.
+    pub resumes: u64,
+    /// 401s (and 403 "token not found") answered by a renewal.
+    pub unauthorized: u64,
+    /// 429s.
+    pub throttled: u64,
+    pub redirects: u64,
+    /// Parallel connections allowed now (at most `max_connections`).
+    pub connection_limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counter(AtomicU64);
+
+impl Counter {
+    fn inc(&self) {
+        self.add(1);
+    }
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: Counter,
+    bytes: Counter,
+    retries: Counter,
+    resumes: Counter,
+    unauthorized: Counter,
+    throttled: Counter,
+    redirects: Counter,
+}
+
+/// What has been learnt about one product. Products are immutable, so it is kept for the
+/// client's life (a few dozen bytes per product opened).
+#[derive(Clone, Debug, Default)]
+struct Known {
+    size: Option<u64>,
+    filename: Option<String>,
+    ranges: Option<RangeSupport>,
+    /// `info` completed once: `filename` is as good as it gets.
+    described: bool,
+}
+
+/// The download client. Cheap to clone: clones share the token source, the HTTP connections,
+/// the connection budget, what is known of each product and the counters.
+pub struct Zipper<T: TokenSource> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: TokenSource> Clone for Zipper<T> {
+    fn clone(&self) -> Self {
+        Zipper {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+pub(crate) struct Inner<T: TokenSource> {
+    cfg: ZipperConfig,
+    tokens: T,
+    http: reqwest::Client,
+    budget: Arc<Budget>,
+    stats: Counters,
+    known: Mutex<HashMap<String, Known>>,
+    warned_auto_redirect: AtomicBool,
+}
+
+/// Connect timeout of [`http_client`]: a handshake slower than this is a dead route; retried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP client the zipper expects: it does not follow redirects (the zipper does, keeping
+/// credentials to trusted hosts), has a connect timeout and no overall timeout (a whole product
+/// can take minutes; stalls are caught by `read_timeout`).
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("eodata-mount/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+impl<T: TokenSource> Zipper<T> {
+    /// `http` must not follow redirects: build it with `redirect::Policy::none()`, or use
+    /// [`http_client`]. (A client that follows them loses the bearer header on a cross-host hop
+    /// and carries a query token to any host; a warning is logged if one is detected.)
+    pub fn new(cfg: ZipperConfig, tokens: T, http: reqwest::Client) -> Self {
+        let budget = Budget::new(cfg.max_connections);
+        Zipper {
+            inner: Arc::new(Inner {
+                cfg,
+                tokens,
+                http,
+                budget,
+                stats: Counters::default(),
+                known: Mutex::new(HashMap::new()),
+                warned_auto_redirect: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &ZipperConfig {
+        &self.inner.cfg
+    }
+
+    pub fn stats(&self) -> ZipperStats {
+        let s = &self.inner.stats;
+        ZipperStats {
+            requests: s.requests.get(),
+            bytes: s.bytes.get(),
+            retries: s.retries.get(),
+            resumes: s.resumes.get(),
+            unauthorized: s.unauthorized.get(),
+            throttled: s.throttled.get(),
+            redirects: s.redirects.get(),
+            connection_limit: self.inner.budget.limit(),
+        }
+    }
+
+    /// One sequential stream of the product from `offset` to its end, resumed across cut
+    /// connections. Uses `Range: bytes=offset-` and, where the server ignores it, reads from 0
+    /// and skips what is before `offset`. Holds one connection of the budget while connected.
+    pub async fn stream_from(&self, id: &str, offset: u64) -> Result<ZipperStream<T>, FetchError> {
+        ZipperStream::open(self.clone(), id, offset).await
+    }
+}
+
+impl<T: TokenSource> Inner<T> {
+    fn known(&self, id: &str) -> Known {
+        self.lock_known().get(id).cloned().unwrap_or_default()
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn learn(&self, id: &str, f: impl FnOnce(&mut Known)) {
+        f(self.lock_known().entry(id.to_string()).or_default());
+    }
+
+    /// Records what a response says about the product's size.
+    fn learn_size(&self, id: &str, size: u64) {
+        self.learn(id, |k| {
+            if k.size.is_some_and(|s| s != size) {
+                tracing::warn!(id, before = k.size, now = size, "product size changed");
+            }
+            k.size = Some(size);
+        });
+    }
+
+    fn learn_ranges(&self, id: &str, ranges: RangeSupport) {
+        self.learn(id, |k| {
+            if k.ranges != Some(ranges) && ranges == RangeSupport::Ignored {
+                tracing::info!(id, "the download service ignores Range for this product");
+            }
+            k.ranges = Some(ranges)
+        });
+    }
+
+    async fn info(&self, id: &str) -> Result<ObjectInfo, FetchError> {
+        let k = self.known(id);
+        if let (true, Some(size), Some(ranges)) = (k.described, k.size, k.ranges) {
+            return Ok(ObjectInfo {
+                size,
+                filename: k.filename,
+                ranges,
+            });
+        }
+        let mut retry = RetryState::new();
+        let mut size = None;
+        let mut filename = None;
+        let mut ranges = k.ranges;
+
+        let head = self.exchange(id, Method::HEAD, None, &mut retry).await?;
+        let status = head.resp.status();
+        if status.is_success() {
+            let h = head.resp.headers();
+            size = content_length(h);
+            filename = header_str(h, CONTENT_DISPOSITION).and_then(parse_content_disposition);
+            if header_str(h, ACCEPT_RANGES).is_some_and(|v| v.trim().eq_ignore_ascii_case("none")) {
+                ranges = Some(RangeSupport::Ignored);
+            }
+        } else {
+            tracing::debug!(url = %head.url, %status, "HEAD not usable; asking for byte 0");
+        }
+        drop(head);
+
+        if size.is_none() || ranges.is_none() {
+            let probe = self
+                .exchange(
+                    id,
+                    Method::GET,
+                    Some(RangeSpec {
+                        first: 0,
+                        last: Some(0),
+                    }),
+                    &mut retry,
+                )
+                .await?;
+            let h = probe.resp.headers();
+            filename = filename
+                .or_else(|| header_str(h, CONTENT_DISPOSITION).and_then(parse_content_disposition));
+            let cr = header_str(h, CONTENT_RANGE).and_then(parse_content_range);
+            match probe.resp.status() {
+                StatusCode::PARTIAL_CONTENT => {
+                    let cr = cr.filter(|c| c.range == Some((0, 0))).ok_or_else(|| {
+                        FetchError::Protocol(format!(
+                            "206 for bytes=0-0 from {} without a matching Content-Range",
+                            probe.url
+                        ))
+                    })?;
+                    ranges = Some(RangeSupport::Honoured);
+                    // The download's own Content-Range is the truth, over HEAD's length.
+                    size = cr.total.or(size);
+                    // Read the one byte so the connection can be reused.
+                    let mut resp = probe.resp;
+                    let _ = tokio::time::timeout(self.cfg.read_timeout, resp.chunk()).await;
+                    self.budget.succeeded();
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE => {
+                    // bytes=0-0 is unsatisfiable only for an empty product.
+                    size = cr.and_then(|c| c.total).or(size);
+                    ranges = ranges.or(Some(RangeSupport::Honoured));
+                }
+                s if s == StatusCode::OK => {
+                    ranges = Some(RangeSupport::Ignored);
+                    size = size.or_else(|| content_length(h));
+                    // Dropping the response aborts the whole-product body.
+                }
+                s => {
+                    return Err(FetchError::Protocol(format!(
+                        "HTTP {s} from {} to a request for byte 0",
+                        probe.url
+                    )))
+                }
+            }
+        }
+        let size = size.ok_or_else(|| {
+            FetchError::Protocol(format!(
+                "the download service gives no size for product {id} (no Content-Length or Content-Range)"
+            ))
+        })?;
+        let ranges = ranges.unwrap_or(RangeSupport::Honoured);
+        self.learn_size(id, size);
+        self.learn_ranges(id, ranges);
+        self.learn(id, |k| {
+            k.filename = filename.clone();
+            k.described = true;
+        });
+        Ok(ObjectInfo {
+            size,
+            filename,
+            ranges,
+        })
+    }
+
+    async fn get_range(&self, id: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
+        let Range { start, mut end } = range;
+        if start >= end {
+            return Ok(Bytes::new());
+        }
+        let known = self.known(id);
+        if let Some(size) = known.size {
+            if start >= size {
+                return Err(FetchError::OutOfRange {
+                    id: id.to_string(),
+                    start,
+                    end,
+                    size,
+                });
+            }
+            end = end.min(size);
+        }
+        if known.ranges == Some(RangeSupport::Ignored) {
+            return Err(FetchError::RangeIgnored(id.to_string()));
+        }
+        // Blocks are MiBs; a huge range grows the buffer as bytes come, not all up front.
+        const MAX_PREALLOC: u64 = 64 << 20;
+        let mut buf = BytesMut::with_capacity((end - start).min(MAX_PREALLOC) as usize);
+        let mut retry = RetryState::new();
+        let mut pos = start;
+        while pos < end {
+            let ex = self
+                .exchange(
+                    id,
+                    Method::GET,
+                    Some(RangeSpec {
+                        first: pos,
+                        last: Some(end - 1),
+                    }),
+                    &mut retry,
+                )
+                .await?;
+            let status = ex.resp.status();
+            let cr = header_str(ex.resp.headers(), CONTENT_RANGE).and_then(parse_content_range);
+            let last = match status {
+                StatusCode::PARTIAL_CONTENT => {
+                    let Some((first, last, total)) =
+                        cr.and_then(|c| c.range.map(|(f, l)| (f, l, c.total)))
+                    else {
+                        return Err(FetchError::Protocol(format!(
+                            "206 from {} without a usable Content-Range",
+                            ex.url
+                        )));
+                    };
+                    if let Some(t) = total {
+                        self.learn_size(id, t);
+                    }
+                    // Exactly what was asked, or shorter only where the product ends.
+                    let short_at_eof = last < end - 1 && total == Some(last + 1);
+                    if first != pos || (last != end - 1 && !short_at_eof) {
+                        return Err(FetchError::Protocol(format!(
+                            "asked {} for bytes {pos}-{} and got {first}-{last}",
+                            ex.url,
+                            end - 1
+                        )));
+                    }
+                    self.learn_ranges(id, RangeSupport::Honoured);
+                    last
+                }
+                StatusCode::OK => {
+                    // Never the wrong bytes: the layer above switches to a stream.
+                    if let Some(len) = content_length(ex.resp.headers()) {
+                        self.learn_size(id, len);
+                    }
+                    self.learn_ranges(id, RangeSupport::Ignored);
+                    return Err(FetchError::RangeIgnored(id.to_string()));
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE => {
+                    let total = cr.and_then(|c| c.total);
+                    if let Some(t) = total {
+                        self.learn_size(id, t);
+                    }
+                    let size = total.or(known.size).unwrap_or(0);
+                    if pos >= size {
+                        return Err(FetchError::OutOfRange {
+                            id: id.to_string(),
+                            start,
+                            end: range.end,
+                            size,
+                        });
+                    }
+                    return Err(FetchError::Protocol(format!(
+                        "416 from {} for bytes {pos}-{} of a product of {size} bytes",
+                        ex.url,
+                        end - 1
+                    )));
+                }
+                s => {
+                    return Err(FetchError::Protocol(format!(
+                        "HTTP {s} from {} to a ranged GET",
+                        ex.url
+                    )))
+                }
+            };
+            end = last + 1;
+            let request::Exchange {
+                mut resp,
+                permit,
+                url,
+            } = ex;
+            let want = (last + 1 - pos) as usize;
+            let mut got = 0usize;
+            let outcome = loop {
+                match tokio::time::timeout(self.cfg.read_timeout, resp.chunk()).await {
+                    Err(_) => break Err(FetchError::Timeout(self.cfg.read_timeout)),
+                    Ok(Err(e)) => {
+                        break Err(FetchError::Server(format!(
+                            "connection to {url} cut after {got} of {want} bytes: {}",
+                            request::describe_reqwest(e)
+                        )))
+                    }
+                    Ok(Ok(None)) if got < want => {
+                        break Err(FetchError::Server(format!(
+                            "{url} ended the body after {got} of {want} bytes"
+                        )))
+                    }
+                    Ok(Ok(None)) => break Ok(()),
+                    Ok(Ok(Some(chunk))) => {
+                        self.stats.bytes.add(chunk.len() as u64);
+                        let take = chunk.len().min(want - got);
+                        if take < chunk.len() {
+                            tracing::warn!(%url, "more body than the Content-Range said; extra ignored");
+                        }
+                        buf.extend_from_slice(&chunk[..take]);
+                        got += take;
+                        if got == want {
+                            break Ok(());
+                        }
+                    }
+                }
+            };
+            pos += got as u64;
+            if got > 0 {
+                retry.progressed();
+            }
+            match outcome {
+                Ok(()) => {
+                    self.budget.succeeded();
+                    drop(permit);
+                }
+                Err(e) => {
+                    drop(permit);
+                    drop(resp);
+                    tracing::debug!(error = %e, pos, end, "body incomplete; resuming");
+                    if got > 0 {
+                        retry.resume(self, e).await?;
+                    } else {
+                        retry.failed(self, e, None).await?;
+                    }
+                }
+            }
+        }
+        Ok(buf.freeze())
+    }
+}
+
+impl<T: TokenSource> RangeSource for Zipper<T> {
+    async fn info(&self, id: &str) -> Result<ObjectInfo, FetchError> {
+        self.inner.info(id).await
+    }
+
+    async fn get_range(&self, id: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
+        self.inner.get_range(id, range).await
+    }
+}

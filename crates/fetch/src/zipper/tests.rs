@@ -1,0 +1,1 @@
+//! Tests of the download client against the real double (`fake-creodias`).
