@@ -8,9 +8,15 @@
 //!
 //! Readers see only the [`TokenSource`] trait: ask for a token, and report one the server refused.
 
+pub mod clock;
 pub mod secret;
+pub mod token;
+pub mod totp;
 
+pub use clock::{Clock, ServerOffset, SystemClock, TestClock};
 pub use secret::{redact_url, Secret};
+pub use token::{default_cache_dir, renewal_margin, LoginConfig, RetryPolicy, TokenManager};
+pub use totp::{parse_totp_secret, Totp, TotpSecretError, TotpSecretProblem};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -66,6 +72,10 @@ pub enum AuthError {
     /// The server answered something this client cannot understand.
     #[error("unexpected answer from token endpoint {server}: {reason}")]
     Protocol { server: String, reason: String },
+    /// The login settings cannot work (empty field, TOTP secret not base32, URL not a URL).
+    /// Found before any request is sent.
+    #[error("login settings: {reason}")]
+    Config { reason: String },
     /// The shared token cache could not be used.
     #[error("token cache {path}: {reason}")]
     Cache { path: String, reason: String },

@@ -1,0 +1,409 @@
+//! The token state shared by every process of one user: a private directory, a JSON state file
+//! and a lock file.
+//!
+//! Several mounts, `download` commands and `token` commands may run at once for the same
+//! account. Each password login opens a server session (CDSE caps them at 100) and consumes a
+//! TOTP step, which no second login may reuse; so the processes agree through
+//! `<dir>/<id>.json`, where `<id>` is the first 16 hex digits of sha256(user "\n" token_url):
+//!
+//! - the current tokens (short-lived; adopted by a process whose own are stale),
+//! - the last TOTP step used (so no process reuses it),
+//! - the last refusal, with a fingerprint of the credentials that were refused (so that other
+//!   processes with the same credentials fail fast instead of hammering a locked account).
+//!
+//! The file never holds the password or the TOTP secret. The fingerprint is a SHA-256 over the
+//! password *and* the 160-bit TOTP secret, so it cannot be brute-forced into the password.
+//!
+//! `<dir>/<id>.lock` is held exclusively (`flock`, through `File::lock`) for the whole of a
+//! renewal, so sixteen processes renewing at once produce one login and fifteen adoptions.
+//! The state file is replaced atomically (temporary file + rename), so a reader never sees half
+//! a file; a file that does not parse is ignored and overwritten.
+//!
+//! Security: the directory must belong to the user and be closed to everybody else (mode 0700),
+//! files are created 0600 and opened without following symlinks, so another local user can
+//! neither read the tokens nor plant a file for us to trust.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::AuthError;
+
+/// Format version of the state file. A file with another version is ignored and overwritten.
+const STATE_VERSION: u32 = 1;
+
+/// The cache directory used when none is configured: `$XDG_RUNTIME_DIR/eodata-mount` (a
+/// per-user tmpfs, emptied at logout: the right home for short-lived tokens), else
+/// `<temp dir>/eodata-mount-<uid>`. [`crate::TokenManager::new`] creates it with mode 0700 and
+/// refuses it if somebody else owns it or can enter it.
+pub fn default_cache_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() && Path::new(&dir).is_absolute() => {
+            PathBuf::from(dir).join("eodata-mount")
+        }
+        _ => std::env::temp_dir().join(format!("eodata-mount-{}", euid())),
+    }
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn cache_error(path: &Path, reason: impl Into<String>) -> AuthError {
+    AuthError::Cache {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Creates `dir` (mode 0700) if needed and checks that it is a real directory (not a symlink)
+/// owned by this user and closed to group and others.
+pub(crate) fn prepare_dir(dir: &Path) -> Result<(), AuthError> {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) => {
+            return Err(cache_error(
+                dir,
+                format!("cannot create the directory: {e}"),
+            ))
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| cache_error(dir, format!("cannot inspect the directory: {e}")))?;
+    if !meta.file_type().is_dir() {
+        return Err(cache_error(
+            dir,
+            "is not a directory (a symlink?); remove it, choose another cache directory, or run with --no-token-cache",
+        ));
+    }
+    if meta.uid() != euid() {
+        return Err(cache_error(
+            dir,
+            format!(
+                "belongs to uid {}, not to you (uid {}): another user could read or plant tokens; choose another cache directory or run with --no-token-cache",
+                meta.uid(),
+                euid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(cache_error(
+            dir,
+            format!(
+                "has mode {:o}; tokens must not be readable by others: run `chmod 700 {}` or run with --no-token-cache",
+                meta.mode() & 0o777,
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Unix time in milliseconds, as stored in the file.
+pub(crate) fn to_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis().min(u64::MAX as u128) as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// sha256 of `parts` joined by newlines, in hex.
+pub(crate) fn sha256_hex(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(b"\n");
+        }
+        h.update(p.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A refusal remembered for other processes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Refusal {
+    /// sha256 over client id, password and TOTP secret: see the module doc.
+    pub fingerprint: String,
+    /// When (Unix ms).
+    pub at: u64,
+    /// The server's words, shown to the user.
+    pub reason: String,
+}
+
+/// The shared state file. All times are local Unix milliseconds (every process of the machine
+/// shares the local clock).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct StateFile {
+    pub version: u32,
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// When the tokens were requested; lets a reader compute the token's lifetime (and so its
+    /// renewal margin), and tells which of two refresh tokens is newer.
+    #[serde(default)]
+    pub obtained_at: Option<u64>,
+    #[serde(default)]
+    pub access_expires_at: Option<u64>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    #[serde(default)]
+    pub refresh_expires_at: Option<u64>,
+    #[serde(default)]
+    pub last_totp_step: Option<u64>,
+    #[serde(default)]
+    pub refusal: Option<Refusal>,
+}
+
+impl Default for StateFile {
+    /// An empty state of the current version.
+    fn default() -> Self {
+        StateFile {
+            version: STATE_VERSION,
+            access_token: None,
+            obtained_at: None,
+            access_expires_at: None,
+            refresh_token: None,
+            refresh_expires_at: None,
+            last_totp_step: None,
+            refusal: None,
+        }
+    }
+}
+
+/// The state and lock files of one user at one token endpoint.
+#[derive(Debug)]
+pub(crate) struct SharedFile {
+    state_path: PathBuf,
+    lock_path: PathBuf,
+}
+
+/// Held while renewing; dropping it (closing the file) releases the lock, also when the process
+/// dies.
+#[derive(Debug)]
+pub(crate) struct LockGuard {
+    _file: File,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl SharedFile {
+    pub(crate) fn new(dir: &Path, user: &str, token_url: &str) -> Self {
+        let id = &sha256_hex(&[user, token_url])[..16];
+        SharedFile {
+            state_path: dir.join(format!("{id}.json")),
+            lock_path: dir.join(format!("{id}.lock")),
+        }
+    }
+
+    pub(crate) fn state_path(&self) -> &Path {
+        &self.state_path
+    }
+
+    /// Takes the exclusive lock, waiting for another process's renewal to finish. The wait runs
+    /// on the blocking pool. If the caller is cancelled meanwhile, the lock is taken and
+    /// released at once by the blocking task.
+    pub(crate) async fn lock(&self) -> Result<LockGuard, AuthError> {
+        let path = self.lock_path.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let file = open_private(&path, false)?;
+            file.lock()?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await;
+        match joined {
+            Ok(Ok(file)) => Ok(LockGuard { _file: file }),
+            Ok(Err(e)) => Err(cache_error(
+                &self.lock_path,
+                format!(
+                    "cannot lock: {e}; run with --no-token-cache to work without the shared cache"
+                ),
+            )),
+            Err(e) => Err(cache_error(
+                &self.lock_path,
+                format!("lock task failed: {e}"),
+            )),
+        }
+    }
+
+    /// The state as another process left it, or `None` when there is none or it cannot be
+    /// read (then it is overwritten by the next write). Small file on a local disk: read
+    /// inline, under the lock.
+    pub(crate) fn read(&self) -> Option<StateFile> {
+        let text = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.state_path)
+        {
+            Ok(file) => match std::io::read_to_string(file) {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::debug!(path = %self.state_path.display(), "ignoring unreadable token cache: {e}");
+                    return None;
+                }
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::debug!(path = %self.state_path.display(), "ignoring unreadable token cache: {e}");
+                return None;
+            }
+        };
+        match serde_json::from_str::<StateFile>(&text) {
+            Ok(state) if state.version == STATE_VERSION => Some(state),
+            Ok(state) => {
+                tracing::debug!(path = %self.state_path.display(), version = state.version, "ignoring token cache of another version");
+                None
+            }
+            Err(e) => {
+                // Line and column only: serde's message could quote a token.
+                tracing::debug!(path = %self.state_path.display(), line = e.line(), column = e.column(), "ignoring corrupt token cache");
+                None
+            }
+        }
+    }
+
+    /// Replaces the state file atomically: a 0600 temporary file beside it, then rename.
+    pub(crate) fn write(&self, state: &StateFile) -> Result<(), AuthError> {
+        let json = serde_json::to_vec(state)
+            .map_err(|e| cache_error(&self.state_path, format!("cannot encode: {e}")))?;
+        let dir = self.state_path.parent().unwrap_or(Path::new("."));
+        let name = self
+            .state_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("state");
+        let tmp = dir.join(format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let mut file = open_private(&tmp, true)?;
+            file.write_all(&json)?;
+            std::fs::rename(&tmp, &self.state_path)
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(cache_error(&self.state_path, format!("cannot write: {e}")));
+        }
+        Ok(())
+    }
+}
+
+/// Opens (creating if needed) a file readable only by us, refusing symlinks. `new` demands that
+/// the file not exist yet.
+fn open_private(path: &Path, new: bool) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    if new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(false);
+    }
+    let file = options.open(path)?;
+    // A file that existed before may have been created with a looser mode.
+    let meta = file.metadata()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_is_created_private_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        prepare_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = prepare_dir(&dir).unwrap_err();
+        assert!(e.to_string().contains("chmod 700"), "{e}");
+        // A symlink to a good directory is refused: it could be swapped.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(prepare_dir(&link).is_err());
+    }
+
+    #[test]
+    fn state_round_trips_with_private_mode_and_corruption_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        prepare_dir(&dir).unwrap();
+        let shared = SharedFile::new(&dir, "user@example.com", "https://id.example/token");
+        assert!(shared.read().is_none());
+        let mut state = StateFile::default();
+        state.access_token = Some("tok".into());
+        state.last_totp_step = Some(42);
+        shared.write(&state).unwrap();
+        assert_eq!(shared.read(), Some(state.clone()));
+        let meta = std::fs::metadata(shared.state_path()).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let name = shared.state_path().file_name().unwrap().to_str().unwrap();
+        assert_eq!(name.len(), 16 + ".json".len());
+        // No temporary files left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+        std::fs::write(shared.state_path(), b"{\"version\":1,\"access_token\":").unwrap();
+        assert!(shared.read().is_none());
+        shared.write(&state).unwrap();
+        assert_eq!(shared.read(), Some(state.clone()));
+        std::fs::write(shared.state_path(), br#"{"version":99}"#).unwrap();
+        assert!(shared.read().is_none());
+    }
+
+    #[test]
+    fn state_file_name_depends_on_user_and_url() {
+        let d = Path::new("/x");
+        let a = SharedFile::new(d, "u", "https://a/token");
+        let b = SharedFile::new(d, "u", "https://b/token");
+        let c = SharedFile::new(d, "v", "https://a/token");
+        assert_ne!(a.state_path, b.state_path);
+        assert_ne!(a.state_path, c.state_path);
+        assert_eq!(
+            a.state_path,
+            SharedFile::new(d, "u", "https://a/token").state_path
+        );
+    }
+
+    #[tokio::test]
+    async fn lock_is_exclusive_between_handles() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = SharedFile::new(tmp.path(), "u", "t");
+        let b = SharedFile::new(tmp.path(), "u", "t");
+        let guard = a.lock().await.unwrap();
+        let waiting = tokio::spawn(async move { b.lock().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !waiting.is_finished(),
+            "second lock must wait for the first"
+        );
+        drop(guard);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
