@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::totp_secret::TotpSecretProblem;
+use crate::totp_secret::TotpSecretError;
 
 /// Where a setting came from, so that an error about it names the place to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub enum ConfigError {
     #[error("totp_secret from {origin}: {problem}; copy the secret exactly as it was shown when two-factor login was set up")]
     BadTotpSecret {
         origin: Origin,
-        problem: TotpSecretProblem,
+        problem: TotpSecretError,
     },
 
     #[error(

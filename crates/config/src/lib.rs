@@ -19,7 +19,7 @@ mod totp_secret;
 
 pub use error::{ConfigError, Origin};
 pub use provider::{Provider, ProviderDefaults, TokenPassing, UnknownProvider};
-pub use totp_secret::{normalize_totp_secret, TotpSecretProblem};
+pub use totp_secret::{normalize_totp_secret, TotpSecretError, TotpSecretProblem};
 
 use std::path::{Path, PathBuf};
 
