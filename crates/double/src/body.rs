@@ -27,6 +27,10 @@ const CHUNK: u64 = 64 * 1024;
 /// (a 10 KB/s cap would otherwise send 64 KiB bursts every 6 s).
 const THROTTLED_CHUNKS_PER_SEC: u64 = 10;
 
+/// Pause before aborting a cut body: hyper writes buffered chunks while the body is pending,
+/// so the client really receives the first half before the connection drops.
+const CUT_FLUSH_PAUSE: Duration = Duration::from_millis(30);
+
 /// What to send.
 pub(crate) struct Plan {
     pub file: PathBuf,
@@ -87,6 +91,8 @@ impl Streamer {
         let mut n = (self.plan.len - self.sent).min(CHUNK);
         if let Some(cut) = self.plan.cut_after {
             if self.sent >= cut {
+                // Let hyper flush what was sent, or the client might see nothing at all.
+                tokio::time::sleep(CUT_FLUSH_PAUSE).await;
                 return Some(Err(self.fail("cut")));
             }
             n = n.min(cut - self.sent);
