@@ -51,6 +51,11 @@ const REFRESH_MIN_REMAINING: Duration = Duration::from_secs(1);
 /// user who fixed the account on the web site is not kept waiting long.
 const REFUSAL_MEMORY: Duration = Duration::from_secs(10 * 60);
 
+/// After a renewal failed (its retries spent, up to ~30 s), callers within this time share its
+/// outcome (the still-valid token, or the error) instead of each starting another 30 s of
+/// retries: a burst of readers fails, or carries on, together.
+const FAILURE_COOLDOWN: Duration = Duration::from_secs(5);
+
 /// Password logins per renewal: the first, and one more with the next TOTP step when the first
 /// was refused (it may have missed the step by a hair, or hit a code already used elsewhere).
 /// Never more: Keycloak's brute-force protection counts every failure.
@@ -135,8 +140,8 @@ struct State {
     rejected: Option<String>,
     /// Counts finished renewals, so that callers who waited for one take its outcome.
     generation: u64,
-    /// The error of the last finished renewal, if it failed.
-    last_error: Option<AuthError>,
+    /// The error of the last finished renewal, if it failed, and when.
+    last_error: Option<(AuthError, SystemTime)>,
     /// Tokens obtained at or before this time are not adopted from the shared file.
     invalidated_at: Option<SystemTime>,
 }
@@ -153,6 +158,24 @@ impl State {
     fn unexpired_access(&self, now: SystemTime) -> Option<AccessToken> {
         let access = self.tokens.as_ref()?.access.as_ref()?;
         (access.expires_at > now).then(|| access.clone())
+    }
+
+    /// The outcome of the last renewal, for callers that share it: the held token while it is
+    /// unexpired (a failed renewal does not stop a token that still works), else the error.
+    fn shared_outcome(&self, now: SystemTime) -> Option<Result<AccessToken, AuthError>> {
+        if let Some(t) = self.unexpired_access(now) {
+            return Some(Ok(t));
+        }
+        self.last_error.as_ref().map(|(e, _)| Err(e.clone()))
+    }
+
+    /// Within [`FAILURE_COOLDOWN`] of a failed renewal: its shared outcome.
+    fn cooling_down(&self, now: SystemTime) -> Option<Result<AccessToken, AuthError>> {
+        let (_, failed_at) = self.last_error.as_ref()?;
+        let since = now.duration_since(*failed_at).unwrap_or_default();
+        (since < FAILURE_COOLDOWN)
+            .then(|| self.shared_outcome(now))
+            .flatten()
     }
 
     fn server_now(&self, local: SystemTime) -> SystemTime {
@@ -321,8 +344,12 @@ impl TokenManager {
             if let Some(e) = &st.refused {
                 return Err(e.clone());
             }
-            if let Some(t) = st.fresh_access(self.clock.now()) {
+            let now = self.clock.now();
+            if let Some(t) = st.fresh_access(now) {
                 return Ok(t);
+            }
+            if let Some(outcome) = st.cooling_down(now) {
+                return outcome;
             }
             st.generation
         };
@@ -339,19 +366,31 @@ impl TokenManager {
             if st.generation != seen_generation {
                 // A renewal finished while this caller waited: it shares that outcome rather
                 // than starting another (a failed renewal is not retried by every waiter).
-                if let Some(e) = &st.last_error {
-                    return Err(e.clone());
-                }
-                if let Some(t) = st.unexpired_access(now) {
-                    return Ok(t);
+                if let Some(outcome) = st.shared_outcome(now) {
+                    return outcome;
                 }
             }
         }
         let result = self.renew().await;
+        let now = self.clock.now();
         let mut st = self.lock_state();
         st.generation += 1;
-        st.last_error = result.as_ref().err().cloned();
-        result
+        match result {
+            Ok(token) => {
+                st.last_error = None;
+                Ok(token)
+            }
+            Err(e) => {
+                st.last_error = Some((e.clone(), now));
+                if st.refused.is_none() {
+                    if let Some(t) = st.unexpired_access(now) {
+                        tracing::debug!("renewal failed ({e}); the current token is still valid");
+                        return Ok(t);
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The server refused `token`: drop it if it is the one held, so that the next
