@@ -32,7 +32,7 @@ pub const TUTORIAL_ID: &str = "db0c8ef3-8ec0-5185-a537-812dad3c58f8";
 
 /// Bumped whenever the bytes generated for given options change, so that [`ensure`] regenerates
 /// directories stamped by an older generator instead of serving stale products.
-const GENERATOR_VERSION: u32 = 1;
+const GENERATOR_VERSION: u32 = 2;
 /// Written last into a generated directory: the options it was made with (see [`ensure`]).
 const STAMP_FILE: &str = ".generate-stamp.json";
 /// Filler write size: large enough that per-call overhead vanishes, small enough to never hold a
@@ -753,8 +753,16 @@ fn write_product(path: &Path, spec: &ProductSpec, seed: u64, geotiff: bool) -> R
         .last_modified_time(time);
     let stored = deflated.compression_method(CompressionMethod::Stored);
 
+    // Directory entries too, as archivers write them: some readers list folders only from these.
+    let dirs = [
+        l.top.clone(),
+        format!("{}GRANULE/", l.top),
+        l.granule.clone(),
+        format!("{}IMG_DATA/", l.granule),
+        format!("{}QI_DATA/", l.granule),
+    ];
     let mut members: Vec<&str> = Vec::new();
-    for dir in [&l.top, &l.granule] {
+    for dir in &dirs {
         zip.add_directory(dir.as_str(), deflated)?;
         members.push(dir);
     }
