@@ -24,11 +24,16 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use lru::LruCache;
 use tokio::sync::watch;
 
 use crate::{FetchError, RangeSource};
+
+mod handle;
+
+pub use handle::{BlockHandle, PendingRead};
+use handle::{HandleState, Outcome};
 
 /// 1 MiB. Large enough that a request's fixed cost (a round trip of 50-300 ms to zipper, token
 /// check, redirect) is small next to its transfer at ~20 MB/s per connection (1 MiB = 50 ms);
@@ -107,9 +112,6 @@ pub struct CacheStats {
     pub pinned_bytes: u64,
 }
 
-/// The outcome of one fetch, shared by every block it covers: `None` while running.
-type Outcome = Option<Result<Arc<[Bytes]>, FetchError>>;
-
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct BlockKey {
     id: Arc<str>,
@@ -148,69 +150,6 @@ struct Core<S> {
 /// Share it between handles in an `Arc`.
 pub struct BlockCache<S: RangeSource> {
     core: Arc<Core<S>>,
-}
-
-/// One block of a [`BlockCache::start`] call: already there, or on its way.
-/// Holding a handle keeps no fetch alive and costs no budget while pending; drop it when done.
-#[derive(Clone)]
-pub struct BlockHandle {
-    index: u64,
-    state: HandleState,
-}
-
-#[derive(Clone)]
-enum HandleState {
-    Ready(Bytes),
-    Pending {
-        fetch: u64,
-        slot: usize,
-        rx: watch::Receiver<Outcome>,
-    },
-}
-
-impl BlockHandle {
-    pub fn index(&self) -> u64 {
-        self.index
-    }
-
-    /// True once the bytes (or an error) are there: `wait` will not block.
-    pub fn is_ready(&self) -> bool {
-        match &self.state {
-            HandleState::Ready(_) => true,
-            // `has_changed` errs once the fetch task is gone, which also ends the wait.
-            HandleState::Pending { rx, .. } => rx.borrow().is_some() || rx.has_changed().is_err(),
-        }
-    }
-
-    /// The fetch this block waits on, if any: blocks of one run share it.
-    pub(crate) fn fetch_id(&self) -> Option<u64> {
-        match &self.state {
-            HandleState::Ready(_) => None,
-            HandleState::Pending { fetch, .. } => Some(*fetch),
-        }
-    }
-
-    /// The block's bytes, once its fetch is done. Cancel-safe: dropping this future leaves the
-    /// fetch running for the other waiters and the cache.
-    pub async fn wait(self) -> Result<Bytes, FetchError> {
-        match self.state {
-            HandleState::Ready(bytes) => Ok(bytes),
-            HandleState::Pending { slot, mut rx, .. } => {
-                let outcome = match rx.wait_for(Option::is_some).await {
-                    Ok(outcome) => outcome.clone(),
-                    Err(_) => None,
-                };
-                match outcome {
-                    Some(Ok(blocks)) => Ok(blocks[slot].clone()),
-                    Some(Err(e)) => Err(e),
-                    None => Err(FetchError::Server(format!(
-                        "the fetch of block {} ended without an answer",
-                        self.index
-                    ))),
-                }
-            }
-        }
-    }
 }
 
 /// Removes a fetch's in-flight entries if its task ends without doing so (a panic in the source,
@@ -543,43 +482,25 @@ impl<S: RangeSource> BlockCache<S> {
         len: u64,
         size: u64,
     ) -> Result<Bytes, FetchError> {
-        if offset >= size || len == 0 {
-            return Ok(Bytes::new());
-        }
-        let end = offset.saturating_add(len).min(size);
-        if let Some(bytes) = self.from_tail(id, offset, end) {
-            return Ok(bytes);
-        }
-        let bs = self.block_size();
-        let first = offset / bs;
-        let last = (end - 1) / bs;
-        let handles = self.start(id, first..last + 1, size);
-        let mut out: Option<BytesMut> = None;
-        let n = handles.len();
-        for handle in handles {
-            let index = handle.index();
-            let block = handle.wait().await?;
-            let block_start = index * bs;
-            let from = offset.max(block_start) - block_start;
-            let to = end.min(block_start + bs) - block_start;
-            if to > block.len() as u64 {
-                return Err(FetchError::Protocol(format!(
-                    "block {index} of product {id} holds {} bytes, expected at least {to}; \
-                     was the product opened with two different sizes?",
-                    block.len()
-                )));
-            }
-            let piece = block.slice(from as usize..to as usize);
-            if n == 1 {
-                return Ok(piece);
-            }
-            out.get_or_insert_with(|| BytesMut::with_capacity((end - offset) as usize))
-                .extend_from_slice(&piece);
-        }
-        Ok(out.map(BytesMut::freeze).unwrap_or_default())
+        self.start_read(id, offset, len, size).wait().await
     }
 
-    fn from_tail(&self, id: &str, offset: u64, end: u64) -> Option<Bytes> {
+    /// The first half of [`BlockCache::read`]: starts the fetches the read needs and returns at
+    /// once. Lets a caller queue its own fetches behind the read's (read-ahead does).
+    pub fn start_read(&self, id: &str, offset: u64, len: u64, size: u64) -> PendingRead {
+        if offset >= size || len == 0 {
+            return PendingRead::ready(Bytes::new());
+        }
+        let end = offset.saturating_add(len).min(size);
+        if let Some(bytes) = self.tail_slice(id, offset, end) {
+            return PendingRead::ready(bytes);
+        }
+        let bs = self.block_size();
+        let handles = self.start(id, offset / bs..(end - 1) / bs + 1, size);
+        PendingRead::blocks(Arc::from(id), offset..end, bs, handles)
+    }
+
+    fn tail_slice(&self, id: &str, offset: u64, end: u64) -> Option<Bytes> {
         let mut inner = self.core.lock();
         let tail = inner.tails.get(id)?;
         let tail_end = tail.offset + tail.data.len() as u64;
@@ -602,7 +523,7 @@ impl<S: RangeSource> BlockCache<S> {
         let cap = self.core.config.budget_bytes / PINNED_SHARE_DIVISOR;
         let len = len.min(size).min(cap);
         let start = size - len;
-        if let Some(tail) = self.from_tail(id, start, size) {
+        if let Some(tail) = self.tail_slice(id, start, size) {
             return Ok(tail);
         }
         // Spawned like block fetches, so an interrupted open does not waste the request.

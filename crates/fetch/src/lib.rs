@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod mock;
+pub mod prefetch;
 pub mod zipper;
 
 use std::future::Future;

@@ -101,10 +101,18 @@ impl MemorySource {
 
     /// Deterministic pseudo-random bytes (seeded), so tests can compare slices byte for byte
     /// and a wrong offset cannot go unnoticed (unlike zeros or a short repeating pattern).
+    /// SplitMix64 rather than `StdRng`: tests make products of 64 MiB in debug builds.
     pub fn random_bytes(len: usize, seed: u64) -> Bytes {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut data = vec![0u8; len];
-        rng.fill(&mut data[..]);
+        let mut state = seed;
+        let mut data = Vec::with_capacity(len + 8);
+        while data.len() < len {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            data.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        data.truncate(len);
         Bytes::from(data)
     }
 

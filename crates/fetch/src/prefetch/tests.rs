@@ -1,0 +1,252 @@
+//! Tests of read-ahead against [`MemorySource`]: what is fetched, how often, how many at once.
+//! Nothing asserts on time; delays only make fetches overlap so bounds can be observed.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::cache::CacheConfig;
+use crate::mock::MemorySource;
+
+const MIB: u64 = 1 << 20;
+const KIB: u64 = 1 << 10;
+
+type Cache = BlockCache<Arc<MemorySource>>;
+
+fn setup(size: u64, config: CacheConfig) -> (Arc<MemorySource>, Arc<Cache>, Bytes) {
+    let data = MemorySource::random_bytes(size as usize, size);
+    let src = Arc::new(MemorySource::new().with_product("p", data.clone()));
+    let cache = Arc::new(BlockCache::new(src.clone(), config));
+    (src, cache, data)
+}
+
+/// Reads the whole product the way the kernel does: 16 KiB first, then `step` at a time.
+async fn read_like_kernel(reader: &Prefetcher<Arc<MemorySource>>, step: u64, data: &Bytes) -> u64 {
+    let size = reader.size();
+    let mut offset = 0;
+    let mut reads = 0;
+    let mut len = 16 * KIB;
+    while offset < size {
+        let got = reader.read(offset, len).await.unwrap();
+        let end = (offset + len).min(size);
+        assert_eq!(
+            got,
+            data.slice(offset as usize..end as usize),
+            "read at {offset}"
+        );
+        offset = end;
+        len = step;
+        reads += 1;
+    }
+    assert!(reader.read(size, step).await.unwrap().is_empty());
+    reads
+}
+
+#[tokio::test]
+async fn prefetch_sequential_reader_fetches_each_byte_once_in_few_requests() {
+    let size = 64 * MIB;
+    let (src, cache, data) = setup(size, CacheConfig::default());
+    let reader = Prefetcher::new(cache.clone(), "p", size, PrefetchConfig::default());
+    let reads = read_like_kernel(&reader, 128 * KIB, &data).await;
+    let served = src.stats();
+    assert_eq!(reads, 513);
+    assert_eq!(served.bytes, size, "no byte fetched twice, none missing");
+    assert!(
+        served.requests <= 64,
+        "at most one request per 1 MiB block: {served:?}"
+    );
+    assert!(
+        served.requests * 8 < reads,
+        "far fewer requests than reads: {served:?}"
+    );
+    assert_eq!(
+        reader.window_bytes(),
+        DEFAULT_MAX_WINDOW,
+        "window grew to its cap"
+    );
+    assert!(cache.stats().hits > 0);
+}
+
+#[tokio::test]
+async fn prefetch_random_reader_fetches_only_touched_blocks() {
+    let size = 64 * MIB;
+    let (src, cache, data) = setup(size, CacheConfig::default());
+    let reader = Prefetcher::new(cache.clone(), "p", size, PrefetchConfig::default());
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut touched = std::collections::HashSet::new();
+    for _ in 0..100 {
+        let offset = rng.random_range(1..size);
+        let len = 64 * KIB;
+        let got = reader.read(offset, len).await.unwrap();
+        let end = (offset + len).min(size);
+        assert_eq!(got, data.slice(offset as usize..end as usize));
+        assert_eq!(reader.window_bytes(), 0);
+        touched.extend(offset / MIB..=(end - 1) / MIB);
+    }
+    let served = src.stats();
+    assert!(
+        served.bytes <= touched.len() as u64 * MIB,
+        "{} bytes fetched for {} blocks touched",
+        served.bytes,
+        touched.len()
+    );
+    assert!(served.requests <= touched.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_concurrent_readers_share_every_block() {
+    let size = 24 * MIB + 5;
+    let (src, cache, data) = setup(size, CacheConfig::default());
+    src.set_delay(Some(Duration::from_millis(2)));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let cache = cache.clone();
+            let data = data.clone();
+            tokio::spawn(async move {
+                let reader = Prefetcher::new(cache, "p", size, PrefetchConfig::default());
+                read_like_kernel(&reader, 128 * KIB, &data).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(src.stats().bytes, size, "each block fetched once");
+    let mut ranges: Vec<_> = src.log().into_iter().map(|r| r.range).collect();
+    ranges.sort_by_key(|r| r.start);
+    for pair in ranges.windows(2) {
+        assert!(pair[0].end <= pair[1].start, "overlapping fetches {pair:?}");
+    }
+}
+
+#[tokio::test]
+async fn prefetch_in_flight_requests_are_bounded() {
+    let size = 48 * MIB;
+    let (src, cache, data) = setup(size, CacheConfig::default());
+    src.set_delay(Some(Duration::from_millis(3)));
+    let config = PrefetchConfig {
+        max_in_flight: 2,
+        ..PrefetchConfig::default()
+    };
+    let reader = Prefetcher::new(cache, "p", size, config);
+    read_like_kernel(&reader, 128 * KIB, &data).await;
+    // Two read-ahead requests, plus the reader's own when it overtakes them.
+    assert!(src.max_in_flight() <= 3, "{} at once", src.max_in_flight());
+    assert!(src.max_in_flight() >= 2, "read-ahead did run in parallel");
+    assert_eq!(src.stats().bytes, size);
+    // Requests never exceed the per-request cap.
+    assert!(src
+        .log()
+        .iter()
+        .all(|r| r.range.end - r.range.start <= DEFAULT_MAX_REQUEST));
+}
+
+#[tokio::test]
+async fn prefetch_window_fits_a_quarter_of_a_small_cache() {
+    // 16 blocks of budget: the window may not pass 4, and read-ahead must not evict what the
+    // reader is about to consume, so nothing is fetched twice.
+    let bs = 64 * KIB;
+    let size = 200 * bs;
+    let config = CacheConfig {
+        block_size: bs,
+        budget_bytes: 16 * bs,
+    };
+    let (src, cache, data) = setup(size, config);
+    src.set_delay(Some(Duration::from_millis(1)));
+    let reader = Prefetcher::new(cache.clone(), "p", size, PrefetchConfig::default());
+    read_like_kernel(&reader, 16 * KIB, &data).await;
+    assert_eq!(reader.window_bytes(), 4 * bs);
+    assert_eq!(src.stats().bytes, size);
+    assert!(cache.stats().peak_resident_bytes <= 16 * bs);
+}
+
+#[tokio::test]
+async fn prefetch_classifies_accesses() {
+    let size = 64 * MIB;
+    let (_src, cache, _) = setup(size, CacheConfig::default());
+    let reader = Prefetcher::new(cache, "p", size, PrefetchConfig::default());
+    let steps: [(u64, u64, Access, u64); 8] = [
+        (0, 16 * KIB, Access::Sequential, MIB),
+        (16 * KIB, 128 * KIB, Access::Sequential, MIB),
+        // Out-of-order async read: keep, don't grow.
+        (400 * KIB, 128 * KIB, Access::NearSequential, MIB),
+        (272 * KIB, 128 * KIB, Access::NearSequential, MIB),
+        (400 * KIB, 624 * KIB, Access::Sequential, MIB),
+        // Entering block 1 doubles the window.
+        (MIB, 128 * KIB, Access::Sequential, 2 * MIB),
+        (40 * MIB, 128 * KIB, Access::Random, 0),
+        (40 * MIB + 128 * KIB, 128 * KIB, Access::Sequential, MIB),
+    ];
+    for (offset, len, access, window) in steps {
+        reader.read(offset, len).await.unwrap();
+        assert_eq!(reader.last_access(), Some(access), "read at {offset}");
+        assert_eq!(reader.window_bytes(), window, "read at {offset}");
+    }
+    // A first read elsewhere than 0 is not a stream yet.
+    let (_src, cache, _) = setup(size, CacheConfig::default());
+    let reader = Prefetcher::new(cache, "p", size, PrefetchConfig::default());
+    reader.read(size - 64 * KIB, 64 * KIB).await.unwrap();
+    assert_eq!(reader.last_access(), Some(Access::Random));
+}
+
+#[tokio::test]
+async fn prefetch_off_fetches_only_what_is_read() {
+    let size = 8 * MIB;
+    let (src, cache, data) = setup(size, CacheConfig::default());
+    let config = PrefetchConfig {
+        read_ahead: ReadAhead::Off,
+        ..PrefetchConfig::default()
+    };
+    let reader = Prefetcher::new(cache, "p", size, config);
+    assert_eq!(
+        reader.read(0, 3 * MIB).await.unwrap(),
+        data.slice(..3 * MIB as usize)
+    );
+    assert_eq!(src.stats().bytes, 3 * MIB);
+    assert_eq!(reader.window_bytes(), 0);
+}
+
+#[tokio::test]
+async fn prefetch_mixed_reads_are_byte_exact_despite_faults() {
+    // Small blocks, a small cache (evictions) and one request in five failing: every read that
+    // succeeds must be exact, and retries must get through.
+    let bs = 4 * KIB;
+    let size = 500 * bs + 77;
+    let config = CacheConfig {
+        block_size: bs,
+        budget_bytes: 64 * bs,
+    };
+    let (src, cache, data) = setup(size, config);
+    src.set_fail_rate(0.2, 11);
+    let reader = Prefetcher::new(cache, "p", size, PrefetchConfig::default());
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut offset = 0u64;
+    let mut failures = 0;
+    for _ in 0..3000 {
+        // Mostly streaming, with hops back, forward and far.
+        offset = match rng.random_range(0..10) {
+            0 => rng.random_range(0..size + bs),
+            1 => offset.saturating_sub(rng.random_range(0..3 * bs)),
+            2 => offset + rng.random_range(0..3 * bs),
+            _ => offset,
+        };
+        let len = rng.random_range(0..3 * bs);
+        let got = loop {
+            match reader.read(offset, len).await {
+                Ok(bytes) => break bytes,
+                Err(_) => failures += 1,
+            }
+        };
+        let start = offset.min(size) as usize;
+        let end = offset.saturating_add(len).min(size) as usize;
+        assert_eq!(
+            got,
+            data.slice(start..end.max(start)),
+            "read {offset}+{len}"
+        );
+        offset = end as u64;
+    }
+    assert!(failures > 0, "faults were injected");
+}
