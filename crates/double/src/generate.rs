@@ -1284,6 +1284,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn cli_arguments_parse_and_run() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: GenerateArgs,
+        }
+        let dir = TempDir::new("cli");
+        let out = dir.0.join("p");
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "generate".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--count=2".as_ref(),
+            "--size-mib=0.5".as_ref(),
+            "--seed=9".as_ref(),
+            "--no-geotiff".as_ref(),
+            "--catalogue-only=3".as_ref(),
+        ])
+        .unwrap();
+        run(cli.args).unwrap();
+        let entries = read_index(&out).unwrap();
+        assert_eq!(entries.len(), 5);
+        assert!(entries[0].content_length.abs_diff(MIB / 2) <= TOLERANCE);
+        let reuse = GenerateOptions {
+            out: out.clone(),
+            count: 2,
+            size: MIB / 2,
+            seed: 9,
+            geotiff: false,
+            catalogue_only: 3,
+        };
+        assert!(stamp_matches(&reuse), "ensure reuses what the CLI made");
+        let bad = <Cli as clap::Parser>::try_parse_from(["generate", "--count", "1"]);
+        assert!(bad.is_err(), "--out is required");
+    }
+
     /// Zip64 is used only when a member passes 4 GiB; 4.1 GiB of disk: run by hand.
     #[test]
     #[ignore = "writes 4.1 GiB"]
