@@ -118,7 +118,9 @@ const FILE_NAME: &str = "secrets.conf";
 /// The directory under `$XDG_CONFIG_HOME` that holds [`FILE_NAME`].
 const APP_DIR: &str = "eodata-mount";
 
+/// The tutorial's section for user, password and totp_secret.
 const LOGIN: &str = "login";
+/// Our optional section for endpoint overrides; the tutorial's Python ignores it.
 const ENDPOINTS: &str = "endpoints";
 
 /// Reads and validates everything, requiring credentials. `env` looks up environment variables
