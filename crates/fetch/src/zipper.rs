@@ -60,8 +60,9 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Failures in a row (without a byte of progress) before a request gives up: with backoff
 /// doubling from 0.2 s to 5 s this rides out about 20 s of a failing backend.
 pub const DEFAULT_MAX_RETRIES: u32 = 8;
-/// No new try is started after this long: a reader blocked longer than this is better told.
-/// It also bounds waiting on 429s, which the service asks for in seconds to minutes.
+/// No new try is started after this long without a byte of progress: a reader blocked longer
+/// than this is better told. It also bounds waiting on 429s, which the service asks for in
+/// seconds to minutes.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 
 /// What the download client needs to know about the service.
@@ -80,7 +81,7 @@ pub struct ZipperConfig {
     pub read_timeout: Duration,
     /// Consecutive failures without progress before giving up.
     pub max_retries: u32,
-    /// No new try after this long since the request began.
+    /// No new try after this long since the request began or last received a byte.
     pub deadline: Duration,
 }
 
@@ -177,6 +178,8 @@ pub(crate) struct Inner<T: TokenSource> {
     budget: Arc<Budget>,
     stats: Counters,
     known: Mutex<HashMap<String, Known>>,
+    /// One `info` at a time per product; entries live while someone is asking.
+    describing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     warned_auto_redirect: AtomicBool,
 }
 
@@ -208,6 +211,7 @@ impl<T: TokenSource> Zipper<T> {
                 budget,
                 stats: Counters::default(),
                 known: Mutex::new(HashMap::new()),
+                describing: Mutex::new(HashMap::new()),
                 warned_auto_redirect: AtomicBool::new(false),
             }),
         }
@@ -271,15 +275,46 @@ impl<T: TokenSource> Inner<T> {
         });
     }
 
-    async fn info(&self, id: &str) -> Result<ObjectInfo, FetchError> {
+    fn cached_info(&self, id: &str) -> Option<ObjectInfo> {
         let k = self.known(id);
-        if let (true, Some(size), Some(ranges)) = (k.described, k.size, k.ranges) {
-            return Ok(ObjectInfo {
+        match (k.described, k.size, k.ranges) {
+            (true, Some(size), Some(ranges)) => Some(ObjectInfo {
                 size,
                 filename: k.filename,
                 ranges,
-            });
+            }),
+            _ => None,
         }
+    }
+
+    /// Cached, or asked of the service once: concurrent callers for one product wait for the
+    /// first one's answer instead of each sending HEAD and a probe.
+    async fn info(&self, id: &str) -> Result<ObjectInfo, FetchError> {
+        if let Some(info) = self.cached_info(id) {
+            return Ok(info);
+        }
+        let gate = {
+            let mut d = self.describing.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(d.entry(id.to_string()).or_default())
+        };
+        let result = {
+            let _turn = gate.lock().await;
+            match self.cached_info(id) {
+                Some(info) => Ok(info),
+                None => self.describe(id).await,
+            }
+        };
+        let mut d = self.describing.lock().unwrap_or_else(|p| p.into_inner());
+        if d.get(id).is_some_and(|g| Arc::ptr_eq(g, &gate)) && Arc::strong_count(&gate) == 2 {
+            d.remove(id);
+        }
+        result
+    }
+
+    /// HEAD for size and file name, then, unless already known, a ranged GET of byte 0 to learn
+    /// whether Range is honoured (and the size, where HEAD gave none).
+    async fn describe(&self, id: &str) -> Result<ObjectInfo, FetchError> {
+        let k = self.known(id);
         let mut retry = RetryState::new();
         let mut size = None;
         let mut filename = None;

@@ -61,9 +61,11 @@ pub(crate) struct Exchange {
 }
 
 /// The bounds on one logical request (a `get_range`, an `info`, a stream): consecutive failures
-/// without progress, token renewals, and the overall deadline for starting another try.
+/// without progress, token renewals, and the deadline for starting another try, counted from
+/// the request's start or its last progress (a stream of a large product may rightly run for
+/// far longer than the deadline).
 pub(crate) struct RetryState {
-    started: Instant,
+    since_progress: Instant,
     failures: u32,
     throttles: u32,
     renewals: u32,
@@ -72,7 +74,7 @@ pub(crate) struct RetryState {
 impl RetryState {
     pub(crate) fn new() -> Self {
         RetryState {
-            started: Instant::now(),
+            since_progress: Instant::now(),
             failures: 0,
             throttles: 0,
             renewals: 0,
@@ -82,6 +84,7 @@ impl RetryState {
     /// Bytes arrived: the failures before were transient, the count starts again.
     pub(crate) fn progressed(&mut self) {
         self.failures = 0;
+        self.since_progress = Instant::now();
     }
 
     /// A failure worth retrying: waits (backoff or `retry_after`) and returns, or returns `err`
@@ -136,7 +139,7 @@ impl RetryState {
         delay: Duration,
         err: FetchError,
     ) -> Result<(), FetchError> {
-        if self.started.elapsed() + delay > z.cfg.deadline {
+        if self.since_progress.elapsed() + delay > z.cfg.deadline {
             return Err(err);
         }
         z.stats.retries.inc();
@@ -378,14 +381,14 @@ impl<T: TokenSource> Inner<T> {
             let retry_after = header_str(resp.headers(), RETRY_AFTER)
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
             let body = read_error_body(resp, self.cfg.read_timeout).await;
-            let mut desc = ErrorBody::parse(&body).describe(status);
+            let error = ErrorBody::parse(&body);
+            let mut desc = error.describe(status);
             // A server that echoes the request must not put the token into our messages.
             let secret = token.value.expose();
             if !secret.is_empty() {
                 desc = desc.replace(secret, "***");
             }
             tracing::debug!(%url, %desc, "error answer");
-            let error = ErrorBody::parse(&body);
             match status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
                     if status == StatusCode::UNAUTHORIZED || error.says_token_refused() =>

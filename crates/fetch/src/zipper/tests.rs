@@ -295,6 +295,39 @@ async fn zipper_info_and_byte_exact_ranges() {
 }
 
 #[tokio::test]
+async fn zipper_concurrent_info_asks_once() {
+    let s = setup(Faults::default()).await;
+    let (id, _, size) = SMALL;
+    let infos = futures::future::join_all((0..8).map(|_| s.zipper.info(id))).await;
+    for i in infos {
+        assert_eq!(i.unwrap().size, size as u64);
+    }
+    assert_eq!(s.zipper.stats().requests, 2, "one HEAD and one probe");
+    assert!(s.zipper.inner.describing.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn zipper_rides_out_an_outage() {
+    let s = setup(Faults {
+        bandwidth_per_conn: Some(4 << 20),
+        ..Faults::default()
+    })
+    .await;
+    let (id, _, size) = BIG;
+    let double = s.double.clone();
+    let outage = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        double.outage(Duration::from_millis(1500));
+    });
+    let got = read_all(&s.zipper, id, size as u64, 256 << 10, 2)
+        .await
+        .unwrap();
+    outage.await.unwrap();
+    assert!(got == s.data[id]);
+    assert!(s.zipper.stats().retries > 0, "{:?}", s.zipper.stats());
+}
+
+#[tokio::test]
 async fn zipper_not_found_and_bearer_and_legacy_urls() {
     let s = setup_with(Faults::default(), |cfg, d| {
         cfg.url_template = d.legacy_download_template();
