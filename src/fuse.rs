@@ -1,0 +1,284 @@
+//! The fuser adapter: decode a kernel request, run the matching [`Fs`] method on tokio, reply
+//! from that task. Nothing here waits on the network, so the FUSE loop is never blocked: a slow
+//! read holds a tokio task, not the loop.
+//!
+//! Errors become errno here and only here ([`errno`]).
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use eodata_fetch::{FetchError, RangeSource};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use tokio::runtime::Handle;
+
+use crate::fs::{Attr, Fs, FsError, Kind, Resolver, ATTR_TTL};
+
+/// The kernel's limit on FUSE requests in the background (read-ahead among them) defaults to 12.
+/// Sequential reads at 1 MiB each from several files need more in flight to keep the
+/// connections to the download service busy; 64 is what the block cache can feed.
+const MAX_BACKGROUND: u16 = 64;
+
+pub struct FuseAdapter<R: Resolver, S: RangeSource> {
+    fs: Arc<Fs<R, S>>,
+    rt: Handle,
+}
+
+impl<R: Resolver, S: RangeSource> FuseAdapter<R, S> {
+    pub fn new(fs: Arc<Fs<R, S>>, rt: Handle) -> Self {
+        FuseAdapter { fs, rt }
+    }
+}
+
+/// The errno a failed operation returns to the reader.
+pub fn errno(e: &FsError) -> Errno {
+    match e {
+        FsError::NotFound => Errno::ENOENT,
+        FsError::NotADirectory => Errno::ENOTDIR,
+        FsError::IsADirectory => Errno::EISDIR,
+        FsError::ReadOnly => Errno::EROFS,
+        FsError::BadHandle => Errno::EBADF,
+        FsError::NoAttribute => Errno::NO_XATTR,
+        FsError::Offline(_) => Errno::EIO,
+        FsError::Catalogue(_) => Errno::EIO,
+        FsError::Fetch(FetchError::NotFound(_)) => Errno::ENOENT,
+        FsError::Fetch(FetchError::Auth(eodata_auth::AuthError::Refused { .. })) => Errno::EACCES,
+        FsError::Fetch(FetchError::Forbidden(_)) => Errno::EACCES,
+        FsError::Fetch(_) => Errno::EIO,
+    }
+}
+
+impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (fs, name, this) = (self.fs.clone(), name.to_owned(), self.attr_maker());
+        self.rt.spawn(async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(a) => reply.entry(&ATTR_TTL, &this(&a), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (fs, this) = (self.fs.clone(), self.attr_maker());
+        self.rt.spawn(async move {
+            match fs.getattr(ino.0).await {
+                Ok(a) => reply.attr(&ATTR_TTL, &this(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY
+            || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0;
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.open(ino.0, write).await {
+                // Products never change: the kernel may keep their pages across opens, so a
+                // second read of the same bytes costs no request at all.
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.getattr(ino.0).await {
+                Ok(a) if a.kind == Kind::Directory => {
+                    reply.opened(FileHandle(0), FopenFlags::empty())
+                }
+                Ok(_) => reply.error(Errno::ENOTDIR),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.readdir(ino.0).await {
+                Ok(entries) => {
+                    for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                        let kind = file_type(e.attr.kind);
+                        // The offset given with an entry is where the next readdir resumes.
+                        if reply.add(INodeNo(e.attr.ino), (i + 1) as u64, kind, &e.name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (fs, this) = (self.fs.clone(), self.attr_maker());
+        self.rt.spawn(async move {
+            match fs.readdir(ino.0).await {
+                Ok(entries) => {
+                    for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                        let attr = this(&e.attr);
+                        if reply.add(
+                            INodeNo(e.attr.ino),
+                            (i + 1) as u64,
+                            &e.name,
+                            &ATTR_TTL,
+                            &attr,
+                            Generation(0),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, 0, 0, 1 << 20, 255, 1 << 20);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.to_string_lossy();
+        match self.fs.getxattr(ino.0, &name) {
+            Ok(value) => reply_xattr(reply, &value, size),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(n.as_bytes());
+                    buf.push(0);
+                }
+                reply_xattr(reply, &buf, size);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(fuser::AccessFlags::W_OK) {
+            reply.error(Errno::EROFS);
+        } else {
+            reply.ok();
+        }
+    }
+}
+
+/// xattr replies: a zero size asks for the length; a too-small buffer gets ERANGE.
+fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+impl<R: Resolver, S: RangeSource> FuseAdapter<R, S> {
+    /// A `Send` closure turning [`Attr`] into [`FileAttr`], for use inside spawned tasks.
+    fn attr_maker(&self) -> impl Fn(&Attr) -> FileAttr + Send + 'static {
+        let (uid, gid) = (self.fs.config().uid, self.fs.config().gid);
+        move |a: &Attr| file_attr(a, uid, gid)
+    }
+}
+
+/// FUSE's attributes for a node owned by `uid`/`gid`.
+fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
+    let (kind, nlink) = match a.kind {
+        Kind::Directory => (FileType::Directory, 2),
+        Kind::File => (FileType::RegularFile, 1),
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind,
+        perm: a.perm,
+        nlink,
+        uid,
+        gid,
+        rdev: 0,
+        // Tools size their reads by st_blksize; 1 MiB matches the cache's blocks.
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Directory => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    }
+}
