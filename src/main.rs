@@ -1,1 +1,57 @@
-fn main() {}
+//! eodata-mount: Copernicus EODATA products from CREODIAS as local files.
+//!
+//! This file only dispatches commands; each lives in its own module:
+//! - the mount (default command): [`mount`] over [`fs`] and the [`fuse`] adapter;
+//! - `token`: print a valid access token;
+//! - `download`: [`download`], the tutorial's job in one command.
+//!
+//! The stack each command needs (settings, token manager, catalogue, zipper client) is built in
+//! [`stack`].
+
+mod cli;
+mod download;
+mod fs;
+mod fuse;
+mod logging;
+mod mount;
+mod mountpoint;
+mod stack;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.common.verbose, cli.common.log_file.as_deref()) {
+        eprintln!("eodata-mount: {e:#}");
+        return ExitCode::from(2);
+    }
+    let result = match &cli.command {
+        Some(Command::Token) => stack::runtime().and_then(|rt| rt.block_on(token(&cli))),
+        Some(Command::Download(args)) => {
+            stack::runtime().and_then(|rt| rt.block_on(download::run(&cli.common, args)))
+        }
+        None => mount::run(&cli),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the chain of causes joined, as every error says what to do.
+            eprintln!("eodata-mount: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `eodata-mount token`: one valid access token and a newline on stdout, nothing else.
+async fn token(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let settings = stack::settings(&cli.common)?;
+    let tokens = stack::token_manager(&cli.common, &settings)?;
+    use eodata_auth::TokenSource;
+    let token = tokens.token().await?;
+    println!("{}", token.value.expose());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,149 @@
+//! The command line: what a user can type, and nothing else.
+//!
+//! `eodata-mount MOUNTPOINT` mounts (the default command); `token` and `download` do the
+//! tutorial's job in one command each. Options shared by every command (where the credentials
+//! and the services are) are global, so they may stand before or after the subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Mount Copernicus EODATA products from CREODIAS as local files.
+///
+/// Products appear as MOUNTPOINT/<Name>.zip and are read on demand with authenticated HTTP
+/// Range requests; the TOTP code and the Keycloak token are handled for you.
+#[derive(Debug, Parser)]
+#[command(
+    name = "eodata-mount",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub mount: MountArgs,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print one valid access token and a newline, nothing else.
+    ///
+    /// For scripts: curl "$URL?token=$(eodata-mount token)". Tokens are shared with every other
+    /// eodata-mount process of this user, so calling this often costs no extra login.
+    Token,
+    /// Download products (by Name, Name without .SAFE, or UUID) as <Name>.zip.
+    Download(DownloadArgs),
+}
+
+/// Options of every command: credentials, services, logging.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// secrets.conf to read ([login] user, password, totp_secret).
+    #[arg(long, global = true, env = "EODATA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Service provider whose endpoints are the defaults: creodias or cdse.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub provider: Option<String>,
+
+    /// Keycloak token endpoint.
+    #[arg(long, global = true, value_name = "URL")]
+    pub token_url: Option<String>,
+
+    /// OpenID Connect client id.
+    #[arg(long, global = true, value_name = "ID")]
+    pub client_id: Option<String>,
+
+    /// Download URL template; {id} is replaced by the product's UUID.
+    #[arg(long, global = true, value_name = "TEMPLATE")]
+    pub download_url: Option<String>,
+
+    /// OData catalogue base URL.
+    #[arg(long, global = true, value_name = "URL")]
+    pub catalogue_url: Option<String>,
+
+    /// Do not share tokens with other processes through the per-user token cache.
+    #[arg(long, global = true)]
+    pub no_token_cache: bool,
+
+    /// Parallel HTTP connections to the download service (it caps them per user).
+    #[arg(long, global = true, default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_connections: u32,
+
+    /// A request that makes no progress for this many seconds fails (EIO in the mount).
+    #[arg(long, global = true, default_value_t = 120, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_timeout: u64,
+
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Write logs to this file instead of standard error.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// Options of the mount (the default command).
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Where to mount.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: Option<PathBuf>,
+
+    /// Stay in the foreground instead of returning once the mount is live.
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// A product to list in the root (Name or UUID); repeatable.
+    #[arg(long = "product", value_name = "ID")]
+    pub products: Vec<String>,
+
+    /// A file with one product (Name or UUID) a line, listed in the root.
+    #[arg(long, value_name = "FILE")]
+    pub products_file: Option<PathBuf>,
+
+    /// Memory for the block cache, in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
+    pub cache_size: u64,
+
+    /// Let other users read the mount (needs user_allow_other in /etc/fuse.conf when not root).
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// FUSE mount options, comma-separated, as in mount -o.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+}
+
+/// Options of `download`.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Products: Names (with or without .SAFE) or UUIDs.
+    #[arg(value_name = "PRODUCT")]
+    pub products: Vec<String>,
+
+    /// Read products from this file, one a line (blank lines and # comments skipped).
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+
+    /// Output directory, or a file name when downloading a single product.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Download again even when a complete file is already there.
+    #[arg(long)]
+    pub force: bool,
+
+    /// No progress output.
+    #[arg(short, long)]
+    pub quiet: bool,
+}

@@ -1,0 +1,253 @@
+//! The mount command: check, log in, mount, serve, unmount.
+//!
+//! Order matters for "nothing mounted half-way": the mountpoint is checked and the login done
+//! before mount(2), so wrong credentials or a bad mountpoint fail with nothing mounted.
+//!
+//! Background mode (the default) re-runs this program in the foreground as a detached child and
+//! waits for one line on a pipe: `ready` once the mount is live (exit 0), or the child's exit
+//! with its error already printed on our shared stderr (its exit code). Re-running instead of
+//! fork(2) keeps the child free of a half-copied multi-threaded runtime.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use eodata_auth::TokenSource;
+use eodata_catalogue::Catalogue;
+use eodata_fetch::cache::{BlockCache, CacheConfig};
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::cli::Cli;
+use crate::fs::{Fs, FsConfig, FsError, ProductMeta, Resolver};
+use crate::fuse::FuseAdapter;
+use crate::mountpoint;
+use crate::stack;
+
+/// Set in the environment of the background child: it reports readiness on its stdout.
+const NOTIFY_ENV: &str = "EODATA_MOUNT_NOTIFY_READY";
+
+pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let Some(mountpoint) = cli.mount.mountpoint.as_deref() else {
+        bail!("no mountpoint given; usage: eodata-mount [OPTIONS] <MOUNTPOINT> (see --help)");
+    };
+    let mountpoint = mountpoint::prepare(mountpoint)?;
+    if !cli.mount.foreground {
+        return spawn_background();
+    }
+    let rt = stack::runtime()?;
+    let common = &cli.common;
+    let settings = stack::settings(common)?;
+    let tokens = stack::token_manager(common, &settings)?;
+    // Log in before mounting: wrong credentials must fail here, with nothing mounted.
+    rt.block_on(tokens.token())
+        .context("cannot log in, so nothing was mounted")?;
+    let catalogue = stack::catalogue(common, &settings)?;
+    let zipper = stack::zipper(common, &settings, tokens)?;
+    let cache = Arc::new(BlockCache::new(
+        zipper,
+        CacheConfig {
+            budget_bytes: cli.mount.cache_size << 20,
+            ..CacheConfig::default()
+        },
+    ));
+    let fs = Arc::new(Fs::new(
+        CatalogueResolver(catalogue),
+        cache,
+        FsConfig {
+            max_connections: common.max_connections as usize,
+            ..FsConfig::default()
+        },
+    ));
+    let mut wanted = cli.mount.products.clone();
+    if let Some(file) = &cli.mount.products_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read products file {}", file.display()))?;
+        wanted.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    rt.block_on(async {
+        for name in &wanted {
+            fs.add_product(name).await.map_err(|e| match e {
+                FsError::NotFound => anyhow::anyhow!("product {name} not found in the catalogue"),
+                e => anyhow::anyhow!("product {name}: {e}"),
+            })?;
+        }
+        anyhow::Ok(())
+    })?;
+
+    let mut options = vec![
+        MountOption::FSName("eodata".into()),
+        MountOption::Subtype(mountpoint::FS_SUBTYPE.into()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    let mut acl = if cli.mount.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    for opt in cli.mount.options.iter().flat_map(|o| o.split(',')) {
+        match opt {
+            "" => {}
+            // fuser expresses these as the session's access list, not as mount options.
+            "allow_other" => acl = SessionACL::All,
+            "allow_root" => acl = SessionACL::RootAndOwner,
+            other => options.push(parse_mount_option(other)),
+        }
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = acl;
+    let adapter = FuseAdapter::new(fs, rt.handle().clone());
+    let session = Session::new(adapter, &mountpoint, &config)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    mountpoint::raise_read_ahead(&mountpoint);
+    tracing::info!("mounted on {}", mountpoint.display());
+    notify_ready()?;
+
+    // SIGTERM/SIGINT: unmount; the session loop then ends and we exit.
+    let mp = mountpoint.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("signal received: unmounting {}", mp.display());
+        if let Err(e) = mountpoint::unmount(&mp) {
+            tracing::error!("unmount of {} failed: {e}", mp.display());
+        }
+        // Readers of a detached mount get an error once /dev/fuse closes, instead of hanging.
+        std::process::exit(0);
+    });
+    let result = session.run();
+    tracing::info!("unmounted {}", mountpoint.display());
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result.context("the FUSE session ended with an error")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Map one `-o` option onto fuser's enum; unknown ones pass through to the kernel.
+fn parse_mount_option(opt: &str) -> MountOption {
+    match opt {
+        "default_permissions" => MountOption::DefaultPermissions,
+        "ro" => MountOption::RO,
+        "nodev" => MountOption::NoDev,
+        "nosuid" => MountOption::NoSuid,
+        "noexec" => MountOption::NoExec,
+        "noatime" => MountOption::NoAtime,
+        other => MountOption::CUSTOM(other.to_string()),
+    }
+}
+
+/// Re-run ourselves in the foreground, detached, and wait for it to say the mount is live.
+fn spawn_background() -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find our own executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .arg("--foreground")
+        .env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our terminal's session
+    // so that Ctrl-C in this shell does not reach the mount.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the background mount")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).ok();
+    if line.trim() == "ready" {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The child printed its error on our stderr; pass on its exit code.
+    let status = child.wait().context("waiting for the background mount")?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(1, 255) as u8
+    ))
+}
+
+/// In the background child: tell the parent the mount is live, then let go of its terminal.
+fn notify_ready() -> anyhow::Result<()> {
+    if std::env::var_os(NOTIFY_ENV).is_none() {
+        return Ok(());
+    }
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto our own stdout/stderr; the parent has exited or will, and the logs go
+    // to --log-file when one is given.
+    unsafe {
+        libc::dup2(devnull.as_raw_fd(), 1);
+        libc::dup2(devnull.as_raw_fd(), 2);
+    }
+    Ok(())
+}
+
+/// Names to products through the OData catalogue.
+pub struct CatalogueResolver(pub Arc<Catalogue>);
+
+impl Resolver for CatalogueResolver {
+    async fn resolve(&self, name: &str) -> Result<Option<ProductMeta>, FsError> {
+        match self.0.resolve(name).await {
+            Ok(p) => Ok(Some(product_meta(&p))),
+            Err(eodata_catalogue::CatalogueError::NotFound(_)) => Ok(None),
+            Err(e) => {
+                tracing::warn!("catalogue lookup of {name} failed: {e}");
+                Err(FsError::Catalogue(e.to_string()))
+            }
+        }
+    }
+}
+
+fn product_meta(p: &eodata_catalogue::Product) -> ProductMeta {
+    let mut xattrs = Vec::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            xattrs.push((format!("user.eodata.{k}"), v));
+        }
+    };
+    put("footprint", p.footprint.clone());
+    put("checksum.md5", p.md5.clone());
+    put("s3path", p.s3_path.clone());
+    put("size_hint", p.size_hint.map(|s| s.to_string()));
+    put("content_start", p.content_start.map(epoch_secs));
+    put("content_end", p.content_end.map(epoch_secs));
+    ProductMeta {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        mtime: p
+            .modification_date
+            .or(p.publication_date)
+            .unwrap_or(std::time::UNIX_EPOCH),
+        online: p.online,
+        xattrs,
+    }
+}
+
+/// Seconds since the epoch as text: unambiguous for tools that filter on it.
+fn epoch_secs(t: std::time::SystemTime) -> String {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,104 @@
+//! Building the layers every command stands on, from the command line, in one place:
+//! settings -> token manager -> catalogue and zipper client -> block cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use eodata_auth::token::{LoginConfig, TokenManager};
+use eodata_catalogue::Catalogue;
+use eodata_config::{Overrides, Settings};
+use eodata_fetch::zipper::{Zipper, ZipperConfig};
+
+use crate::cli::CommonArgs;
+
+/// The zipper client as every command uses it.
+pub type Client = Zipper<Arc<TokenManager>>;
+
+/// The tokio runtime. Four workers: the FUSE adapter's tasks mostly wait on the network, so
+/// a few threads serve many concurrent reads, and two cores gain nothing from more.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Flags > environment > secrets.conf > provider defaults, validated.
+pub fn settings(common: &CommonArgs) -> anyhow::Result<Settings> {
+    let overrides = Overrides {
+        config: common.config.clone(),
+        token_url: common.token_url.clone(),
+        client_id: common.client_id.clone(),
+        download_url: common.download_url.clone(),
+        catalogue_url: common.catalogue_url.clone(),
+        provider: common.provider.clone(),
+    };
+    let settings = eodata_config::load(&overrides, &|k| std::env::var(k).ok())?;
+    for w in &settings.warnings {
+        eprintln!("eodata-mount: warning: {w}");
+    }
+    Ok(settings)
+}
+
+/// The HTTP client shared by every layer. Redirects are followed by the zipper client itself
+/// (it decides where a token may go), so this client follows none.
+pub fn http_client(common: &CommonArgs) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(15))
+        .read_timeout(Duration::from_secs(common.read_timeout))
+        .user_agent(concat!("eodata-mount/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+pub fn token_manager(
+    common: &CommonArgs,
+    settings: &Settings,
+) -> anyhow::Result<Arc<TokenManager>> {
+    let cache_dir = if common.no_token_cache {
+        None
+    } else {
+        Some(eodata_auth::token::default_cache_dir())
+    };
+    let cfg = LoginConfig {
+        token_url: settings.token_url.to_string(),
+        client_id: settings.client_id.clone(),
+        user: settings.user.clone(),
+        password: settings.password.clone(),
+        totp_secret: settings.totp_secret.clone(),
+        cache_dir,
+    };
+    Ok(Arc::new(TokenManager::new(cfg, http_client(common)?)?))
+}
+
+pub fn catalogue(common: &CommonArgs, settings: &Settings) -> anyhow::Result<Arc<Catalogue>> {
+    Ok(Arc::new(Catalogue::new(
+        settings.catalogue_url.clone(),
+        http_client(common)?,
+    )))
+}
+
+pub fn zipper(
+    common: &CommonArgs,
+    settings: &Settings,
+    tokens: Arc<TokenManager>,
+) -> anyhow::Result<Arc<Client>> {
+    let passing = match settings.token_passing {
+        eodata_config::TokenPassing::Query => eodata_fetch::zipper::TokenPassing::Query,
+        eodata_config::TokenPassing::Bearer => eodata_fetch::zipper::TokenPassing::Bearer,
+    };
+    let mut cfg = ZipperConfig::new(settings.download_url.clone(), passing);
+    cfg.max_connections = common.max_connections as usize;
+    cfg.read_timeout = Duration::from_secs(common.read_timeout);
+    // A Bearer token may follow a redirect only within the provider's own domain (CDSE
+    // redirects from the catalogue host to the download host); the template's host is trusted
+    // by the client itself.
+    cfg.trusted_hosts = match settings.provider {
+        eodata_config::Provider::Creodias => vec![".creodias.eu".into(), ".cloudferro.com".into()],
+        eodata_config::Provider::Cdse => vec![".dataspace.copernicus.eu".into()],
+    };
+    Ok(Arc::new(Zipper::new(cfg, tokens, http_client(common)?)))
+}
