@@ -353,9 +353,11 @@ mod tests {
         prepare_dir(&dir).unwrap();
         let shared = SharedFile::new(&dir, "user@example.com", "https://id.example/token");
         assert!(shared.read().is_none());
-        let mut state = StateFile::default();
-        state.access_token = Some("tok".into());
-        state.last_totp_step = Some(42);
+        let state = StateFile {
+            access_token: Some("tok".into()),
+            last_totp_step: Some(42),
+            ..StateFile::default()
+        };
         shared.write(&state).unwrap();
         assert_eq!(shared.read(), Some(state.clone()));
         let meta = std::fs::metadata(shared.state_path()).unwrap();
