@@ -256,7 +256,7 @@ impl<T: TokenSource> Inner<T> {
         origin: &Url,
         range: Option<RangeSpec>,
         token: &AccessToken,
-    ) -> Result<(Response, String), SendError> {
+    ) -> Result<(Response, String, bool), SendError> {
         let mut url = origin.clone();
         let mut method = method.clone();
         for _hop in 0..=MAX_REDIRECTS {
@@ -335,7 +335,7 @@ impl<T: TokenSource> Inner<T> {
                 url = next;
                 continue;
             }
-            return Ok((resp, logged));
+            return Ok((resp, logged, trusted));
         }
         Err(SendError::Fatal(FetchError::Protocol(format!(
             "more than {MAX_REDIRECTS} redirects from {}",
@@ -358,7 +358,7 @@ impl<T: TokenSource> Inner<T> {
             // A refused login is final: FetchError::Auth at once, never a retry per read.
             let token = self.tokens.token().await?;
             let permit = self.budget.acquire().await;
-            let (resp, url) = match self.send(&method, &origin, range, &token).await {
+            let (resp, url, credentialed) = match self.send(&method, &origin, range, &token).await {
                 Ok(r) => r,
                 Err(SendError::Fatal(e)) => return Err(e),
                 Err(SendError::Transient(e)) => {
@@ -389,10 +389,17 @@ impl<T: TokenSource> Inner<T> {
                 desc = desc.replace(secret, "***");
             }
             tracing::debug!(%url, %desc, "error answer");
+            let token_refused = status == StatusCode::UNAUTHORIZED
+                || (status == StatusCode::FORBIDDEN && error.says_token_refused());
             match status {
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-                    if status == StatusCode::UNAUTHORIZED || error.says_token_refused() =>
-                {
+                // A redirect led to a host that was not given the token: renewing cannot help.
+                _ if token_refused && !credentialed => {
+                    return Err(FetchError::Forbidden(format!(
+                        "{desc} from {url}, which was not sent the token because its host is \
+                         not trusted; add it to the trusted hosts if it belongs to the provider"
+                    )));
+                }
+                _ if token_refused => {
                     drop(permit);
                     self.stats.unauthorized.inc();
                     retry.renewals += 1;
