@@ -171,7 +171,7 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
                 .await
             {
                 Answer::Done(resp, e) => {
-                    entry = e;
+                    entry = *e;
                     resp
                 }
                 Answer::Streaming(resp) => return Ok(resp),
@@ -180,7 +180,7 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
         Route::File(name) => {
             match crate::zipper::file(&shared, &method, &parts.headers, &name, entry).await {
                 Answer::Done(resp, e) => {
-                    entry = e;
+                    entry = *e;
                     resp
                 }
                 Answer::Streaming(resp) => return Ok(resp),
@@ -210,8 +210,14 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
 /// What a download handler hands back: either a complete answer still to be logged, or a
 /// streaming response whose body logs itself when it ends.
 pub(crate) enum Answer {
-    Done(Response<Body>, LogEntry),
+    Done(Response<Body>, Box<LogEntry>),
     Streaming(Response<Body>),
+}
+
+impl Answer {
+    pub(crate) fn done(resp: Response<Body>, entry: LogEntry) -> Answer {
+        Answer::Done(resp, Box::new(entry))
+    }
 }
 
 fn log_dropped(shared: &Shared, mut entry: LogEntry) -> Dropped {

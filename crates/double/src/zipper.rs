@@ -146,7 +146,7 @@ pub(crate) async fn download(
             "DAT-ZIP-405",
             "Method not allowed",
         );
-        return Answer::Done(r, entry);
+        return Answer::done(r, entry);
     }
     let user = if shared.faults().no_auth {
         ANONYMOUS.to_string()
@@ -169,7 +169,7 @@ pub(crate) async fn download(
                     "DAT-ZIP-604",
                     "Token not found",
                 );
-                return Answer::Done(r, entry);
+                return Answer::done(r, entry);
             }
         }
     };
@@ -181,7 +181,7 @@ pub(crate) async fn download(
             "DAT-ZIP-404",
             "Product not found",
         );
-        return Answer::Done(r, entry);
+        return Answer::done(r, entry);
     };
     serve_product(shared, method, headers, &product, &user, entry).await
 }
@@ -203,7 +203,7 @@ async fn serve_product(
     };
     if burst {
         entry.outcome = "429".into();
-        return Answer::Done(too_many(shared), entry);
+        return Answer::done(too_many(shared), entry);
     }
     let faults = shared.faults();
     if *method == Method::GET && shared.roll(faults.fail_rate) {
@@ -214,7 +214,7 @@ async fn serve_product(
             "DAT-ZIP-503",
             "Service temporarily unavailable",
         );
-        return Answer::Done(r, entry);
+        return Answer::done(r, entry);
     }
     let path = product.file.clone().expect("checked by caller");
     let meta = match tokio::fs::metadata(&path).await {
@@ -227,7 +227,7 @@ async fn serve_product(
                 "DAT-ZIP-404",
                 "Product not found",
             );
-            return Answer::Done(r, entry);
+            return Answer::done(r, entry);
         }
     };
     let size = meta.len();
@@ -277,17 +277,17 @@ async fn serve_product(
                 header::CONTENT_RANGE,
                 HeaderValue::from_str(&format!("bytes */{size}")).unwrap(),
             );
-            return Answer::Done(r, entry);
+            return Answer::done(r, entry);
         }
     };
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     *resp.status_mut() = status;
     if *method == Method::HEAD {
-        return Answer::Done(resp, entry);
+        return Answer::done(resp, entry);
     }
     let Some(slot) = shared.acquire_slot(user, faults.max_connections_per_user) else {
         entry.outcome = "max_connections".into();
-        return Answer::Done(too_many(shared), entry);
+        return Answer::done(too_many(shared), entry);
     };
     let cut_after = shared.roll(faults.cut_rate).then_some(len / 2);
     let tamper_at =
@@ -326,7 +326,7 @@ pub(crate) async fn file(
         }
         _ => {
             entry.outcome = "not_found".into();
-            Answer::Done(
+            Answer::done(
                 html_response(
                     StatusCode::NOT_FOUND,
                     "<html><body>404 Not Found</body></html>",

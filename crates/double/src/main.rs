@@ -1,0 +1,176 @@
+//! `fake-creodias`: the double as a process, for scripts, benchmarks and peers (rclone,
+//! httpdirfs) that need a server outside the test process.
+//!
+//! `serve` prints exactly one line first, `listening on http://127.0.0.1:PORT`, flushed, so a
+//! script can start it with `--port 0` and read the port; then it serves until SIGTERM or SIGINT.
+//! `generate` writes a product store (see the library's `generate` module).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fake_creodias::{Config, Double, Faults, User};
+
+#[derive(Parser)]
+#[command(
+    name = "fake-creodias",
+    version,
+    about = "A local double of CREODIAS: Keycloak, zipper and OData catalogue"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the token endpoint, zipper and catalogue on 127.0.0.1.
+    Serve(ServeArgs),
+    /// Write a directory of test products and its index.json.
+    Generate(fake_creodias::generate::GenerateArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Port on 127.0.0.1 (0: any free port; the first line printed says which).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Product store: a directory with index.json and the zips.
+    #[arg(long)]
+    products: Option<PathBuf>,
+    /// Username of an account (repeat --user/--password/--totp-secret for more accounts).
+    #[arg(long)]
+    user: Vec<String>,
+    #[arg(long)]
+    password: Vec<String>,
+    /// Base32 TOTP secret of the account.
+    #[arg(long)]
+    totp_secret: Vec<String>,
+    /// OpenID client id that logins must send.
+    #[arg(long, default_value = fake_creodias::CREODIAS_CLIENT_ID)]
+    client_id: String,
+    /// Access token lifetime in seconds (fractions allowed).
+    #[arg(long, default_value_t = 300.0)]
+    access_lifetime: f64,
+    /// Refresh token lifetime in seconds (fractions allowed).
+    #[arg(long, default_value_t = 1800.0)]
+    refresh_lifetime: f64,
+    /// Failed logins before an account locks (0: never).
+    #[arg(long, default_value_t = 30)]
+    lockout_after: u32,
+    /// Delay added before every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Bytes per second per download body.
+    #[arg(long)]
+    bandwidth: Option<u64>,
+    /// Download bodies streaming at once per user; more get 429 DAT-ZIP-100.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Fraction of zipper GETs answered 503.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Fraction of zipper bodies cut half-way.
+    #[arg(long, default_value_t = 0.0)]
+    cut_rate: f64,
+    /// Ignore Range headers (200 and the whole body).
+    #[arg(long)]
+    no_range: bool,
+    /// No token needed; also serve /files/ (HTML index) for rclone/httpdirfs.
+    #[arg(long)]
+    no_auth: bool,
+    /// Alter one byte of every download body.
+    #[arg(long)]
+    tamper: bool,
+    /// Refuse every refresh_token grant.
+    #[arg(long)]
+    refuse_refresh: bool,
+    /// Seed of the fault RNG.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Append one JSON line per request to this file.
+    #[arg(long)]
+    log: Option<PathBuf>,
+}
+
+fn secs(s: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("{flag} must be a non-negative number of seconds, got {s}"))
+}
+
+fn config(a: ServeArgs) -> anyhow::Result<Config> {
+    anyhow::ensure!(
+        a.user.len() == a.password.len() && a.user.len() == a.totp_secret.len(),
+        "give --user, --password and --totp-secret once per account ({} users, {} passwords, {} secrets)",
+        a.user.len(),
+        a.password.len(),
+        a.totp_secret.len()
+    );
+    for (flag, rate) in [("--fail-rate", a.fail_rate), ("--cut-rate", a.cut_rate)] {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&rate),
+            "{flag} must be between 0 and 1, got {rate}"
+        );
+    }
+    let users = a
+        .user
+        .iter()
+        .zip(&a.password)
+        .zip(&a.totp_secret)
+        .map(|((u, p), s)| User::new(u, p, s))
+        .collect();
+    Ok(Config {
+        users,
+        client_id: a.client_id,
+        access_lifetime: secs(a.access_lifetime, "--access-lifetime")?,
+        refresh_lifetime: secs(a.refresh_lifetime, "--refresh-lifetime")?,
+        lockout_after: a.lockout_after,
+        products_dir: a.products,
+        faults: Faults {
+            fail_rate: a.fail_rate,
+            cut_rate: a.cut_rate,
+            latency: Duration::from_millis(a.latency_ms),
+            bandwidth_per_conn: a.bandwidth,
+            max_connections_per_user: a.max_connections,
+            no_range: a.no_range,
+            no_auth: a.no_auth,
+            tamper: a.tamper,
+            refuse_refresh: a.refuse_refresh,
+            ..Faults::default()
+        },
+        seed: a.seed,
+        log_path: a.log,
+        port: a.port,
+    })
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let double = Double::start(config(a)?).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", double.base_url())?;
+        out.flush()?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    double.stop();
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(a) => tokio::runtime::Runtime::new()?.block_on(serve(a)),
+        Command::Generate(a) => fake_creodias::generate::run(a),
+    }
+}
