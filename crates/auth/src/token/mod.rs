@@ -23,43 +23,36 @@
 
 mod cache;
 mod endpoint;
+mod renew;
+mod retry;
 
 pub use cache::default_cache_dir;
+pub use retry::RetryPolicy;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::{Clock, ServerOffset, SystemClock};
-use crate::totp::{self, Totp};
+use crate::totp::{self, Totp, TotpSecretProblem};
 use crate::{redact_url, AccessToken, AuthError, Secret, TokenSource};
-use cache::{from_millis, sha256_hex, to_millis, Refusal, SharedFile, StateFile};
-use endpoint::{Failure, Grant, Granted};
+use cache::{sha256_hex, SharedFile};
 
 /// Renew when less than this is left of a token's life, at the least. Covers a slow token
 /// request plus a download request started just before expiry (zipper checks the token when
 /// the request arrives; a 30 s margin keeps a request from racing the expiry).
 const MIN_MARGIN: Duration = Duration::from_secs(30);
 
-/// Do not keep a refresh token whose remaining life is shorter than this: the request would
-/// likely arrive after it expired and earn an `invalid_grant` for nothing.
-const REFRESH_MIN_REMAINING: Duration = Duration::from_secs(1);
-
-/// How long a refusal recorded in the shared state file stops other processes with the same
-/// credentials from trying. Long enough that a burst of processes (a script starting sixteen
-/// downloads) makes no further attempt against a possibly locked account; short enough that a
-/// user who fixed the account on the web site is not kept waiting long.
-const REFUSAL_MEMORY: Duration = Duration::from_secs(10 * 60);
-
 /// After a renewal failed (its retries spent, up to ~30 s), callers within this time share its
 /// outcome (the still-valid token, or the error) instead of each starting another 30 s of
 /// retries: a burst of readers fails, or carries on, together.
 const FAILURE_COOLDOWN: Duration = Duration::from_secs(5);
 
-/// Password logins per renewal: the first, and one more with the next TOTP step when the first
-/// was refused (it may have missed the step by a hair, or hit a code already used elsewhere).
-/// Never more: Keycloak's brute-force protection counts every failure.
-const MAX_PASSWORD_ATTEMPTS: u32 = 2;
+/// While another caller renews, a held token with more than this left is handed out at once
+/// instead of waiting for the renewal (which may wait up to 30 s for a TOTP step). A reader's
+/// request reaches the server within a second or two, so 10 s is ample; shorter-lived tokens
+/// (tests) wait for the renewal, which by refresh takes milliseconds.
+const SERVE_DURING_RENEWAL: Duration = Duration::from_secs(10);
 
 /// How long before its expiry a token is renewed, given its total lifetime.
 ///
@@ -70,34 +63,6 @@ const MAX_PASSWORD_ATTEMPTS: u32 = 2;
 /// of its life (a 3 s test token renews with 1 s left).
 pub fn renewal_margin(lifetime: Duration) -> Duration {
     (lifetime / 4).max(MIN_MARGIN).min(lifetime / 3)
-}
-
-/// How transient failures (network, timeouts, 5xx, 429) are retried.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Requests in all, the first included.
-    pub attempts: u32,
-    /// Wait after the first failure; doubles after each further one.
-    pub first_backoff: Duration,
-    /// The wait never grows beyond this (before jitter).
-    pub max_backoff: Duration,
-    /// No retry starts once this much time has passed since the first attempt.
-    pub budget: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// 0.5, 1, 2, 4, 8 s between six attempts (each wait jittered down by up to half, so that
-    /// processes failing together do not retry together), within 30 s: long enough to ride out
-    /// a Keycloak restart or a dropped Wi-Fi, short enough that a user sees the error while
-    /// still watching.
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 6,
-            first_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(8),
-            budget: Duration::from_secs(30),
-        }
-    }
 }
 
 /// What the manager needs to log in.
@@ -133,6 +98,8 @@ struct State {
     last_step: Option<u64>,
     /// The server clock's offset; `None` until an answer carried a `Date`.
     offset: Option<ServerOffset>,
+    /// The server's clock was probed (once per manager, before the first login).
+    probed: bool,
     /// Set on a definitive refusal; returned by every later call.
     refused: Option<AuthError>,
     /// sha256 of the last access token a server rejected, so it is not adopted back from the
@@ -152,6 +119,13 @@ impl State {
         let t = self.tokens.as_ref()?;
         let access = t.access.as_ref()?;
         is_fresh(access, t.obtained_at, now).then(|| access.clone())
+    }
+
+    /// The held access token if it has more than `left` of its life left.
+    fn access_with(&self, now: SystemTime, left: Duration) -> Option<AccessToken> {
+        let access = self.tokens.as_ref()?.access.as_ref()?;
+        let remaining = access.expires_at.duration_since(now).ok()?;
+        (remaining > left).then(|| access.clone())
     }
 
     /// The held access token if it has not expired yet.
@@ -192,14 +166,6 @@ fn is_fresh(access: &AccessToken, obtained_at: SystemTime, now: SystemTime) -> b
         Ok(remaining) => remaining > renewal_margin(lifetime),
         Err(_) => false,
     }
-}
-
-/// How a grant attempt sequence ended without tokens.
-enum Outcome {
-    /// The server refused the grant (`error`, `error_description`).
-    Refused(String, String),
-    /// Anything else: give up this renewal with this error.
-    Failed(AuthError),
 }
 
 /// Gets, keeps and renews access tokens. Share it (in an `Arc`) between all readers.
@@ -261,10 +227,17 @@ impl TokenManager {
         }
         // The character itself is not repeated here: it is part of a secret.
         let key = totp::parse_totp_secret(cfg.totp_secret.expose()).map_err(|e| {
-            bad(format!(
-                "the TOTP secret is not valid base32 (problem at character {}): {:?}",
-                e.position, e.problem
-            ))
+            bad(match e.problem {
+                TotpSecretProblem::NotBase32 => format!(
+                    "the TOTP secret is not base32: character {} is not a letter A-Z or a digit 2-7",
+                    e.position
+                ),
+                TotpSecretProblem::Truncated => format!(
+                    "the TOTP secret ends in the middle of a byte at character {}: a character is missing or one too many",
+                    e.position
+                ),
+                TotpSecretProblem::Empty => "the TOTP secret is empty".to_string(),
+            })
         })?;
         let shared = match &cfg.cache_dir {
             Some(dir) => {
@@ -353,7 +326,18 @@ impl TokenManager {
             }
             st.generation
         };
-        let _renewing = self.renewal.lock().await;
+        let _renewing = match self.renewal.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // Another caller is renewing: no need to wait for it while the held token
+                // still has a comfortable while to live.
+                let now = self.clock.now();
+                if let Some(t) = self.lock_state().access_with(now, SERVE_DURING_RENEWAL) {
+                    return Ok(t);
+                }
+                self.renewal.lock().await
+            }
+        };
         {
             let st = self.lock_state();
             if let Some(e) = &st.refused {
@@ -413,362 +397,6 @@ impl TokenManager {
         // it in any way that matters.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// One renewal, under the cross-process lock.
-    async fn renew(&self) -> Result<AccessToken, AuthError> {
-        let _lock = match &self.shared {
-            Some(shared) => Some(shared.lock().await?),
-            None => None,
-        };
-        let mut disk = self
-            .shared
-            .as_ref()
-            .and_then(|s| s.read())
-            .unwrap_or_default();
-        if let Some(token) = self.merge_disk(&disk)? {
-            return Ok(token);
-        }
-        if let Some(refresh) = self.usable_refresh() {
-            tracing::debug!("renewing by refresh");
-            match self.refresh(&refresh).await {
-                Ok(granted) => return Ok(self.store(granted, &mut disk)),
-                Err(Outcome::Refused(error, description)) => {
-                    tracing::debug!(
-                        "refresh refused ({error}: {description}); logging in with password and TOTP"
-                    );
-                    if let Some(t) = self.lock_state().tokens.as_mut() {
-                        t.refresh = None;
-                    }
-                }
-                Err(Outcome::Failed(e)) => return Err(e),
-            }
-        }
-        match self.password_login(&mut disk).await {
-            Ok(granted) => Ok(self.store(granted, &mut disk)),
-            Err(e) => {
-                if let AuthError::Refused { reason, .. } = &e {
-                    self.lock_state().refused = Some(e.clone());
-                    disk.refusal = Some(Refusal {
-                        fingerprint: self.fingerprint.clone(),
-                        at: to_millis(self.clock.now()),
-                        reason: reason.clone(),
-                    });
-                    self.write_disk(&disk);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Folds in what the shared file knows: used TOTP steps, a recent refusal of these
-    /// credentials (which latches), and tokens newer than ours. Returns the file's access
-    /// token when it is fresh and not one a server rejected.
-    fn merge_disk(&self, disk: &StateFile) -> Result<Option<AccessToken>, AuthError> {
-        let now = self.clock.now();
-        let mut st = self.lock_state();
-        if let Some(step) = disk.last_totp_step {
-            st.last_step = st.last_step.max(Some(step));
-        }
-        if let Some(refusal) = &disk.refusal {
-            let age = now
-                .duration_since(from_millis(refusal.at))
-                .unwrap_or_default();
-            if refusal.fingerprint == self.fingerprint && age < REFUSAL_MEMORY {
-                let e = AuthError::Refused {
-                    server: self.server.clone(),
-                    reason: format!(
-                        "{} (another process was refused {} s ago with these same credentials; not trying again for {} minutes)",
-                        refusal.reason,
-                        age.as_secs(),
-                        REFUSAL_MEMORY.as_secs() / 60
-                    ),
-                };
-                st.refused = Some(e.clone());
-                return Err(e);
-            }
-        }
-        let Some(obtained_at) = disk.obtained_at.map(from_millis) else {
-            return Ok(None);
-        };
-        if st.invalidated_at.is_some_and(|t| obtained_at <= t) {
-            return Ok(None);
-        }
-        if st
-            .tokens
-            .as_ref()
-            .is_some_and(|t| t.obtained_at > obtained_at)
-        {
-            return Ok(None);
-        }
-        let access = match (&disk.access_token, disk.access_expires_at) {
-            (Some(value), Some(expires_at))
-                if !value.is_empty()
-                    && st.rejected.as_deref() != Some(sha256_hex(&[value]).as_str()) =>
-            {
-                Some(AccessToken {
-                    value: Secret::new(value.clone()),
-                    expires_at: from_millis(expires_at),
-                })
-            }
-            _ => None,
-        };
-        let fresh = access
-            .as_ref()
-            .filter(|a| is_fresh(a, obtained_at, now))
-            .cloned();
-        st.tokens = Some(Tokens {
-            access,
-            obtained_at,
-            refresh: disk.refresh_token.clone().map(Secret::new),
-            refresh_expires_at: disk.refresh_expires_at.map(from_millis),
-        });
-        if fresh.is_some() {
-            tracing::debug!("adopted the token another process renewed");
-        }
-        Ok(fresh)
-    }
-
-    fn usable_refresh(&self) -> Option<Secret> {
-        let now = self.clock.now();
-        let st = self.lock_state();
-        let t = st.tokens.as_ref()?;
-        let refresh = t.refresh.as_ref()?;
-        let alive = t.refresh_expires_at.is_none_or(|exp| {
-            exp.duration_since(now)
-                .is_ok_and(|left| left > REFRESH_MIN_REMAINING)
-        });
-        alive.then(|| refresh.clone())
-    }
-
-    /// Keeps new tokens in memory and in the shared file.
-    fn store(&self, granted: Granted, disk: &mut StateFile) -> AccessToken {
-        let access = AccessToken {
-            value: granted.access.clone(),
-            expires_at: granted.access_expires_at,
-        };
-        let tokens = {
-            let mut st = self.lock_state();
-            // A refresh answer without a refresh token means: keep using the old one.
-            let (refresh, refresh_expires_at) = match granted.refresh {
-                Some(r) => (Some(r), granted.refresh_expires_at),
-                None => st
-                    .tokens
-                    .as_ref()
-                    .map(|t| (t.refresh.clone(), t.refresh_expires_at))
-                    .unwrap_or_default(),
-            };
-            let tokens = Tokens {
-                access: Some(access.clone()),
-                obtained_at: granted.obtained_at,
-                refresh,
-                refresh_expires_at,
-            };
-            st.tokens = Some(tokens.clone());
-            disk.last_totp_step = disk.last_totp_step.max(st.last_step);
-            tokens
-        };
-        disk.access_token = Some(access.value.expose().to_owned());
-        disk.obtained_at = Some(to_millis(tokens.obtained_at));
-        disk.access_expires_at = Some(to_millis(access.expires_at));
-        disk.refresh_token = tokens.refresh.map(|r| r.expose().to_owned());
-        disk.refresh_expires_at = tokens.refresh_expires_at.map(to_millis);
-        if disk
-            .refusal
-            .as_ref()
-            .is_some_and(|r| r.fingerprint == self.fingerprint)
-        {
-            disk.refusal = None;
-        }
-        self.write_disk(disk);
-        access
-    }
-
-    /// Writes the shared file if there is one. A failure is logged, not returned: the tokens
-    /// are good, and the worst outcome is that another process logs in itself.
-    fn write_disk(&self, disk: &StateFile) {
-        if let Some(shared) = &self.shared {
-            if let Err(e) = shared.write(disk) {
-                tracing::warn!("{e}");
-            }
-        }
-    }
-
-    /// One request: send, learn the server's clock from `Date`, read the answer.
-    async fn exchange(&self, grant: Grant<'_>) -> Result<Granted, Failure> {
-        let answer = endpoint::send(
-            &self.client,
-            &self.token_url,
-            grant.form(&self.client_id),
-            self.clock.as_ref(),
-        )
-        .await?;
-        let offset = {
-            let mut st = self.lock_state();
-            if let Some(date) = &answer.date {
-                if let Some(o) = ServerOffset::estimate(date, answer.sent, answer.received) {
-                    if st.offset != Some(o) && o != ServerOffset::ZERO {
-                        tracing::debug!(
-                            offset_ms = o.as_millis(),
-                            "server clock differs from ours; TOTP steps and expiries follow the server"
-                        );
-                    }
-                    st.offset = Some(o);
-                }
-            }
-            st.offset
-        };
-        endpoint::classify(&answer, offset)
-    }
-
-    /// The refresh grant, retried on transient failures.
-    async fn refresh(&self, refresh_token: &Secret) -> Result<Granted, Outcome> {
-        let mut backoff = Backoff::new(&self.retry, self.clock.now());
-        loop {
-            match self.exchange(Grant::Refresh { refresh_token }).await {
-                Ok(granted) => return Ok(granted),
-                Err(Failure::Refused { error, description }) => {
-                    return Err(Outcome::Refused(error, description))
-                }
-                Err(Failure::Protocol(reason)) => {
-                    return Err(Outcome::Failed(self.protocol(reason)))
-                }
-                Err(Failure::Transient {
-                    reason,
-                    retry_after,
-                    ..
-                }) => match backoff.next_delay(retry_after, self.clock.now()) {
-                    Some(wait) => {
-                        tracing::debug!("token refresh failed ({reason}); retrying in {wait:?}");
-                        self.clock.sleep(wait).await;
-                    }
-                    None => return Err(Outcome::Failed(self.unavailable(reason))),
-                },
-            }
-        }
-    }
-
-    /// Password and TOTP login: at most [`MAX_PASSWORD_ATTEMPTS`] refused attempts, each with a
-    /// fresh step; transient failures retried within the [`RetryPolicy`].
-    async fn password_login(&self, disk: &mut StateFile) -> Result<Granted, AuthError> {
-        if self.lock_state().offset.is_none() {
-            // First login of this process: learn the server's clock before choosing a step.
-            if let Some(o) =
-                endpoint::probe_date(&self.client, &self.token_url, self.clock.as_ref()).await
-            {
-                self.lock_state().offset = Some(o);
-            }
-        }
-        let mut backoff = Backoff::new(&self.retry, self.clock.now());
-        let mut refusals = 0;
-        // A step whose request certainly never reached the server may be sent again.
-        let mut unspent: Option<u64> = None;
-        loop {
-            let current = {
-                let st = self.lock_state();
-                totp::step_at(st.server_now(self.clock.now()))
-            };
-            let step = match unspent.take() {
-                Some(step) if step == current => step,
-                _ => self.next_step().await,
-            };
-            // Recorded before sending: once sent, the code may be spent even if the answer is
-            // lost, and no other process may use this step.
-            if disk.last_totp_step < Some(step) {
-                disk.last_totp_step = Some(step);
-                self.write_disk(disk);
-            }
-            tracing::debug!(user = %self.user, "password login at TOTP step {step}");
-            let code = self.totp.code(step);
-            let grant = Grant::Password {
-                user: &self.user,
-                password: &self.password,
-                code: &code,
-            };
-            match self.exchange(grant).await {
-                Ok(granted) => {
-                    tracing::debug!("logged in");
-                    return Ok(granted);
-                }
-                Err(Failure::Refused { error, description }) => {
-                    refusals += 1;
-                    let definitive = error != "invalid_grant"
-                        || description.contains("disabled")
-                        || description.contains("not fully set up");
-                    if definitive || refusals >= MAX_PASSWORD_ATTEMPTS {
-                        return Err(self.refused(&error, &description));
-                    }
-                    tracing::debug!(
-                        "password login refused ({error}: {description}); one more attempt with the next TOTP step"
-                    );
-                }
-                Err(Failure::Protocol(reason)) => return Err(self.protocol(reason)),
-                Err(Failure::Transient {
-                    reason,
-                    may_have_arrived,
-                    retry_after,
-                }) => match backoff.next_delay(retry_after, self.clock.now()) {
-                    Some(wait) => {
-                        tracing::debug!("password login failed ({reason}); retrying in {wait:?}");
-                        if !may_have_arrived {
-                            unspent = Some(step);
-                        }
-                        self.clock.sleep(wait).await;
-                    }
-                    None => return Err(self.unavailable(reason)),
-                },
-            }
-        }
-    }
-
-    /// The current TOTP step (server time) if no process used it yet, else waits for the step
-    /// after the last one used. Marks the step as used.
-    async fn next_step(&self) -> u64 {
-        loop {
-            let wait = {
-                let mut st = self.lock_state();
-                let server_now = st.server_now(self.clock.now());
-                let step = totp::step_at(server_now);
-                match st.last_step {
-                    Some(last) if step <= last => totp::step_start(last + 1)
-                        .duration_since(server_now)
-                        .unwrap_or_default()
-                        .max(Duration::from_millis(1)),
-                    _ => {
-                        st.last_step = Some(step);
-                        return step;
-                    }
-                }
-            };
-            tracing::debug!("TOTP step already used; waiting {wait:?} for the next one");
-            self.clock.sleep(wait).await;
-        }
-    }
-
-    fn refused(&self, error: &str, description: &str) -> AuthError {
-        let reason = match (error, description) {
-            ("invalid_grant", "Invalid user credentials") => "Invalid user credentials: wrong user name, password or TOTP secret, a clock more than 30 s off, or an account locked after too many failures (log in on the web site to check)".to_string(),
-            (_, "") => error.to_string(),
-            _ => format!("{description} ({error})"),
-        };
-        AuthError::Refused {
-            server: self.server.clone(),
-            reason,
-        }
-    }
-
-    fn protocol(&self, reason: String) -> AuthError {
-        AuthError::Protocol {
-            server: self.server.clone(),
-            reason,
-        }
-    }
-
-    fn unavailable(&self, reason: String) -> AuthError {
-        AuthError::Unavailable {
-            server: self.server.clone(),
-            reason,
-        }
-    }
 }
 
 impl TokenSource for TokenManager {
@@ -779,50 +407,6 @@ impl TokenSource for TokenManager {
     async fn rejected(&self, token: &AccessToken) {
         self.reject(token)
     }
-}
-
-/// Exponential backoff with jitter, bounded in attempts and total time.
-struct Backoff<'a> {
-    policy: &'a RetryPolicy,
-    failures: u32,
-    started: SystemTime,
-}
-
-impl<'a> Backoff<'a> {
-    fn new(policy: &'a RetryPolicy, now: SystemTime) -> Self {
-        Backoff {
-            policy,
-            failures: 0,
-            started: now,
-        }
-    }
-
-    /// After a failure: how long to wait before the next attempt, or `None` to give up.
-    fn next_delay(&mut self, retry_after: Option<Duration>, now: SystemTime) -> Option<Duration> {
-        self.failures += 1;
-        if self.failures >= self.policy.attempts {
-            return None;
-        }
-        let doubling = 2u32.saturating_pow(self.failures - 1);
-        let base = self
-            .policy
-            .first_backoff
-            .saturating_mul(doubling)
-            .min(self.policy.max_backoff);
-        let wait = jitter(base).max(retry_after.unwrap_or_default());
-        let elapsed = now.duration_since(self.started).unwrap_or_default();
-        (elapsed + wait <= self.policy.budget).then_some(wait)
-    }
-}
-
-/// A random duration in `[d/2, d]`: spreads retries of processes that failed together.
-fn jitter(d: Duration) -> Duration {
-    use std::hash::BuildHasher;
-    // RandomState is seeded randomly per process and per instance: enough for jitter, and no
-    // dependency for it.
-    let r = std::collections::hash_map::RandomState::new().hash_one(0u8);
-    let half = d / 2;
-    half + half.mul_f64((r % 1_000) as f64 / 1_000.0)
 }
 
 #[cfg(test)]
@@ -865,32 +449,5 @@ mod tests {
         assert!(is_fresh(&token, t0, t0 + Duration::from_millis(1_900)));
         assert!(!is_fresh(&token, t0, t0 + Duration::from_secs(2)));
         assert!(!is_fresh(&token, t0, t0 + Duration::from_secs(5)));
-    }
-
-    #[test]
-    fn backoff_doubles_is_jittered_and_bounded() {
-        let policy = RetryPolicy::default();
-        let t0 = SystemTime::UNIX_EPOCH;
-        let mut b = Backoff::new(&policy, t0);
-        let mut total = Duration::ZERO;
-        let mut waits = vec![];
-        while let Some(w) = b.next_delay(None, t0 + total) {
-            waits.push(w);
-            total += w;
-        }
-        assert_eq!(waits.len(), 5, "{waits:?}");
-        for (w, base) in waits.iter().zip([0.5, 1.0, 2.0, 4.0, 8.0]) {
-            let base = Duration::from_secs_f64(base);
-            assert!(*w >= base / 2 && *w <= base, "{w:?} vs {base:?}");
-        }
-        // The budget stops retries even with attempts left.
-        let mut b = Backoff::new(&policy, t0);
-        assert!(b.next_delay(None, t0 + Duration::from_secs(30)).is_none());
-        // Retry-After is honoured (capped by the endpoint module).
-        let mut b = Backoff::new(&policy, t0);
-        assert_eq!(
-            b.next_delay(Some(Duration::from_secs(5)), t0),
-            Some(Duration::from_secs(5))
-        );
     }
 }
