@@ -1053,3 +1053,66 @@ async fn zipper_never_logs_or_reports_the_token() {
         "{messages:?}"
     );
 }
+
+/// End to end with the real token manager: 3 s tokens expire several times during the read,
+/// and every token is revoked half-way; the bytes stay exact and the revocation costs one
+/// renewal, not one per reader.
+#[tokio::test]
+async fn zipper_with_the_token_manager_across_expiry_and_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_products(dir.path());
+    let mut config = Config::with_user(USER, PASSWORD, TOTP_SECRET).products(dir.path());
+    config.access_lifetime = Duration::from_secs(3);
+    config.faults.bandwidth_per_conn = Some(1 << 20);
+    let double = Double::start(config).await.unwrap();
+    let tokens = eodata_auth::TokenManager::new(
+        eodata_auth::LoginConfig {
+            token_url: double.token_url(),
+            client_id: fake_creodias::CREODIAS_CLIENT_ID.into(),
+            user: USER.into(),
+            password: Secret::new(PASSWORD),
+            totp_secret: Secret::new(TOTP_SECRET),
+            cache_dir: None,
+        },
+        reqwest::Client::new(),
+    )
+    .unwrap();
+    let zipper = Zipper::new(
+        ZipperConfig::new(double.download_template(), TokenPassing::Bearer),
+        Arc::new(tokens),
+        http_client().unwrap(),
+    );
+    let (id, _, size) = BIG;
+    let revoker = {
+        let double = double.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(4500)).await;
+            double.revoke_tokens();
+        })
+    };
+    // 4 connections at 1 MiB/s: about 0.8 s per pass; several passes span 3 s tokens.
+    let started = Instant::now();
+    let mut passes = 0;
+    while started.elapsed() < Duration::from_secs(7) {
+        let got = read_all(&zipper, id, size as u64, 256 << 10, 4)
+            .await
+            .unwrap();
+        assert!(got == data[id], "pass {passes}");
+        passes += 1;
+    }
+    revoker.await.unwrap();
+    let log = double.log();
+    let revoked = log.iter().filter(|e| e.outcome == "revoked_token").count();
+    let refreshes = log
+        .iter()
+        .filter(|e| e.service == "token" && e.grant_type.as_deref() == Some("refresh_token"))
+        .count();
+    let stats = zipper.stats();
+    assert!(stats.unauthorized as usize >= revoked.min(1), "{stats:?}");
+    assert!(
+        revoked <= 4,
+        "at most one 401 per connection in flight: {revoked}"
+    );
+    assert!(refreshes >= 2, "tokens renewed across expiry: {refreshes}");
+    eprintln!("passes {passes}, 401s {revoked}, refreshes {refreshes}, {stats:?}");
+}
