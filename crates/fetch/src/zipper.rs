@@ -171,6 +171,16 @@ impl<T: TokenSource> Clone for Zipper<T> {
     }
 }
 
+impl<T: TokenSource> std::fmt::Debug for Zipper<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zipper")
+            .field("url_template", &self.inner.cfg.url_template)
+            .field("token_passing", &self.inner.cfg.token_passing)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct Inner<T: TokenSource> {
     cfg: ZipperConfig,
     tokens: T,
