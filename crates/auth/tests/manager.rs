@@ -463,3 +463,79 @@ async fn refresh_outage_keeps_serving_the_valid_token_and_retries_later() {
     assert_ne!(m.token().await.unwrap(), first);
     assert_eq!(mini.grants("refresh_token").last().unwrap().outcome, "ok");
 }
+
+#[tokio::test]
+async fn callers_with_a_valid_token_do_not_wait_for_a_renewal() {
+    let mini = Mini::start().await;
+    let m = Arc::new(mini.manager(None));
+    let first = m.token().await.unwrap();
+    // Renewal due (75 s margin), 70 s of validity left; the server takes 500 ms to answer.
+    mini.clock.advance(Duration::from_secs(230));
+    mini.with(|s| s.delay = Duration::from_millis(500));
+    let leader = {
+        let m = m.clone();
+        tokio::spawn(async move { m.token().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    assert_eq!(m.token().await.unwrap(), first);
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    let renewed = leader.await.unwrap();
+    assert_ne!(renewed, first);
+    assert_eq!(m.token().await.unwrap(), renewed);
+    assert_eq!(mini.grants("refresh_token").len(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_elsewhere_does_not_stop_refreshing() {
+    // A logged in; then the password changed on the web site. B, with the same (now stale)
+    // credentials, is refused and records it. A's refresh token still works and is used.
+    let mini = Mini::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = mini.manager(Some(cache_dir(&tmp)));
+    let b = mini.manager(Some(cache_dir(&tmp)));
+    let first = a.token().await.unwrap();
+    mini.with(|s| s.password = "changed".into());
+    b.invalidate_all();
+    assert!(matches!(b.token().await, Err(AuthError::Refused { .. })));
+    assert_eq!(mini.grants("password").len(), 3);
+    mini.clock.advance(Duration::from_secs(240));
+    let renewed = a.token().await.unwrap();
+    assert_ne!(renewed, first);
+    assert_eq!(mini.grants("refresh_token").last().unwrap().outcome, "ok");
+    // But a password login by A would now be stopped without a request.
+    a.invalidate_all();
+    let n = mini.seen().len();
+    let e = a.token().await.unwrap_err();
+    assert!(e.to_string().contains("another process"), "{e}");
+    assert_eq!(mini.seen().len(), n);
+}
+
+#[tokio::test]
+async fn a_rejected_token_is_blanked_in_the_shared_file_even_if_renewal_fails() {
+    let mini = Mini::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = mini.manager(Some(cache_dir(&tmp)));
+    let t = a.token().await.unwrap();
+    mini.with(|s| {
+        for _ in 0..50 {
+            s.canned.push_back(Canned::new(503, ""));
+        }
+    });
+    a.rejected(&t).await;
+    assert!(matches!(
+        a.token().await,
+        Err(AuthError::Unavailable { .. })
+    ));
+    let text = std::fs::read_to_string(a.state_file().unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(state["access_token"].is_null(), "{state}");
+    assert!(
+        !state["refresh_token"].is_null(),
+        "the refresh token stays usable"
+    );
+}

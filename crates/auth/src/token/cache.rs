@@ -43,11 +43,19 @@ const STATE_VERSION: u32 = 1;
 /// `<temp dir>/eodata-mount-<uid>`. [`crate::TokenManager::new`] creates it with mode 0700 and
 /// refuses it if somebody else owns it or can enter it.
 pub fn default_cache_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() && Path::new(&dir).is_absolute() => {
-            PathBuf::from(dir).join("eodata-mount")
-        }
-        _ => std::env::temp_dir().join(format!("eodata-mount-{}", euid())),
+    cache_dir_from(
+        std::env::var_os("XDG_RUNTIME_DIR"),
+        &std::env::temp_dir(),
+        euid(),
+    )
+}
+
+/// [`default_cache_dir`] without the environment, for tests. A relative `XDG_RUNTIME_DIR` is
+/// invalid by the XDG spec and ignored.
+fn cache_dir_from(xdg_runtime_dir: Option<std::ffi::OsString>, temp: &Path, uid: u32) -> PathBuf {
+    match xdg_runtime_dir {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir).join("eodata-mount"),
+        _ => temp.join(format!("eodata-mount-{uid}")),
     }
 }
 
@@ -328,6 +336,21 @@ fn open_private(path: &Path, new: bool) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_dir_prefers_the_runtime_dir() {
+        let tmp = Path::new("/tmp");
+        assert_eq!(
+            cache_dir_from(Some("/run/user/1000".into()), tmp, 1000),
+            Path::new("/run/user/1000/eodata-mount")
+        );
+        for bad in [None, Some("".into()), Some("relative".into())] {
+            assert_eq!(
+                cache_dir_from(bad, tmp, 1000),
+                Path::new("/tmp/eodata-mount-1000")
+            );
+        }
+    }
 
     #[test]
     fn dir_is_created_private_and_checked() {

@@ -57,7 +57,7 @@ impl TokenManager {
         if let Some(refresh) = self.usable_refresh() {
             tracing::debug!("renewing by refresh");
             match self.refresh(&refresh).await {
-                Ok(granted) => return Ok(self.store(granted, &mut disk)),
+                Ok(granted) => return Ok(self.store(granted, &mut disk, false)),
                 Err(Outcome::Refused(error, description)) => {
                     tracing::debug!(
                         "refresh refused ({error}: {description}); logging in with password and TOTP"
@@ -74,7 +74,7 @@ impl TokenManager {
             return Err(e);
         }
         match self.password_login(&mut disk).await {
-            Ok(granted) => Ok(self.store(granted, &mut disk)),
+            Ok(granted) => Ok(self.store(granted, &mut disk, true)),
             Err(e) => {
                 if let AuthError::Refused { reason, .. } = &e {
                     self.lock_state().refused = Some(e.clone());
@@ -189,8 +189,10 @@ impl TokenManager {
         alive.then(|| refresh.clone())
     }
 
-    /// Keeps new tokens in memory and in the shared file.
-    fn store(&self, granted: Granted, disk: &mut StateFile) -> AccessToken {
+    /// Keeps new tokens in memory and in the shared file. After a password login (which proves
+    /// the credentials good) a recorded refusal of these credentials is cleared; a refresh
+    /// proves nothing about them and leaves it.
+    fn store(&self, granted: Granted, disk: &mut StateFile, by_password: bool) -> AccessToken {
         let access = AccessToken {
             value: granted.access.clone(),
             expires_at: granted.access_expires_at,
@@ -221,10 +223,11 @@ impl TokenManager {
         disk.access_expires_at = Some(to_millis(access.expires_at));
         disk.refresh_token = tokens.refresh.map(|r| r.expose().to_owned());
         disk.refresh_expires_at = tokens.refresh_expires_at.map(to_millis);
-        if disk
-            .refusal
-            .as_ref()
-            .is_some_and(|r| r.fingerprint == self.fingerprint)
+        if by_password
+            && disk
+                .refusal
+                .as_ref()
+                .is_some_and(|r| r.fingerprint == self.fingerprint)
         {
             disk.refusal = None;
         }

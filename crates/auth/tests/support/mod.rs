@@ -67,6 +67,8 @@ pub struct MiniState {
     pub refuse_refresh: bool,
     /// Answer access tokens as JWTs with this `exp` offset from issue (server time), if set.
     pub jwt_exp_after: Option<u64>,
+    /// Real time to wait before answering a POST.
+    pub delay: Duration,
     used_codes: HashSet<String>,
     refresh_tokens: HashMap<String, SystemTime>,
     next_id: u64,
@@ -104,6 +106,7 @@ impl Mini {
                 refresh_lifetime: 1800,
                 refuse_refresh: false,
                 jwt_exp_after: None,
+                delay: Duration::ZERO,
                 used_codes: HashSet::new(),
                 refresh_tokens: HashMap::new(),
                 next_id: 0,
@@ -173,6 +176,10 @@ impl Mini {
         let Some((method, body)) = read_request(&mut stream).await else {
             return;
         };
+        let delay = self.state.lock().unwrap().delay;
+        if method == "POST" && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let (status, headers, body) = self.answer(&method, &body);
         let mut out = format!(
             "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
