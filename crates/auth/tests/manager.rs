@@ -539,3 +539,16 @@ async fn a_rejected_token_is_blanked_in_the_shared_file_even_if_renewal_fails() 
         "the refresh token stays usable"
     );
 }
+
+#[tokio::test]
+async fn a_broken_cache_directory_degrades_to_a_lone_process() {
+    let mini = Mini::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = cache_dir(&tmp);
+    let m = mini.manager(Some(dir.clone()));
+    // The directory is replaced by a file: no lock can be had, but tokens still flow.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    m.token().await.unwrap();
+    assert_eq!(mini.grants("password").len(), 1);
+}

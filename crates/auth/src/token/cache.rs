@@ -226,7 +226,16 @@ impl SharedFile {
     pub(crate) async fn lock(&self) -> Result<LockGuard, AuthError> {
         let path = self.lock_path.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let file = open_private(&path, false)?;
+            let file = match open_private(&path, false) {
+                // The directory vanished (a runtime directory removed at logout): make it
+                // again, private, and retry once.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    let dir = path.parent().unwrap_or(Path::new("."));
+                    prepare_dir(dir).map_err(std::io::Error::other)?;
+                    open_private(&path, false)?
+                }
+                other => other?,
+            };
             file.lock()?;
             Ok::<_, std::io::Error>(file)
         })
@@ -410,6 +419,17 @@ mod tests {
             a.state_path,
             SharedFile::new(d, "u", "https://a/token").state_path
         );
+    }
+
+    #[tokio::test]
+    async fn a_removed_directory_is_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        prepare_dir(&dir).unwrap();
+        let shared = SharedFile::new(&dir, "u", "t");
+        std::fs::remove_dir_all(&dir).unwrap();
+        drop(shared.lock().await.unwrap());
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
     }
 
     #[tokio::test]

@@ -5,9 +5,10 @@
 //! process or, through the shared file, any other), a refused login gets exactly one more
 //! attempt at the next step, and a refusal latches and is published to the other processes.
 
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use super::cache::{from_millis, sha256_hex, to_millis, Refusal, StateFile};
+use super::cache::{from_millis, sha256_hex, to_millis, Refusal, SharedFile, StateFile};
 use super::endpoint::{self, Failure, Grant, Granted};
 use super::retry::Backoff;
 use super::{is_fresh, TokenManager, Tokens};
@@ -30,6 +31,38 @@ const REFUSAL_MEMORY: Duration = Duration::from_secs(10 * 60);
 /// Never more: Keycloak's brute-force protection counts every failure.
 const MAX_PASSWORD_ATTEMPTS: u32 = 2;
 
+/// The shared state as read at the start of a renewal, and the file to save it to (`None`
+/// without a shared cache, or when its lock could not be taken: then nothing is written).
+struct Disk<'a> {
+    state: StateFile,
+    file: Option<&'a SharedFile>,
+}
+
+impl Disk<'_> {
+    /// Writes the state. A failure is logged, not returned: the tokens are good, and the worst
+    /// outcome is that another process logs in by itself.
+    fn save(&self) {
+        if let Some(file) = self.file {
+            if let Err(e) = file.write(&self.state) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
+
+impl Deref for Disk<'_> {
+    type Target = StateFile;
+    fn deref(&self) -> &StateFile {
+        &self.state
+    }
+}
+
+impl DerefMut for Disk<'_> {
+    fn deref_mut(&mut self) -> &mut StateFile {
+        &mut self.state
+    }
+}
+
 /// How a grant attempt sequence ended without tokens.
 enum Outcome {
     /// The server refused the grant (`error`, `error_description`).
@@ -41,15 +74,22 @@ enum Outcome {
 impl TokenManager {
     /// One renewal, under the cross-process lock.
     pub(super) async fn renew(&self) -> Result<AccessToken, AuthError> {
-        let _lock = match &self.shared {
-            Some(shared) => Some(shared.lock().await?),
-            None => None,
+        let (file, _lock) = match &self.shared {
+            Some(shared) => match shared.lock().await {
+                Ok(guard) => (Some(shared), Some(guard)),
+                Err(e) => {
+                    // E.g. the runtime directory was removed at logout under a running mount:
+                    // carry on as a lone process rather than stop serving tokens.
+                    tracing::warn!("{e}; renewing without the shared token cache this time");
+                    (None, None)
+                }
+            },
+            None => (None, None),
         };
-        let mut disk = self
-            .shared
-            .as_ref()
-            .and_then(|s| s.read())
-            .unwrap_or_default();
+        let mut disk = Disk {
+            state: file.and_then(|f| f.read()).unwrap_or_default(),
+            file,
+        };
         self.forget_rejected_in_file(&mut disk);
         if let Some(token) = self.merge_disk(&disk) {
             return Ok(token);
@@ -64,6 +104,12 @@ impl TokenManager {
                     );
                     if let Some(t) = self.lock_state().tokens.as_mut() {
                         t.refresh = None;
+                    }
+                    // Nor may another process (or this one's next renewal) try it again.
+                    if disk.refresh_token.as_deref() == Some(refresh.expose()) {
+                        disk.refresh_token = None;
+                        disk.refresh_expires_at = None;
+                        disk.save();
                     }
                 }
                 Err(Outcome::Failed(e)) => return Err(e),
@@ -83,7 +129,7 @@ impl TokenManager {
                         at: to_millis(self.clock.now()),
                         reason: reason.clone(),
                     });
-                    self.write_disk(&disk);
+                    disk.save();
                 }
                 Err(e)
             }
@@ -92,7 +138,7 @@ impl TokenManager {
 
     /// A server rejected the token the shared file holds: blank it there, so that no other
     /// process adopts it while this one renews.
-    fn forget_rejected_in_file(&self, disk: &mut StateFile) {
+    fn forget_rejected_in_file(&self, disk: &mut Disk<'_>) {
         let rejected = self.lock_state().rejected.clone();
         let held_rejected = match (&disk.access_token, rejected) {
             (Some(value), Some(rejected)) => sha256_hex(&[value]) == rejected,
@@ -101,7 +147,7 @@ impl TokenManager {
         if held_rejected {
             disk.access_token = None;
             disk.access_expires_at = None;
-            self.write_disk(disk);
+            disk.save();
         }
     }
 
@@ -192,7 +238,7 @@ impl TokenManager {
     /// Keeps new tokens in memory and in the shared file. After a password login (which proves
     /// the credentials good) a recorded refusal of these credentials is cleared; a refresh
     /// proves nothing about them and leaves it.
-    fn store(&self, granted: Granted, disk: &mut StateFile, by_password: bool) -> AccessToken {
+    fn store(&self, granted: Granted, disk: &mut Disk<'_>, by_password: bool) -> AccessToken {
         let access = AccessToken {
             value: granted.access.clone(),
             expires_at: granted.access_expires_at,
@@ -231,18 +277,8 @@ impl TokenManager {
         {
             disk.refusal = None;
         }
-        self.write_disk(disk);
+        disk.save();
         access
-    }
-
-    /// Writes the shared file if there is one. A failure is logged, not returned: the tokens
-    /// are good, and the worst outcome is that another process logs in itself.
-    fn write_disk(&self, disk: &StateFile) {
-        if let Some(shared) = &self.shared {
-            if let Err(e) = shared.write(disk) {
-                tracing::warn!("{e}");
-            }
-        }
     }
 
     /// One request: send, learn the server's clock from `Date`, read the answer.
@@ -301,7 +337,7 @@ impl TokenManager {
 
     /// Password and TOTP login: at most [`MAX_PASSWORD_ATTEMPTS`] refused attempts, each with a
     /// fresh step; transient failures retried within the [`RetryPolicy`].
-    async fn password_login(&self, disk: &mut StateFile) -> Result<Granted, AuthError> {
+    async fn password_login(&self, disk: &mut Disk<'_>) -> Result<Granted, AuthError> {
         let probe = {
             let mut st = self.lock_state();
             let probe = st.offset.is_none() && !st.probed;
@@ -335,7 +371,7 @@ impl TokenManager {
             // lost, and no other process may use this step.
             if disk.last_totp_step < Some(step) {
                 disk.last_totp_step = Some(step);
-                self.write_disk(disk);
+                disk.save();
             }
             tracing::debug!(user = %self.user, "password login at TOTP step {step}");
             let code = self.totp.code(step);
