@@ -226,7 +226,7 @@ impl<T: TokenSource> Inner<T> {
 
     /// Whether the credential may be sent to `url` when the request started at `origin`: the
     /// origin's host or a configured trusted host, and never over http once https was used.
-    fn trusted(&self, origin: &Url, url: &Url) -> bool {
+    pub(super) fn trusted(&self, origin: &Url, url: &Url) -> bool {
         if origin.scheme() == "https" && url.scheme() != "https" {
             return false;
         }

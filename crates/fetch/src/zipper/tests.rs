@@ -1116,3 +1116,23 @@ async fn zipper_with_the_token_manager_across_expiry_and_revocation() {
     assert!(refreshes >= 2, "tokens renewed across expiry: {refreshes}");
     eprintln!("passes {passes}, 401s {revoked}, refreshes {refreshes}, {stats:?}");
 }
+
+#[test]
+fn zipper_trusted_hosts_rule() {
+    let mut cfg = ZipperConfig::new("https://zipper.example.eu/d/{id}", TokenPassing::Bearer);
+    cfg.trusted_hosts = vec![".dataspace.example.eu".into(), "Other.Example".into()];
+    let z = Zipper::new(cfg, Fixed(AtomicU32::new(0)), reqwest::Client::new());
+    let origin = url::Url::parse("https://zipper.example.eu/d/x").unwrap();
+    let trusted = |u: &str| z.inner.trusted(&origin, &url::Url::parse(u).unwrap());
+    assert!(trusted("https://ZIPPER.example.eu/other"));
+    assert!(trusted("https://download.dataspace.example.eu/x"));
+    assert!(trusted("https://other.example/x"));
+    assert!(!trusted("https://dataspace.example.eu.evil.test/x"));
+    assert!(!trusted("https://evildataspace.example.eu/x"));
+    assert!(!trusted("https://example.eu/x"));
+    assert!(
+        !trusted("http://zipper.example.eu/d/x"),
+        "never downgraded to http"
+    );
+    assert!(!trusted("https://127.0.0.1/x"));
+}
