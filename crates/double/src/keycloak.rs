@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Response, StatusCode};
@@ -97,13 +97,6 @@ pub(crate) fn totp_for_step(secret: &str, step: u64) -> anyhow::Result<String> {
         .to_string())
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The answer of one grant, before it becomes an HTTP response.
 struct Grant {
     status: StatusCode,
@@ -187,6 +180,7 @@ impl Realm {
     fn password_grant(
         &mut self,
         form: &HashMap<String, String>,
+        now_unix: u64,
         rng: &mut impl rand::Rng,
     ) -> Grant {
         let Some(username) = form.get("username").filter(|u| !u.is_empty()) else {
@@ -262,7 +256,7 @@ impl Realm {
         if acct.used_codes.iter().any(|(c, _)| c == code) {
             return fail(acct, "reused_code");
         }
-        let current = unix_now() / TOTP_PERIOD_SECS;
+        let current = now_unix / TOTP_PERIOD_SECS;
         let step = (current.saturating_sub(TOTP_WINDOW_STEPS)..=current + TOTP_WINDOW_STEPS)
             .find(|s| acct.secret.generate(s * TOTP_PERIOD_SECS).to_string() == *code);
         let Some(step) = step else {
@@ -271,7 +265,7 @@ impl Realm {
         acct.used_codes.push((code.clone(), now));
         acct.failures = 0;
         let sid = jwt::uuid(rng);
-        let mut g = self.issue(&canonical, &sid, rng);
+        let mut g = self.issue(&canonical, &sid, now_unix, rng);
         g.totp_step = Some(step);
         g
     }
@@ -280,6 +274,7 @@ impl Realm {
         &mut self,
         form: &HashMap<String, String>,
         refuse: bool,
+        now_unix: u64,
         rng: &mut impl rand::Rng,
     ) -> Grant {
         let Some(token) = form.get("refresh_token").filter(|t| !t.is_empty()) else {
@@ -318,7 +313,7 @@ impl Realm {
                 "expired_refresh",
             )
         } else {
-            return self.issue(&username, &sid, rng);
+            return self.issue(&username, &sid, now_unix, rng);
         };
         g.username = Some(username);
         g.token_id = Some(jti);
@@ -326,13 +321,19 @@ impl Realm {
     }
 
     /// Mints an access + refresh pair for `username` in session `sid`.
-    fn issue(&mut self, username: &str, sid: &str, rng: &mut impl rand::Rng) -> Grant {
+    fn issue(
+        &mut self,
+        username: &str,
+        sid: &str,
+        now_unix: u64,
+        rng: &mut impl rand::Rng,
+    ) -> Grant {
         let now = Instant::now();
         if self.tokens.len() > TOKEN_TABLE_SOFT_CAP {
             self.tokens
                 .retain(|_, t| t.expires + EXPIRED_TOKEN_MEMORY > now);
         }
-        let iat = unix_now();
+        let iat = now_unix;
         let mut mint = |kind: TokenKind, lifetime: Duration| {
             let jti = jwt::uuid(rng);
             let token = jwt::mint(
@@ -432,6 +433,7 @@ pub(crate) fn handle(
         );
     }
     let form = parse_form(headers, body);
+    let now_unix = shared.unix_now();
     entry.grant_type = form.get("grant_type").cloned();
     let grant = {
         let mut realm = shared.auth.lock().unwrap();
@@ -449,8 +451,10 @@ pub(crate) fn handle(
                 "Invalid client or Invalid client credentials",
                 "invalid_client",
             ),
-            Some("password") => realm.password_grant(&form, &mut *rng),
-            Some("refresh_token") => realm.refresh_grant(&form, faults.refuse_refresh, &mut *rng),
+            Some("password") => realm.password_grant(&form, now_unix, &mut *rng),
+            Some("refresh_token") => {
+                realm.refresh_grant(&form, faults.refuse_refresh, now_unix, &mut *rng)
+            }
             Some(_) => refused(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",

@@ -6,10 +6,11 @@
 //! served from product files on disk, and fault switches ([`Faults`]) that a test flips at run time.
 //!
 //! This file owns the public face: the configuration types and the [`Double`] handle. The services
-//! live in their own rooms: [`keycloak`](crate) (token endpoint), `zipper` (downloads and the
-//! `/files/` index for peers), `catalogue` (OData search), `server` (accept loop, routing, outage),
-//! `state` (what the services share), `store` (the product directory), `body` (streamed,
-//! throttled, cuttable response bodies).
+//! live in rooms of their own: `keycloak` (token endpoint, realm, TOTP), `zipper` (downloads, and
+//! the `/files/` index for peers), `catalogue` with `filter` (OData search), `server` (accept
+//! loop, routing, latency, outage), `state` (what the services share), `store` (the product
+//! directory), `body` (streamed, throttled, cuttable response bodies), `log` (the request log),
+//! `jwt` (token strings). `generate` writes product directories for the store.
 
 mod body;
 mod catalogue;
@@ -301,6 +302,14 @@ impl Double {
         self.inner.shared.start_outage(d);
     }
 
+    /// Sets the double's clock `secs` seconds ahead of the machine's (negative: behind). TOTP
+    /// codes are checked, tokens stamped (`iat`, `exp`) and `Date` headers written on that clock,
+    /// as when a client's clock is off by `-secs`. Token expiry itself is measured on the
+    /// monotonic clock, so a skew never expires tokens early.
+    pub fn set_clock_skew(&self, secs: i64) {
+        self.inner.shared.set_clock_skew(secs);
+    }
+
     /// Clears a brute-force lock and the failure count of `username`.
     pub fn unlock_user(&self, username: &str) {
         self.inner.shared.auth.lock().unwrap().unlock(username);
@@ -324,4 +333,14 @@ async fn bind(config: Config) -> anyhow::Result<(tokio::net::TcpListener, Arc<st
     let port = listener.local_addr()?.port();
     let shared = state::Shared::new(config, port)?;
     Ok((listener, Arc::new(shared)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn handles_can_cross_threads() {
+        fn send_sync<T: Send + Sync + Clone + 'static>() {}
+        send_sync::<super::Double>();
+        send_sync::<super::Faults>();
+    }
 }

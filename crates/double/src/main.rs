@@ -87,6 +87,9 @@ struct ServeArgs {
     /// Refuse every refresh_token grant.
     #[arg(long)]
     refuse_refresh: bool,
+    /// Run the double's clock this many seconds ahead of the machine's (negative: behind).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    clock_skew: i64,
     /// Seed of the fault RNG.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -147,7 +150,9 @@ fn config(a: ServeArgs) -> anyhow::Result<Config> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let skew = a.clock_skew;
     let double = Double::start(config(a)?).await?;
+    double.set_clock_skew(skew);
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", double.base_url())?;

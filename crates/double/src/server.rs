@@ -174,7 +174,7 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
                     entry = *e;
                     resp
                 }
-                Answer::Streaming(resp) => return Ok(resp),
+                Answer::Streaming(resp) => return Ok(dated(&shared, resp)),
             }
         }
         Route::File(name) => {
@@ -183,7 +183,7 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
                     entry = *e;
                     resp
                 }
-                Answer::Streaming(resp) => return Ok(resp),
+                Answer::Streaming(resp) => return Ok(dated(&shared, resp)),
             }
         }
         Route::FilesIndex => crate::zipper::files_index(&shared, &method, &mut entry),
@@ -229,6 +229,17 @@ fn log_dropped(shared: &Shared, mut entry: LogEntry) -> Dropped {
 }
 
 /// Logs a complete answer; its body is whole, so its length is what will be sent.
+/// With a clock skew, the Date header tells the double's clock (hyper writes the machine's
+/// only when the response has none), so clients can measure the skew as they would in the field.
+fn dated(shared: &Shared, mut resp: Response<Body>) -> Response<Body> {
+    if shared.clock_skew() != 0 {
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(shared.now())) {
+            resp.headers_mut().insert(header::DATE, v);
+        }
+    }
+    resp
+}
+
 fn finish(shared: &Shared, mut entry: LogEntry, resp: Response<Body>) -> Response<Body> {
     entry.status = resp.status().as_u16();
     entry.bytes_sent = if entry.method == "HEAD" {
@@ -241,7 +252,7 @@ fn finish(shared: &Shared, mut entry: LogEntry, resp: Response<Body>) -> Respons
     }
     entry.t_ms = shared.t_ms();
     shared.log.push(entry);
-    resp
+    dated(shared, resp)
 }
 
 /// HEAD: the same headers, no body (Content-Length kept as the GET would send it).

@@ -3,8 +3,9 @@
 //! count of bodies streaming per user.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     started: Instant,
     outage_until: Mutex<Option<Instant>>,
     active: Mutex<HashMap<String, usize>>,
+    /// Seconds the double's clock runs ahead of the machine's (negative: behind).
+    clock_skew: AtomicI64,
 }
 
 impl Shared {
@@ -44,6 +47,7 @@ impl Shared {
             started: Instant::now(),
             outage_until: Mutex::new(None),
             active: Mutex::new(HashMap::new()),
+            clock_skew: AtomicI64::new(0),
         })
     }
 
@@ -59,6 +63,33 @@ impl Shared {
     /// True with probability `p`, drawn from the seeded RNG.
     pub(crate) fn roll(&self, p: f64) -> bool {
         p > 0.0 && self.rng.lock().unwrap().random::<f64>() < p
+    }
+
+    pub(crate) fn set_clock_skew(&self, secs: i64) {
+        self.clock_skew.store(secs, Ordering::Relaxed);
+    }
+
+    pub(crate) fn clock_skew(&self) -> i64 {
+        self.clock_skew.load(Ordering::Relaxed)
+    }
+
+    /// The double's wall clock: the machine's plus the skew.
+    pub(crate) fn now(&self) -> SystemTime {
+        let skew = self.clock_skew();
+        let now = SystemTime::now();
+        if skew >= 0 {
+            now + Duration::from_secs(skew as u64)
+        } else {
+            now - Duration::from_secs(skew.unsigned_abs())
+        }
+    }
+
+    /// Unix seconds on the double's clock (TOTP steps, token `iat`/`exp`).
+    pub(crate) fn unix_now(&self) -> u64 {
+        self.now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 
     pub(crate) fn start_outage(&self, d: Duration) {

@@ -420,3 +420,35 @@ async fn the_log_holds_no_secret() {
     assert_eq!(first.username.as_deref(), Some(USER));
     assert!(first.token_id.is_some());
 }
+
+#[tokio::test]
+async fn clock_skew_moves_totp_steps_and_the_date_header() {
+    fresh_step(5).await;
+    let (d, c) = start(config()).await;
+    // The server runs two minutes ahead: four steps.
+    d.set_clock_skew(120);
+    let (s, _) = password_grant(&c, &d, USER, PASSWORD, &code(0)).await;
+    assert_eq!(
+        s, 401,
+        "a code from the machine's clock is four steps behind"
+    );
+    let r = c
+        .post(d.token_url())
+        .form(&[
+            ("client_id", "CLOUDFERRO_PUBLIC"),
+            ("username", USER),
+            ("password", PASSWORD),
+            ("grant_type", "password"),
+            ("totp", &code(4)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let date = httpdate::parse_http_date(r.headers()["date"].to_str().unwrap()).unwrap();
+    let ahead = date
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs();
+    assert!((118..=121).contains(&ahead), "Date is {ahead} s ahead");
+}
