@@ -2,9 +2,12 @@
 //!
 //! This crate owns everything that touches credentials:
 //! - [`secret`]: the [`Secret`] wrapper and [`redact_url`], so nothing secret reaches a log;
-//! - `totp`: RFC 6238 codes for a given 30 s step, with the server clock's offset applied;
-//! - `token`: the [`TokenManager`], which keeps one access token for every reader of the process
-//!   and, through a locked cache file, for every process of the user.
+//! - [`totp`]: reading the base32 TOTP secret ([`parse_totp_secret`]) and RFC 6238 codes for a
+//!   given 30 s step;
+//! - [`clock`]: the [`Clock`] seam (a [`TestClock`] makes waits instant in tests) and the
+//!   server clock's offset, learned from `Date` headers and applied to TOTP steps and expiries;
+//! - [`token`]: the [`TokenManager`], which keeps one access token for every reader of the
+//!   process and, through a locked cache file, for every process of the user.
 //!
 //! Readers see only the [`TokenSource`] trait: ask for a token, and report one the server refused.
 
@@ -22,12 +25,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// An access token and when it stops being usable (wall-clock, server-corrected).
+/// An access token and when it stops being usable.
 #[derive(Clone, Debug)]
 pub struct AccessToken {
     /// The bearer token itself; `Debug` prints `***`.
     pub value: Secret,
-    /// When the server will stop accepting it (from `expires_in` or the JWT's `exp`).
+    /// When the server will stop accepting it, in *local* wall-clock time (compare it with
+    /// `SystemTime::now()`): `expires_in` counted from when the request was sent, or the JWT's
+    /// `exp` converted from the server's clock by its measured offset, whichever is earlier.
     pub expires_at: SystemTime,
 }
 

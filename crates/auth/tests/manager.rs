@@ -418,9 +418,30 @@ async fn settings_are_checked_before_any_request() {
     let e = eodata_auth::TokenManager::new(cfg, reqwest::Client::new()).unwrap_err();
     assert!(matches!(e, AuthError::Config { .. }), "{e}");
     assert!(e.to_string().contains("character 1"), "{e}");
-    let mut cfg = mini.config(None);
-    cfg.token_url = "ftp://x/token".into();
-    assert!(eodata_auth::TokenManager::new(cfg, reqwest::Client::new()).is_err());
+    for url in [
+        "ftp://x/token",
+        "http://identity.example/token",
+        "not a url",
+    ] {
+        let mut cfg = mini.config(None);
+        cfg.token_url = url.into();
+        assert!(
+            eodata_auth::TokenManager::new(cfg, reqwest::Client::new()).is_err(),
+            "{url}"
+        );
+    }
+    for url in [
+        "https://identity.example/token",
+        "http://localhost:8080/t",
+        "http://[::1]/t",
+    ] {
+        let mut cfg = mini.config(None);
+        cfg.token_url = url.into();
+        assert!(
+            eodata_auth::TokenManager::new(cfg, reqwest::Client::new()).is_ok(),
+            "{url}"
+        );
+    }
     assert!(mini.seen().is_empty());
 }
 
@@ -551,4 +572,18 @@ async fn a_broken_cache_directory_degrades_to_a_lone_process() {
     std::fs::write(&dir, b"not a directory").unwrap();
     m.token().await.unwrap();
     assert_eq!(mini.grants("password").len(), 1);
+}
+
+#[tokio::test]
+async fn a_redirected_token_request_is_not_trusted() {
+    let mini = Mini::start().await;
+    let mut moved = Canned::new(308, "");
+    moved
+        .headers
+        .push(("Location".into(), format!("{}-moved", mini.url)));
+    mini.with(|s| s.canned.push_back(moved));
+    let m = mini.manager(None);
+    let e = m.token().await.unwrap_err();
+    assert!(matches!(e, AuthError::Protocol { .. }), "{e}");
+    assert!(e.to_string().contains("redirected to"), "{e}");
 }

@@ -125,6 +125,15 @@ pub(crate) async fn send(
         .send()
         .await
         .map_err(transport_failure)?;
+    if url::Url::parse(url).ok().as_ref() != Some(response.url()) {
+        // The client followed a redirect. reqwest re-sends a POST body (the password) on 307
+        // and 308, so the caller should build its client without redirects for this endpoint;
+        // here, at least, the answer of an address nobody configured is not trusted.
+        return Err(Failure::Protocol(format!(
+            "the token endpoint redirected to {}; set the token URL to the final address",
+            crate::redact_url(response.url().as_str())
+        )));
+    }
     read_answer(response, sent, clock).await
 }
 

@@ -210,9 +210,17 @@ impl TokenManager {
                 redact_url(&cfg.token_url)
             ))
         })?;
-        if !matches!(url.scheme(), "https" | "http") {
+        // The password travels in this request: never in clear text over a network. Plain
+        // http is for a double on this machine only.
+        let loopback = match url.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
             return Err(bad(format!(
-                "token URL {} must be https (or http for a local test server)",
+                "token URL {} must be https (plain http only for a server on this machine)",
                 redact_url(&cfg.token_url)
             )));
         }
