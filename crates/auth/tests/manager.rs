@@ -587,3 +587,36 @@ async fn a_redirected_token_request_is_not_trusted() {
     assert!(matches!(e, AuthError::Protocol { .. }), "{e}");
     assert!(e.to_string().contains("redirected to"), "{e}");
 }
+
+#[tokio::test]
+async fn a_bogus_future_step_in_the_file_does_not_block_logins() {
+    let mini = Mini::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = mini.manager(Some(cache_dir(&tmp)));
+    let now_step = 1_700_000_020 / 30;
+    std::fs::write(
+        m.state_file().unwrap(),
+        format!(r#"{{"version":1,"last_totp_step":{}}}"#, now_step + 1_000),
+    )
+    .unwrap();
+    let t0 = mini.clock.now();
+    m.token().await.unwrap();
+    assert!(mini.clock.now().duration_since(t0).unwrap() < Duration::from_secs(1));
+    assert_eq!(mini.grants("password").len(), 1);
+}
+
+#[tokio::test]
+async fn a_local_clock_jump_is_caught_before_a_code_is_wasted() {
+    let mini = Mini::start().await;
+    let m = mini.manager(None);
+    m.token().await.unwrap();
+    // The local clock jumps back 5 minutes; the server's does not.
+    mini.clock.set(mini.clock.now() - Duration::from_secs(300));
+    mini.with(|s| s.skew = Duration::from_secs(300));
+    m.invalidate_all();
+    m.token().await.unwrap();
+    let logins = mini.grants("password");
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    assert!(logins.iter().all(|l| l.outcome == "ok"), "{logins:?}");
+    assert!(logins[1].step > logins[0].step);
+}

@@ -339,20 +339,13 @@ impl TokenManager {
     /// fresh step; transient failures retried within the [`RetryPolicy`].
     async fn password_login(&self, disk: &mut Disk<'_>) -> Result<Granted, AuthError> {
         let probe = {
-            let mut st = self.lock_state();
-            let probe = st.offset.is_none() && !st.probed;
-            st.probed = true;
-            probe
+            let st = self.lock_state();
+            st.offset.is_none() && !st.probed
         };
         if probe {
             // First login of this process and no answer seen yet: learn the server's clock
             // before choosing a step, so that a skewed local clock does not burn the attempt.
-            if let Some(o) =
-                endpoint::probe_date(&self.client, &self.token_url, self.clock.as_ref()).await
-            {
-                tracing::debug!(offset_ms = o.as_millis(), "server clock probed");
-                self.lock_state().offset = Some(o);
-            }
+            self.probe_clock().await;
         }
         let mut backoff = Backoff::new(&self.retry, self.clock.now());
         let mut refusals = 0;
@@ -416,27 +409,58 @@ impl TokenManager {
         }
     }
 
+    /// Measures the server clock's offset from a `Date` header (see [`endpoint::probe_date`]).
+    async fn probe_clock(&self) {
+        self.lock_state().probed = true;
+        if let Some(o) =
+            endpoint::probe_date(&self.client, &self.token_url, self.clock.as_ref()).await
+        {
+            tracing::debug!(offset_ms = o.as_millis(), "server clock probed");
+            self.lock_state().offset = Some(o);
+        }
+    }
+
     /// The current TOTP step (server time) if no process used it yet, else waits for the step
     /// after the last one used. Marks the step as used.
+    ///
+    /// A last step more than one ahead of the current one cannot have been accepted by a server
+    /// whose clock reads the current step (Keycloak accepts one step either side). Either the
+    /// offset is stale (the local clock jumped) or the record is bogus; rather than wait for
+    /// minutes or hours, the server clock is probed again, and if the record is still ahead it
+    /// is dropped: the codes of the steps around the server's time were then never sent.
     async fn next_step(&self) -> u64 {
+        let mut reprobed = false;
         loop {
-            let wait = {
+            let (wait, step, last) = {
                 let mut st = self.lock_state();
                 let server_now = st.server_now(self.clock.now());
                 let step = totp::step_at(server_now);
                 match st.last_step {
-                    Some(last) if step <= last => totp::step_start(last + 1)
-                        .duration_since(server_now)
-                        .unwrap_or_default()
-                        .max(Duration::from_millis(1)),
+                    Some(last) if step <= last => {
+                        let wait = totp::step_start(last + 1)
+                            .duration_since(server_now)
+                            .unwrap_or_default()
+                            .max(Duration::from_millis(1));
+                        (wait, step, last)
+                    }
                     _ => {
                         st.last_step = Some(step);
                         return step;
                     }
                 }
             };
-            tracing::debug!("TOTP step already used; waiting {wait:?} for the next one");
-            self.clock.sleep(wait).await;
+            if last <= step + 1 {
+                tracing::debug!("TOTP step {last} already used; waiting {wait:?} for the next one");
+                self.clock.sleep(wait).await;
+            } else if !reprobed {
+                reprobed = true;
+                self.probe_clock().await;
+            } else {
+                tracing::warn!(
+                    "the last TOTP step recorded ({last}) is ahead of the server's clock (step {step}); ignoring the record"
+                );
+                self.lock_state().last_step = None;
+            }
         }
     }
 
