@@ -2,9 +2,10 @@
 //! cache file, for every process of the user.
 //!
 //! [`TokenManager::token`] returns the held token at once while it has more than a margin of
-//! its life left (a cheap mutex, nothing awaited). When it does not, exactly one renewal runs
-//! (single flight) and every caller waiting meanwhile gets its result. A renewal, under the
-//! cross-process lock, tries in order:
+//! its life left ([`renewal_margin`]; a cheap mutex, nothing awaited). When it does not,
+//! exactly one renewal runs (single flight) and every caller waiting meanwhile gets its result;
+//! callers whose held token still has a comfortable while to live are not even made to wait.
+//! A renewal, under the cross-process lock, tries in order:
 //!
 //! 1. the shared state file: another process may have renewed already; adopt its tokens;
 //! 2. the refresh token (no TOTP, no new server session);
@@ -16,10 +17,12 @@
 //!    locks accounts after repeated failures, so nothing here ever retries a refusal in a loop.
 //!
 //! Network trouble, 5xx and 429 are retried with exponential backoff and jitter within a
-//! bounded budget ([`RetryPolicy`]), then reported as [`AuthError::Unavailable`].
+//! bounded budget ([`RetryPolicy`]), then reported as [`AuthError::Unavailable`]; while the held
+//! token has not expired, it keeps being served through such an outage.
 //!
-//! Files: `endpoint.rs` speaks HTTP and reads answers; `cache.rs` owns the shared state file and
-//! its lock; this file owns the decisions.
+//! Files: this one owns the held state and the fast path; `renew.rs` the renewal and the rules
+//! that protect the account; `endpoint.rs` speaks HTTP and reads answers; `cache.rs` owns the
+//! shared state file and its lock; `retry.rs` the backoff.
 
 mod cache;
 mod endpoint;
@@ -56,7 +59,7 @@ const SERVE_DURING_RENEWAL: Duration = Duration::from_secs(10);
 
 /// How long before its expiry a token is renewed, given its total lifetime.
 ///
-/// A quarter of the lifetime, at least [`MIN_MARGIN`] (600 s CDSE tokens renew with 150 s
+/// A quarter of the lifetime, at least 30 s (600 s CDSE tokens renew with 150 s
 /// left). But never more than a third of the lifetime: for tokens of 90 s or less, 30 s would
 /// be a large share of (or more than) the whole life, and a token that is "stale" as soon as it
 /// is issued would make every call renew. With the cap every token serves at least two thirds
