@@ -156,18 +156,32 @@ async fn wrong_password_gets_one_more_step_then_latches() {
 }
 
 #[tokio::test]
-async fn disabled_account_is_refused_without_a_second_attempt() {
-    let mini = Mini::start().await;
-    mini.with(|s| {
-        s.canned.push_back(Canned::new(
+async fn definitive_refusals_get_no_second_attempt() {
+    for (status, error, description, hint) in [
+        (400, "invalid_grant", "Account disabled", "support"),
+        (
             400,
-            r#"{"error":"invalid_grant","error_description":"Account disabled"}"#,
-        ))
-    });
-    let m = mini.manager(None);
-    let e = m.token().await.unwrap_err();
-    assert!(e.to_string().contains("Account disabled"), "{e}");
-    assert_eq!(mini.grants("password").len(), 1);
+            "invalid_grant",
+            "Account is not fully set up",
+            "web site",
+        ),
+        (
+            401,
+            "invalid_client",
+            "Invalid client credentials",
+            "client id",
+        ),
+    ] {
+        let mini = Mini::start().await;
+        let body = format!(r#"{{"error":"{error}","error_description":"{description}"}}"#);
+        mini.with(|s| s.canned.push_back(Canned::new(status, &body)));
+        let m = mini.manager(None);
+        let e = m.token().await.unwrap_err();
+        assert!(matches!(e, AuthError::Refused { .. }), "{e}");
+        assert!(e.to_string().contains(description), "{e}");
+        assert!(e.to_string().contains(hint), "{e}");
+        assert_eq!(mini.grants("password").len(), 1, "{description}");
+    }
 }
 
 #[tokio::test]

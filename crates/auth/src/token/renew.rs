@@ -465,10 +465,20 @@ impl TokenManager {
     }
 
     fn refused(&self, error: &str, description: &str) -> AuthError {
-        let reason = match (error, description) {
-            ("invalid_grant", "Invalid user credentials") => "Invalid user credentials: wrong user name, password or TOTP secret, a clock more than 30 s off, or an account locked after too many failures (log in on the web site to check)".to_string(),
-            (_, "") => error.to_string(),
-            _ => format!("{description} ({error})"),
+        let hint = match (error, description) {
+            ("invalid_grant", "Invalid user credentials") => {
+                ": wrong user name, password or TOTP secret, a clock more than 30 s off, or an account locked after too many failures (log in on the web site to check)"
+            }
+            (_, d) if d.contains("not fully set up") => {
+                ": the account has actions pending (terms to accept, password to change); log in on the web site once to finish them"
+            }
+            (_, d) if d.contains("disabled") => ": ask the provider's support to enable it",
+            ("invalid_client" | "unauthorized_client", _) => ": check the client id",
+            _ => "",
+        };
+        let reason = match description {
+            "" => format!("{error}{hint}"),
+            _ => format!("{description} ({error}){hint}"),
         };
         AuthError::Refused {
             server: self.server.clone(),
