@@ -83,6 +83,12 @@ async fn herd_of_sixteen_readers() {
     let log = double.log();
     let logins = grants(&log, "password");
     let refreshes = grants(&log, "refresh_token");
+    eprintln!(
+        "herd: {calls} token() calls in {:?}: {} password login(s), {} refreshes",
+        started.elapsed(),
+        logins.len(),
+        refreshes.len()
+    );
     assert_eq!(logins.len(), 1, "herd: {logins:?}");
     assert_eq!(logins[0].outcome, "ok");
     assert!(

@@ -634,3 +634,22 @@ async fn a_local_clock_jump_is_caught_before_a_code_is_wasted() {
     assert!(logins.iter().all(|l| l.outcome == "ok"), "{logins:?}");
     assert!(logins[1].step > logins[0].step);
 }
+
+/// Readers hold a generic `TokenSource` and spawn its futures: they must be `Send`.
+async fn via_trait<S: TokenSource>(source: Arc<S>) -> eodata_auth::AccessToken {
+    tokio::spawn(async move {
+        let t = source.token().await.unwrap();
+        source.rejected(&t).await;
+        source.token().await.unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn usable_through_the_token_source_trait() {
+    let mini = Mini::start().await;
+    let m = Arc::new(mini.manager(None));
+    via_trait(m.clone()).await;
+    assert_eq!(mini.grants("refresh_token").len(), 1);
+}
