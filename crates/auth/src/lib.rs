@@ -18,7 +18,9 @@ pub mod totp;
 
 pub use clock::{Clock, ServerOffset, SystemClock, TestClock};
 pub use secret::{redact_url, Secret};
-pub use token::{default_cache_dir, renewal_margin, LoginConfig, RetryPolicy, TokenManager};
+pub use token::{
+    default_cache_dir, renewal_margin, LoginConfig, RetryPolicy, TokenManager, TokenStatus,
+};
 pub use totp::{parse_totp_secret, Totp, TotpSecretError, TotpSecretProblem};
 
 use std::future::Future;

@@ -24,6 +24,10 @@ async fn concurrent_callers_share_one_login() {
     for t in tasks {
         values.push(t.await.unwrap().unwrap().value);
     }
+    let status = m.status();
+    assert!(status.access_expires_at.is_some() && status.refused.is_none());
+    assert!(status.refresh_expires_at.is_some_and(|e| e.is_some()));
+    assert_eq!(status.last_totp_step, mini.grants("password")[0].step);
     assert!(values.iter().all(|v| *v == values[0]));
     assert_eq!(mini.grants("password").len(), 1);
     // The fast path: no further request while the token is fresh.

@@ -84,6 +84,21 @@ pub struct LoginConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// What a manager holds, for a `status` command or a log line; no secret in it.
+#[derive(Debug, Clone)]
+pub struct TokenStatus {
+    /// When the held access token expires (local time), if one is held.
+    pub access_expires_at: Option<SystemTime>,
+    /// Whether a refresh token is held, and when it expires (`None` inside: not told).
+    pub refresh_expires_at: Option<Option<SystemTime>>,
+    /// The latched refusal, if the credentials were refused.
+    pub refused: Option<AuthError>,
+    /// The server clock's offset, once measured.
+    pub server_offset: Option<ServerOffset>,
+    /// The last TOTP step used, by this process or (as last read) another.
+    pub last_totp_step: Option<u64>,
+}
+
 /// Tokens held in memory, all times local.
 #[derive(Clone, Debug)]
 struct Tokens {
@@ -307,6 +322,21 @@ impl TokenManager {
     /// The server clock's offset (server minus local) as last measured, if any.
     pub fn server_offset(&self) -> Option<ServerOffset> {
         self.lock_state().offset
+    }
+
+    /// What the manager holds now. Contacts nobody.
+    pub fn status(&self) -> TokenStatus {
+        let st = self.lock_state();
+        let tokens = st.tokens.as_ref();
+        TokenStatus {
+            access_expires_at: tokens.and_then(|t| t.access.as_ref()).map(|a| a.expires_at),
+            refresh_expires_at: tokens
+                .filter(|t| t.refresh.is_some())
+                .map(|t| t.refresh_expires_at),
+            refused: st.refused.clone(),
+            server_offset: st.offset,
+            last_totp_step: st.last_step,
+        }
     }
 
     /// Forgets every token this process holds, the refresh token included, and ignores the
