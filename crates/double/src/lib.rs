@@ -14,6 +14,7 @@
 
 mod body;
 mod catalogue;
+mod control;
 mod filter;
 pub mod generate;
 mod jwt;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
+pub use control::FaultsDoc;
 pub use log::LogEntry;
 
 /// The client id of CREODIAS's public OpenID client (protocol.md, "Identity").
@@ -308,6 +310,12 @@ impl Double {
     /// monotonic clock, so a skew never expires tokens early.
     pub fn set_clock_skew(&self, secs: i64) {
         self.inner.shared.set_clock_skew(secs);
+    }
+
+    /// Makes `/_double/` control endpoints answer (faults, outage, revoke, unlock, clock skew,
+    /// log): for scripts that run `fake-creodias serve --control` as a process.
+    pub fn enable_control(&self) {
+        self.inner.shared.enable_control();
     }
 
     /// Clears a brute-force lock and the failure count of `username`.

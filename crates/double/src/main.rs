@@ -87,6 +87,21 @@ struct ServeArgs {
     /// Refuse every refresh_token grant.
     #[arg(long)]
     refuse_refresh: bool,
+    /// Answer 429 (Retry-After: 1) to the first N zipper requests.
+    #[arg(long, default_value_t = 0)]
+    rate_limit_burst: u32,
+    /// The token endpoint answers HTML instead of JSON.
+    #[arg(long)]
+    garbage_token: bool,
+    /// The catalogue answers HTML instead of JSON.
+    #[arg(long)]
+    garbage_catalogue: bool,
+    /// Zipper error bodies are HTML instead of JSON.
+    #[arg(long)]
+    garbage_zipper_errors: bool,
+    /// Also serve /_double/ control endpoints (faults, outage, revoke, log) for scripts.
+    #[arg(long)]
+    control: bool,
     /// Run the double's clock this many seconds ahead of the machine's (negative: behind).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     clock_skew: i64,
@@ -141,7 +156,10 @@ fn config(a: ServeArgs) -> anyhow::Result<Config> {
             no_auth: a.no_auth,
             tamper: a.tamper,
             refuse_refresh: a.refuse_refresh,
-            ..Faults::default()
+            rate_limit_burst: a.rate_limit_burst,
+            garbage_token: a.garbage_token,
+            garbage_catalogue: a.garbage_catalogue,
+            garbage_zipper_errors: a.garbage_zipper_errors,
         },
         seed: a.seed,
         log_path: a.log,
@@ -150,9 +168,12 @@ fn config(a: ServeArgs) -> anyhow::Result<Config> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let skew = a.clock_skew;
+    let (skew, control) = (a.clock_skew, a.control);
     let double = Double::start(config(a)?).await?;
     double.set_clock_skew(skew);
+    if control {
+        double.enable_control();
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", double.base_url())?;

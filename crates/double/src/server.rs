@@ -81,6 +81,8 @@ pub(crate) enum Route {
     CatalogueEntity(String),
     FilesIndex,
     File(String),
+    /// `/_double/<what>` (only when control is enabled).
+    Control(String),
     Unknown,
 }
 
@@ -113,6 +115,9 @@ pub(crate) fn route(path: &str) -> Route {
             return Route::CatalogueEntity(id.trim_matches('\'').to_string());
         }
     }
+    if let Some(what) = path.strip_prefix("/_double/") {
+        return Route::Control(what.to_string());
+    }
     if path == "/files" || path == "/files/" {
         return Route::FilesIndex;
     }
@@ -133,7 +138,7 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
             Route::Zipper(_) => "zipper",
             Route::CatalogueSearch | Route::CatalogueEntity(_) => "catalogue",
             Route::FilesIndex | Route::File(_) => "files",
-            Route::Unknown => "other",
+            Route::Unknown | Route::Control(_) => "other",
         }
         .to_string(),
         method: method.to_string(),
@@ -155,6 +160,12 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
             return Ok(finish(&shared, entry, resp));
         }
     };
+    if let Route::Control(what) = &route {
+        if shared.control_enabled() {
+            let query = uri.query();
+            return Ok(crate::control::handle(&shared, &method, what, query, &body));
+        }
+    }
     let latency = shared.faults().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -191,7 +202,7 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
             crate::catalogue::search(&shared, &method, uri.query(), &mut entry)
         }
         Route::CatalogueEntity(id) => crate::catalogue::entity(&shared, &method, &id, &mut entry),
-        Route::Unknown => {
+        Route::Unknown | Route::Control(_) => {
             entry.outcome = "not_found".into();
             json_response(
                 StatusCode::NOT_FOUND,

@@ -3,7 +3,7 @@
 //! count of bodies streaming per user.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     active: Mutex<HashMap<String, usize>>,
     /// Seconds the double's clock runs ahead of the machine's (negative: behind).
     clock_skew: AtomicI64,
+    /// Whether `/_double/` control endpoints answer.
+    control: AtomicBool,
 }
 
 impl Shared {
@@ -48,6 +50,7 @@ impl Shared {
             outage_until: Mutex::new(None),
             active: Mutex::new(HashMap::new()),
             clock_skew: AtomicI64::new(0),
+            control: AtomicBool::new(false),
         })
     }
 
@@ -63,6 +66,14 @@ impl Shared {
     /// True with probability `p`, drawn from the seeded RNG.
     pub(crate) fn roll(&self, p: f64) -> bool {
         p > 0.0 && self.rng.lock().unwrap().random::<f64>() < p
+    }
+
+    pub(crate) fn enable_control(&self) {
+        self.control.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn control_enabled(&self) -> bool {
+        self.control.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_clock_skew(&self, secs: i64) {

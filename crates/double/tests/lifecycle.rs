@@ -170,3 +170,84 @@ fn binary_refuses_mismatched_accounts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--totp-secret"));
 }
+
+#[tokio::test]
+async fn control_endpoints_flip_faults_of_a_running_process() {
+    let store = store();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-creodias"))
+        .args(["serve", "--control", "--no-auth", "--products"])
+        .arg(store.dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let base = first
+        .trim_end()
+        .trim_start_matches("listening on ")
+        .to_string();
+    let c = reqwest::Client::new();
+    let faults: serde_json::Value = c
+        .get(format!("{base}/_double/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(faults["no_auth"], true);
+    let r = c
+        .put(format!("{base}/_double/faults"))
+        .body(r#"{"no_auth": true, "fail_rate": 1.0}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(format!("{base}/download/{ID}")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let r = c
+        .put(format!("{base}/_double/faults"))
+        .body(r#"{"bogus": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "unknown switches are refused, not ignored");
+    c.post(format!("{base}/_double/outage?ms=300"))
+        .send()
+        .await
+        .unwrap();
+    assert!(c
+        .get(format!("{base}/odata/v1/Products"))
+        .send()
+        .await
+        .is_err());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let log: Vec<fake_creodias::LogEntry> = c
+        .get(format!("{base}/_double/log"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let outcomes: Vec<&str> = log.iter().map(|e| e.outcome.as_str()).collect();
+    // The dropped request is logged when it arrived on a kept-alive connection; a new
+    // connection is closed before any request is read.
+    assert!(
+        outcomes == ["fault_503", "outage"] || outcomes == ["fault_503"],
+        "{outcomes:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Without --control the paths do not exist.
+    let d = Double::start(Config::default()).await.unwrap();
+    let r = c
+        .get(format!("{}/_double/log", d.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
