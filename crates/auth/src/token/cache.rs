@@ -205,6 +205,8 @@ pub(crate) struct LockGuard {
     _file: File,
 }
 
+/// Makes temporary file names unique between the managers of one process (the pid separates
+/// processes).
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl SharedFile {
