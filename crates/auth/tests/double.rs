@@ -109,7 +109,10 @@ async fn herd_of_sixteen_readers() {
 async fn wrong_password_fails_fast_after_two_attempts() {
     let double = double(300, 1800).await;
     let m = manager(login(&double, "not the password", None));
+    let started = Instant::now();
     let e = m.token().await.unwrap_err();
+    // The second attempt waited for the next 30 s step.
+    eprintln!("wrong password: refused after {:?}", started.elapsed());
     assert!(
         matches!(e, AuthError::Refused { .. }),
         "wrong password: {e}"
