@@ -183,7 +183,12 @@ impl Realm {
         now_unix: u64,
         rng: &mut impl rand::Rng,
     ) -> Grant {
-        let Some(username) = form.get("username").filter(|u| !u.is_empty()) else {
+        // Keycloak trims the username it is given.
+        let Some(username) = form
+            .get("username")
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+        else {
             return refused(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
@@ -199,7 +204,7 @@ impl Realm {
                 INVALID_CREDENTIALS,
                 "unknown_user",
             );
-            g.username = Some(username.clone());
+            g.username = Some(username.to_string());
             return g;
         };
         let canonical = acct.user.username.clone();

@@ -43,6 +43,7 @@ struct ServeArgs {
     /// Username of an account (repeat --user/--password/--totp-secret for more accounts).
     #[arg(long)]
     user: Vec<String>,
+    /// Password of the account.
     #[arg(long)]
     password: Vec<String>,
     /// Base32 TOTP secret of the account.

@@ -34,7 +34,7 @@ impl Product {
         format!("{}.zip", self.name)
     }
 
-    /// Name of the entry in `/files/`: the zip's own file name.
+    /// The zip's own file name in the store.
     pub(crate) fn file_name(&self) -> Option<String> {
         self.file
             .as_ref()
@@ -101,11 +101,14 @@ impl Store {
             .cloned()
     }
 
-    /// By the zip's file name (for `/files/NAME.zip`).
-    pub(crate) fn by_file_name(&self, name: &str) -> Option<Arc<Product>> {
-        self.products()
-            .iter()
-            .find(|p| p.file_name().as_deref() == Some(name))
+    /// A downloadable product by `<Name>.zip` (what `/files/` lists) or by its zip's own file
+    /// name (for `/files/NAME.zip`).
+    pub(crate) fn by_download_name(&self, name: &str) -> Option<Arc<Product>> {
+        let products = self.products();
+        let downloadable = || products.iter().filter(|p| p.file.is_some());
+        downloadable()
+            .find(|p| p.zip_name() == name)
+            .or_else(|| downloadable().find(|p| p.file_name().as_deref() == Some(name)))
             .cloned()
     }
 }

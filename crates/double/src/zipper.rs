@@ -308,7 +308,7 @@ async fn serve_product(
     Answer::Streaming(resp)
 }
 
-/// `/files/NAME.zip` (only with `no_auth`).
+/// `/files/<Name>.zip` (only with `no_auth`); the zip's own file name is accepted too.
 pub(crate) async fn file(
     shared: &Arc<Shared>,
     method: &Method,
@@ -316,7 +316,7 @@ pub(crate) async fn file(
     name: &str,
     mut entry: LogEntry,
 ) -> Answer {
-    let product = shared.store.by_file_name(name);
+    let product = shared.store.by_download_name(name);
     match product {
         Some(p)
             if shared.faults().no_auth && (*method == Method::GET || *method == Method::HEAD) =>
@@ -337,7 +337,8 @@ pub(crate) async fn file(
     }
 }
 
-/// `/files/`: an HTML index with one link per downloadable product (only with `no_auth`).
+/// `/files/`: an HTML index with one `<Name>.zip` link per downloadable product, the name a
+/// zipper download is saved under (only with `no_auth`).
 pub(crate) fn files_index(
     shared: &Arc<Shared>,
     method: &Method,
@@ -354,7 +355,8 @@ pub(crate) fn files_index(
         "<html><head><title>Index of /files/</title></head><body>\n<h1>Index of /files/</h1>\n",
     );
     for p in shared.store.products().iter() {
-        if let Some(n) = p.file_name() {
+        if p.file.is_some() {
+            let n = p.zip_name();
             let href =
                 percent_encoding::utf8_percent_encode(&n, percent_encoding::NON_ALPHANUMERIC)
                     .to_string()
