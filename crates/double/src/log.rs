@@ -29,12 +29,15 @@ pub struct LogEntry {
     pub username: Option<String>,
     /// The TOTP step the submitted code matched, if any.
     pub totp_step: Option<u64>,
-    /// `"ok"`, `"invalid_grant"`, `"bad_password"`, `"unknown_user"`, `"reused_code"`,
-    /// `"bad_code"`, `"missing_code"`, `"locked"`, `"disabled"`, `"invalid_client"`,
-    /// `"invalid_request"`, `"refresh_refused"`, `"invalid_refresh"`, `"expired_refresh"`,
-    /// `"garbage"`, `"expired_token"`, `"revoked_token"`, `"unknown_token"`, `"no_token"`,
-    /// `"fault_503"`, `"cut"`, `"tampered"`, `"429"`, `"max_connections"`, `"not_found"`,
-    /// `"range_not_satisfiable"`, `"aborted"` (client went away), `"outage"`, `"bad_filter"`.
+    /// What happened. Token endpoint: `"ok"`, `"bad_password"`, `"unknown_user"`, `"bad_code"`,
+    /// `"missing_code"`, `"reused_code"`, `"locked"`, `"disabled"`, `"invalid_client"`,
+    /// `"invalid_request"`, `"unsupported_grant_type"`, `"invalid_refresh"`,
+    /// `"expired_refresh"`, `"refresh_refused"`, `"garbage"`. Zipper and files: `"ok"`,
+    /// `"no_token"`, `"unknown_token"`, `"expired_token"`, `"revoked_token"`, `"not_found"`,
+    /// `"fault_503"`, `"429"` (rate-limit burst), `"max_connections"`,
+    /// `"range_not_satisfiable"`, `"tampered"`, `"cut"`, `"aborted"` (the client went away),
+    /// `"io_error"`. Catalogue: `"ok"`, `"not_found"`, `"bad_filter"`, `"garbage"`. Any
+    /// service: `"outage"` (dropped unanswered, status 0), `"method_not_allowed"`, `"bad_body"`.
     pub outcome: String,
     pub product: Option<String>,
     /// Inclusive first and last byte actually served.
