@@ -52,6 +52,12 @@ pub const DEFAULT_BUDGET_BYTES: u64 = 256 << 20;
 /// a few hundred KiB for a Sentinel-2 SAFE with ~1000 members. 1 MiB holds both in one request.
 pub const DEFAULT_TAIL_BYTES: u64 = 1 << 20;
 
+/// 8 MiB: the most one request asks for; a longer run of missing blocks becomes several
+/// requests. Big reads (a `download`, a 1 MiB kernel read over many small blocks) then spread over
+/// several connections, and a request that fails costs at most this much again. At ~20 MB/s it
+/// is ~0.4 s of transfer, long enough to amortise a request's start-up.
+pub const MAX_REQUEST_BYTES: u64 = 8 << 20;
+
 /// Pinned tails take at most 1/4 of the budget (oldest product's tail dropped first): they are
 /// few and small, and must never crowd out the blocks that readers are consuming.
 const PINNED_SHARE_DIVISOR: u64 = 4;
@@ -125,6 +131,12 @@ struct InFlight {
     rx: watch::Receiver<Outcome>,
 }
 
+/// A tail being fetched from `start` to the product's end.
+struct TailFetch {
+    start: u64,
+    rx: watch::Receiver<Option<Result<Bytes, FetchError>>>,
+}
+
 /// The last bytes of a product, `offset..offset + data.len()` (ends at the product's end).
 struct Tail {
     offset: u64,
@@ -135,6 +147,7 @@ struct Inner {
     blocks: LruCache<BlockKey, Bytes>,
     block_bytes: u64,
     tails: LruCache<Arc<str>, Tail>,
+    tails_in_flight: HashMap<Arc<str>, TailFetch>,
     in_flight: HashMap<BlockKey, InFlight>,
     next_fetch: u64,
     stats: CacheStats,
@@ -280,6 +293,47 @@ async fn run_fetch<S: RangeSource>(
     tx.send_replace(Some(result));
 }
 
+/// The task behind [`BlockCache::pin_tail`]: one request, pinned, announced.
+async fn fetch_tail<S: RangeSource>(
+    core: Arc<Core<S>>,
+    id: Arc<str>,
+    range: Range<u64>,
+    tx: watch::Sender<Option<Result<Bytes, FetchError>>>,
+) {
+    let result = get_exact(&core.source, &id, range.clone()).await;
+    {
+        let mut inner = core.lock();
+        inner.tails_in_flight.remove(&id);
+        match &result {
+            Ok(data) => {
+                let len = data.len() as u64;
+                inner.stats.bytes_fetched += len;
+                let tail = Tail {
+                    offset: range.start,
+                    data: data.clone(),
+                };
+                if let Some(old) = inner.tails.put(id, tail) {
+                    inner.stats.pinned_bytes -= old.data.len() as u64;
+                }
+                inner.stats.pinned_bytes += len;
+                let cap = core.config.budget_bytes / PINNED_SHARE_DIVISOR;
+                while inner.stats.pinned_bytes > cap {
+                    let Some((_, old)) = inner.tails.pop_lru() else {
+                        break;
+                    };
+                    inner.stats.pinned_bytes -= old.data.len() as u64;
+                }
+                core.evict(&mut inner);
+            }
+            Err(e) => {
+                inner.stats.failed_requests += 1;
+                tracing::debug!(%id, start = range.start, error = %e, "tail fetch failed");
+            }
+        }
+    }
+    tx.send_replace(Some(result));
+}
+
 /// How one block was found by [`BlockCache::start`].
 enum Found {
     Ready(Bytes),
@@ -298,6 +352,7 @@ impl<S: RangeSource> BlockCache<S> {
                     blocks: LruCache::unbounded(),
                     block_bytes: 0,
                     tails: LruCache::unbounded(),
+                    tails_in_flight: HashMap::new(),
                     in_flight: HashMap::new(),
                     next_fetch: 0,
                     stats: CacheStats::default(),
@@ -340,14 +395,15 @@ impl<S: RangeSource> BlockCache<S> {
 
     /// Makes sure every block of `blocks` (clipped to the product) is there or on its way, and
     /// returns a handle per block, in order. Never waits: missing blocks are fetched by spawned
-    /// tasks, one ranged request per run of consecutive missing blocks; blocks already in flight
-    /// are joined, not fetched again.
+    /// tasks, one ranged request per run of consecutive missing blocks (split at
+    /// [`MAX_REQUEST_BYTES`]); blocks already in flight are joined, not fetched again.
     pub fn start(&self, id: &str, blocks: Range<u64>, size: u64) -> Vec<BlockHandle> {
         let count = self.block_count(size);
         let blocks = blocks.start.min(count)..blocks.end.min(count);
         let id: Arc<str> = Arc::from(id);
         let mut handles = Vec::with_capacity((blocks.end - blocks.start) as usize);
         let mut runs = Vec::new();
+        let max_run = (MAX_REQUEST_BYTES / self.block_size()).max(1);
         {
             let mut inner = self.core.lock();
             let mut found: Vec<(u64, Found)> = Vec::with_capacity(handles.capacity());
@@ -384,9 +440,10 @@ impl<S: RangeSource> BlockCache<S> {
                         // A new fetch for this block and the missing ones right after it.
                         let run_start = *index;
                         let mut run_end = run_start + 1;
-                        while found
-                            .get((run_end - blocks.start) as usize)
-                            .is_some_and(|(_, f)| matches!(f, Found::Missing))
+                        while run_end - run_start < max_run
+                            && found
+                                .get((run_end - blocks.start) as usize)
+                                .is_some_and(|(_, f)| matches!(f, Found::Missing))
                         {
                             run_end += 1;
                         }
@@ -516,50 +573,53 @@ impl<S: RangeSource> BlockCache<S> {
 
     /// Fetches the last `len` bytes of the product (capped by its size and by the pinned share
     /// of the budget) and keeps them outside the block LRU, so that the zip's central directory
-    /// survives any amount of sequential reading. Returns the tail; a second call for the same
-    /// product is answered from memory. The tail is dropped by [`BlockCache::unpin`], or when
-    /// the tails of more recently opened products need the room.
+    /// survives any amount of sequential reading. Returns the tail. Calls for a product whose
+    /// tail is pinned, or being fetched, with at least these bytes share it. The tail is dropped
+    /// by [`BlockCache::unpin`], or when the tails of more recently opened products need the room.
     pub async fn pin_tail(&self, id: &str, size: u64, len: u64) -> Result<Bytes, FetchError> {
         let cap = self.core.config.budget_bytes / PINNED_SHARE_DIVISOR;
         let len = len.min(size).min(cap);
         let start = size - len;
-        if let Some(tail) = self.tail_slice(id, start, size) {
-            return Ok(tail);
-        }
-        // Spawned like block fetches, so an interrupted open does not waste the request.
-        let core = self.core.clone();
         let owned_id: Arc<str> = Arc::from(id);
-        let task = tokio::spawn(async move {
-            let result = get_exact(&core.source, &owned_id, start..size).await;
-            let mut inner = core.lock();
-            inner.stats.requests += 1;
-            match &result {
-                Ok(data) => {
-                    inner.stats.bytes_fetched += len;
-                    let tail = Tail {
-                        offset: start,
-                        data: data.clone(),
-                    };
-                    if let Some(old) = inner.tails.put(owned_id, tail) {
-                        inner.stats.pinned_bytes -= old.data.len() as u64;
-                    }
-                    inner.stats.pinned_bytes += len;
-                    while inner.stats.pinned_bytes > cap {
-                        let Some((_, old)) = inner.tails.pop_lru() else {
-                            break;
-                        };
-                        inner.stats.pinned_bytes -= old.data.len() as u64;
-                    }
-                    core.evict(&mut inner);
+        let (fetch_start, mut rx) = {
+            let mut inner = self.core.lock();
+            if let Some(tail) = inner.tails.get(id) {
+                if tail.offset <= start {
+                    let tail = tail.data.slice((start - tail.offset) as usize..);
+                    inner.stats.hits += 1;
+                    return Ok(tail);
                 }
-                Err(_) => inner.stats.failed_requests += 1,
             }
-            result
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(e) => Err(FetchError::Server(format!(
-                "the fetch of the tail of {id} ended without an answer: {e}"
+            let joinable = inner.tails_in_flight.get(id).filter(|f| {
+                // A fetch whose task died without an answer is not worth joining.
+                f.start <= start && (f.rx.borrow().is_some() || f.rx.has_changed().is_ok())
+            });
+            match joinable {
+                Some(f) => (f.start, f.rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    let entry = TailFetch {
+                        start,
+                        rx: rx.clone(),
+                    };
+                    inner.tails_in_flight.insert(owned_id.clone(), entry);
+                    inner.stats.requests += 1;
+                    // Spawned like block fetches, so an interrupted open does not waste it.
+                    let task = fetch_tail(self.core.clone(), owned_id, start..size, tx);
+                    tokio::spawn(task);
+                    (start, rx)
+                }
+            }
+        };
+        let outcome = match rx.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone(),
+            Err(_) => None,
+        };
+        match outcome {
+            Some(Ok(tail)) => Ok(tail.slice((start - fetch_start) as usize..)),
+            Some(Err(e)) => Err(e),
+            None => Err(FetchError::Server(format!(
+                "the fetch of the tail of {id} ended without an answer"
             ))),
         }
     }

@@ -46,9 +46,9 @@ pub const DEFAULT_INITIAL_WINDOW: u64 = 1 << 20;
 /// flight to keep every connection busy. More only adds memory and waste.
 pub const DEFAULT_MAX_WINDOW: u64 = 32 << 20;
 
-/// 8 MiB per request: a full window split four ways, so all connections work on it; at
-/// 20 MB/s that is ~0.4 s of transfer, long enough to amortise a request's start-up.
-pub const DEFAULT_MAX_REQUEST: u64 = 8 << 20;
+/// 8 MiB per request: a full window split four ways, so all connections work on it (the
+/// cache's own per-request cap, [`crate::cache::MAX_REQUEST_BYTES`], for the same reasons).
+pub const DEFAULT_MAX_REQUEST: u64 = crate::cache::MAX_REQUEST_BYTES;
 
 /// 1 MiB back still counts as a stream: the kernel's out-of-order async reads reach back at most
 /// its readahead size (1 MiB when raised), and zip readers step back over a local header.
@@ -209,9 +209,10 @@ impl<S: RangeSource> Prefetcher<S> {
             let end = offset.saturating_add(len).min(self.size);
             self.adjust_window(&mut state, access, offset, end);
             state.next_offset = Some(end);
-            // The read's own fetches first, so they are ahead of read-ahead in any queue below.
+            let bs = self.cache.block_size();
+            let last_block = (end - 1) / bs;
+            // The read's own fetches before read-ahead, so they are first in any queue below.
             let pending = self.cache.start_read(&self.id, offset, len, self.size);
-            let last_block = (end - 1) / self.cache.block_size();
             self.read_ahead(&mut state, last_block);
             pending
         };
@@ -280,6 +281,11 @@ impl<S: RangeSource> Prefetcher<S> {
         }
     }
 
+    /// Blocks per read-ahead request: the window split between connections, within the cap.
+    fn chunk(&self, window: u64) -> u64 {
+        (window / self.limits.max_in_flight as u64).clamp(1, self.limits.request_blocks)
+    }
+
     /// Starts read-ahead of the blocks after `last_block`, within the window and the bounds.
     fn read_ahead(&self, state: &mut State, last_block: u64) {
         state.pending.retain(|h| !h.is_ready());
@@ -289,9 +295,7 @@ impl<S: RangeSource> Prefetcher<S> {
         let total = self.cache.block_count(self.size);
         let mut next = state.ahead_next.max(last_block + 1);
         let end = (last_block + 1 + state.window).min(total);
-        // Split the window between connections, within the per-request cap.
-        let chunk =
-            (state.window / self.limits.max_in_flight as u64).clamp(1, self.limits.request_blocks);
+        let chunk = self.chunk(state.window);
         while next < end {
             let in_flight: HashSet<u64> = state
                 .pending
@@ -303,8 +307,10 @@ impl<S: RangeSource> Prefetcher<S> {
             }
             let n = chunk.min(end - next);
             // Wait for a full chunk rather than trickle one-block requests as the window slides,
-            // unless nothing is in flight (keep the pipe busy) or the product ends there.
-            if n < chunk && end < total && !in_flight.is_empty() {
+            // unless less than a chunk is requested ahead of the reader (it would soon starve)
+            // or the product ends there.
+            let requested_ahead = next - (last_block + 1);
+            if n < chunk && end < total && requested_ahead >= chunk {
                 break;
             }
             let handles = self.cache.start(&self.id, next..next + n, self.size);

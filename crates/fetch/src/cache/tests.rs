@@ -66,7 +66,6 @@ async fn cache_concurrent_readers_share_one_fetch() {
         })
         .collect();
     for (i, t) in tasks.into_iter().enumerate() {
-        let i = i as usize;
         assert_eq!(t.await.unwrap().unwrap(), data.slice(10 + i..110 + i));
     }
     assert_eq!(src.stats().requests, 1);
@@ -259,4 +258,51 @@ async fn cache_a_panicking_fetch_does_not_wedge_the_block() {
     );
     assert!(cache.block("p", 0, BS).await.is_err());
     assert_eq!(cache.block("p", 0, BS).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn cache_long_runs_are_split_into_capped_requests() {
+    let blocks = 2 * MAX_REQUEST_BYTES / BS + 10;
+    let size = blocks * BS;
+    let (src, cache, data) = setup(size, blocks);
+    assert_eq!(cache.read("p", 0, size, size).await.unwrap(), data);
+    let ranges: Vec<_> = src.log().into_iter().map(|r| r.range).collect();
+    let cap = MAX_REQUEST_BYTES;
+    assert_eq!(ranges, vec![0..cap, cap..2 * cap, 2 * cap..size]);
+}
+
+#[tokio::test]
+async fn cache_concurrent_opens_share_one_tail_fetch() {
+    let size = 100 * BS;
+    let (src, cache, data) = setup(size, 16);
+    let cache = Arc::new(cache);
+    src.set_delay(Some(Duration::from_millis(20)));
+    // The first asks for the most; the others ask for less and join it.
+    let lens = [3000, 1000, 22, 3000, 500];
+    let mut tasks = Vec::new();
+    for len in lens {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(
+            async move { cache.pin_tail("p", size, len).await },
+        ));
+        // Let the first one start its fetch before the others look.
+        tokio::task::yield_now().await;
+    }
+    for (t, len) in tasks.into_iter().zip(lens) {
+        let tail = t.await.unwrap().unwrap();
+        assert_eq!(tail, data.slice((size - len) as usize..));
+    }
+    assert_eq!(src.stats().requests, 1);
+}
+
+#[tokio::test]
+async fn cache_failed_tail_fetch_is_retried() {
+    let size = 100 * BS;
+    let (src, cache, data) = setup(size, 16);
+    src.fail_next(1);
+    assert!(cache.pin_tail("p", size, 100).await.is_err());
+    assert_eq!(cache.stats().pinned_bytes, 0);
+    let tail = cache.pin_tail("p", size, 100).await.unwrap();
+    assert_eq!(tail, data.slice((size - 100) as usize..));
+    assert_eq!(src.stats().requests, 2);
 }
