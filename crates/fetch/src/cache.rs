@@ -17,6 +17,10 @@
 //! read-ahead (see `prefetch`) saves requests. The cache never decides *what* to fetch ahead; it
 //! only answers for blocks.
 //!
+//! Errors are the source's, passed on unchanged. A server that ignores Range is the zipper
+//! client's to work around (one spooled stream from byte 0); if it cannot, its
+//! [`FetchError::RangeIgnored`] reaches the readers like any other error, and nothing is cached.
+//!
 //! Locking: one `std::sync::Mutex` around the maps, held for map operations only, never across an
 //! `.await`. All methods that start fetches must be called inside a Tokio runtime.
 
@@ -31,9 +35,11 @@ use tokio::sync::watch;
 use crate::{FetchError, RangeSource};
 
 mod handle;
+mod task;
 
 pub use handle::{BlockHandle, PendingRead};
 use handle::{HandleState, Outcome};
+use task::{fetch_tail, run_fetch, FetchGuard};
 
 /// 1 MiB. Large enough that a request's fixed cost (a round trip of 50-300 ms to zipper, token
 /// check, redirect) is small next to its transfer at ~20 MB/s per connection (1 MiB = 50 ms);
@@ -165,37 +171,6 @@ pub struct BlockCache<S: RangeSource> {
     core: Arc<Core<S>>,
 }
 
-/// Removes a fetch's in-flight entries if its task ends without doing so (a panic in the source,
-/// a runtime shutting down), so later readers start a new fetch instead of waiting on a dead one.
-struct FetchGuard<S: RangeSource> {
-    core: Arc<Core<S>>,
-    id: Arc<str>,
-    blocks: Range<u64>,
-    fetch: u64,
-    armed: bool,
-}
-
-impl<S: RangeSource> Drop for FetchGuard<S> {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut inner = self.core.lock();
-            remove_in_flight(&mut inner, &self.id, self.blocks.clone(), self.fetch);
-        }
-    }
-}
-
-fn remove_in_flight(inner: &mut Inner, id: &Arc<str>, blocks: Range<u64>, fetch: u64) {
-    for index in blocks {
-        let key = BlockKey {
-            id: id.clone(),
-            index,
-        };
-        if inner.in_flight.get(&key).is_some_and(|f| f.fetch == fetch) {
-            inner.in_flight.remove(&key);
-        }
-    }
-}
-
 impl<S: RangeSource> Core<S> {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // The maps stay consistent between statements; a panic elsewhere must not wedge reads.
@@ -225,113 +200,6 @@ impl<S: RangeSource> Core<S> {
         inner.block_bytes += len;
         self.evict(inner);
     }
-}
-
-/// Bytes `range` of the product, checked to be exactly as long as asked (a source that
-/// returns less is broken, and a short block would shift every offset after it).
-async fn get_exact<S: RangeSource>(
-    source: &S,
-    id: &str,
-    range: Range<u64>,
-) -> Result<Bytes, FetchError> {
-    let data = source.get_range(id, range.clone()).await?;
-    if data.len() as u64 != range.end - range.start {
-        return Err(FetchError::Protocol(format!(
-            "asked for bytes {}..{} of product {id}, got {} bytes",
-            range.start,
-            range.end,
-            data.len()
-        )));
-    }
-    Ok(data)
-}
-
-/// The task behind one fetch: one request for a run of blocks, split, cached, announced.
-async fn run_fetch<S: RangeSource>(
-    mut guard: FetchGuard<S>,
-    size: u64,
-    tx: watch::Sender<Outcome>,
-) {
-    let core = guard.core.clone();
-    let bs = core.config.block_size;
-    let blocks = guard.blocks.clone();
-    let start = blocks.start * bs;
-    let end = (blocks.end * bs).min(size);
-    let result = get_exact(&core.source, &guard.id, start..end)
-        .await
-        .map(|data| -> Arc<[Bytes]> {
-            if blocks.end - blocks.start == 1 {
-                return Arc::from([data]);
-            }
-            // Copy each block out of the run so that evicting one really frees its bytes
-            // (slices would pin the whole run's allocation); a memcpy is cheap next to the network.
-            data.chunks(bs as usize)
-                .map(Bytes::copy_from_slice)
-                .collect()
-        });
-    {
-        let mut inner = core.lock();
-        remove_in_flight(&mut inner, &guard.id, blocks.clone(), guard.fetch);
-        guard.armed = false;
-        match &result {
-            Ok(parts) => {
-                inner.stats.bytes_fetched += end - start;
-                for (index, part) in blocks.clone().zip(parts.iter()) {
-                    let key = BlockKey {
-                        id: guard.id.clone(),
-                        index,
-                    };
-                    core.insert_block(&mut inner, key, part.clone());
-                }
-            }
-            Err(e) => {
-                inner.stats.failed_requests += 1;
-                tracing::debug!(id = %guard.id, start, end, error = %e, "block fetch failed");
-            }
-        }
-    }
-    tx.send_replace(Some(result));
-}
-
-/// The task behind [`BlockCache::pin_tail`]: one request, pinned, announced.
-async fn fetch_tail<S: RangeSource>(
-    core: Arc<Core<S>>,
-    id: Arc<str>,
-    range: Range<u64>,
-    tx: watch::Sender<Option<Result<Bytes, FetchError>>>,
-) {
-    let result = get_exact(&core.source, &id, range.clone()).await;
-    {
-        let mut inner = core.lock();
-        inner.tails_in_flight.remove(&id);
-        match &result {
-            Ok(data) => {
-                let len = data.len() as u64;
-                inner.stats.bytes_fetched += len;
-                let tail = Tail {
-                    offset: range.start,
-                    data: data.clone(),
-                };
-                if let Some(old) = inner.tails.put(id, tail) {
-                    inner.stats.pinned_bytes -= old.data.len() as u64;
-                }
-                inner.stats.pinned_bytes += len;
-                let cap = core.config.budget_bytes / PINNED_SHARE_DIVISOR;
-                while inner.stats.pinned_bytes > cap {
-                    let Some((_, old)) = inner.tails.pop_lru() else {
-                        break;
-                    };
-                    inner.stats.pinned_bytes -= old.data.len() as u64;
-                }
-                core.evict(&mut inner);
-            }
-            Err(e) => {
-                inner.stats.failed_requests += 1;
-                tracing::debug!(%id, start = range.start, error = %e, "tail fetch failed");
-            }
-        }
-    }
-    tx.send_replace(Some(result));
 }
 
 /// How one block was found by [`BlockCache::start`].
@@ -398,8 +266,8 @@ impl<S: RangeSource> BlockCache<S> {
     /// tasks, one ranged request per run of consecutive missing blocks (split at
     /// [`MAX_REQUEST_BYTES`]); blocks already in flight are joined, not fetched again.
     pub fn start(&self, id: &str, blocks: Range<u64>, size: u64) -> Vec<BlockHandle> {
-        let count = self.block_count(size);
-        let blocks = blocks.start.min(count)..blocks.end.min(count);
+        let end = blocks.end.min(self.block_count(size));
+        let blocks = blocks.start.min(end)..end;
         let id: Arc<str> = Arc::from(id);
         let mut handles = Vec::with_capacity((blocks.end - blocks.start) as usize);
         let mut runs = Vec::new();

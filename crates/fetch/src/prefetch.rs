@@ -186,6 +186,11 @@ impl<S: RangeSource> Prefetcher<S> {
         self.size
     }
 
+    /// The shared cache underneath (for its stats, or to pin the product's tail).
+    pub fn cache(&self) -> &Arc<BlockCache<S>> {
+        &self.cache
+    }
+
     /// The current read-ahead window in bytes (0 when the reader is not streaming).
     pub fn window_bytes(&self) -> u64 {
         self.lock().window * self.cache.block_size()

@@ -152,6 +152,14 @@ async fn cache_past_end() {
         Err(FetchError::OutOfRange { .. })
     ));
     assert!(cache.start("p", 3..10, size).len() == 1);
+    #[allow(clippy::reversed_empty_ranges)]
+    let reversed = 3..1;
+    assert!(cache.start("p", reversed, size).is_empty());
+    assert!(cache
+        .fetch_blocks("p", 9..20, size)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(src.stats().requests, 1);
 }
 

@@ -1,0 +1,150 @@
+//! The tasks that fetch for the cache: one ranged request each, whose result is cached and
+//! announced to every waiter. They run on their own (spawned), so no reader's cancellation
+//! stops them; a guard cleans the in-flight map if one dies without an answer.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::{BlockKey, Core, Inner, Outcome, Tail, PINNED_SHARE_DIVISOR};
+use crate::{FetchError, RangeSource};
+
+/// Removes a fetch's in-flight entries if its task ends without doing so (a panic in the source,
+/// a runtime shutting down), so later readers start a new fetch instead of waiting on a dead one.
+pub(super) struct FetchGuard<S: RangeSource> {
+    pub(super) core: Arc<Core<S>>,
+    pub(super) id: Arc<str>,
+    pub(super) blocks: Range<u64>,
+    pub(super) fetch: u64,
+    pub(super) armed: bool,
+}
+
+impl<S: RangeSource> Drop for FetchGuard<S> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut inner = self.core.lock();
+            remove_in_flight(&mut inner, &self.id, self.blocks.clone(), self.fetch);
+        }
+    }
+}
+
+fn remove_in_flight(inner: &mut Inner, id: &Arc<str>, blocks: Range<u64>, fetch: u64) {
+    for index in blocks {
+        let key = BlockKey {
+            id: id.clone(),
+            index,
+        };
+        if inner.in_flight.get(&key).is_some_and(|f| f.fetch == fetch) {
+            inner.in_flight.remove(&key);
+        }
+    }
+}
+
+/// Bytes `range` of the product, checked to be exactly as long as asked (a source that
+/// returns less is broken, and a short block would shift every offset after it).
+async fn get_exact<S: RangeSource>(
+    source: &S,
+    id: &str,
+    range: Range<u64>,
+) -> Result<Bytes, FetchError> {
+    let data = source.get_range(id, range.clone()).await?;
+    if data.len() as u64 != range.end - range.start {
+        return Err(FetchError::Protocol(format!(
+            "asked for bytes {}..{} of product {id}, got {} bytes",
+            range.start,
+            range.end,
+            data.len()
+        )));
+    }
+    Ok(data)
+}
+
+/// The task behind one fetch: one request for a run of blocks, split, cached, announced.
+pub(super) async fn run_fetch<S: RangeSource>(
+    mut guard: FetchGuard<S>,
+    size: u64,
+    tx: watch::Sender<Outcome>,
+) {
+    let core = guard.core.clone();
+    let bs = core.config.block_size;
+    let blocks = guard.blocks.clone();
+    let start = blocks.start * bs;
+    let end = (blocks.end * bs).min(size);
+    let result = get_exact(&core.source, &guard.id, start..end)
+        .await
+        .map(|data| -> Arc<[Bytes]> {
+            if blocks.end - blocks.start == 1 {
+                return Arc::from([data]);
+            }
+            // Copy each block out of the run so that evicting one really frees its bytes
+            // (slices would pin the whole run's allocation); a memcpy is cheap next to the network.
+            data.chunks(bs as usize)
+                .map(Bytes::copy_from_slice)
+                .collect()
+        });
+    {
+        let mut inner = core.lock();
+        remove_in_flight(&mut inner, &guard.id, blocks.clone(), guard.fetch);
+        guard.armed = false;
+        match &result {
+            Ok(parts) => {
+                inner.stats.bytes_fetched += end - start;
+                for (index, part) in blocks.clone().zip(parts.iter()) {
+                    let key = BlockKey {
+                        id: guard.id.clone(),
+                        index,
+                    };
+                    core.insert_block(&mut inner, key, part.clone());
+                }
+            }
+            Err(e) => {
+                inner.stats.failed_requests += 1;
+                tracing::debug!(id = %guard.id, start, end, error = %e, "block fetch failed");
+            }
+        }
+    }
+    tx.send_replace(Some(result));
+}
+
+/// The task behind [`BlockCache::pin_tail`]: one request, pinned, announced.
+pub(super) async fn fetch_tail<S: RangeSource>(
+    core: Arc<Core<S>>,
+    id: Arc<str>,
+    range: Range<u64>,
+    tx: watch::Sender<Option<Result<Bytes, FetchError>>>,
+) {
+    let result = get_exact(&core.source, &id, range.clone()).await;
+    {
+        let mut inner = core.lock();
+        inner.tails_in_flight.remove(&id);
+        match &result {
+            Ok(data) => {
+                let len = data.len() as u64;
+                inner.stats.bytes_fetched += len;
+                let tail = Tail {
+                    offset: range.start,
+                    data: data.clone(),
+                };
+                if let Some(old) = inner.tails.put(id, tail) {
+                    inner.stats.pinned_bytes -= old.data.len() as u64;
+                }
+                inner.stats.pinned_bytes += len;
+                let cap = core.config.budget_bytes / PINNED_SHARE_DIVISOR;
+                while inner.stats.pinned_bytes > cap {
+                    let Some((_, old)) = inner.tails.pop_lru() else {
+                        break;
+                    };
+                    inner.stats.pinned_bytes -= old.data.len() as u64;
+                }
+                core.evict(&mut inner);
+            }
+            Err(e) => {
+                inner.stats.failed_requests += 1;
+                tracing::debug!(%id, start = range.start, error = %e, "tail fetch failed");
+            }
+        }
+    }
+    tx.send_replace(Some(result));
+}
