@@ -38,6 +38,7 @@ pub struct FaultsDoc {
     pub garbage_catalogue: bool,
     pub garbage_zipper_errors: bool,
     pub no_auth: bool,
+    pub redirect_downloads: bool,
 }
 
 impl From<&Faults> for FaultsDoc {
@@ -56,6 +57,7 @@ impl From<&Faults> for FaultsDoc {
             garbage_catalogue: f.garbage_catalogue,
             garbage_zipper_errors: f.garbage_zipper_errors,
             no_auth: f.no_auth,
+            redirect_downloads: f.redirect_downloads,
         }
     }
 }
@@ -76,6 +78,7 @@ impl From<FaultsDoc> for Faults {
             garbage_catalogue: f.garbage_catalogue,
             garbage_zipper_errors: f.garbage_zipper_errors,
             no_auth: f.no_auth,
+            redirect_downloads: f.redirect_downloads,
         }
     }
 }

@@ -94,6 +94,11 @@ pub struct Faults {
     /// The zipper needs no token, and `/files/` serves an HTML index (for peers such as rclone
     /// and httpdirfs that cannot log in).
     pub no_auth: bool,
+    /// Downloads asked on the OData form (`/odata/v1/Products(<id>)/$value`) at 127.0.0.1 get a
+    /// 301 to the same URL at `localhost`: another host name for the same server, like the real
+    /// catalogue host redirecting to the download host. Clients that drop `Authorization` on a
+    /// cross-host redirect then meet 401 "Token not found", as in the field; `?token=` survives.
+    pub redirect_downloads: bool,
 }
 
 /// How to start a double. `Config::default()` has no users and no products.

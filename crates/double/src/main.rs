@@ -100,6 +100,9 @@ struct ServeArgs {
     /// Zipper error bodies are HTML instead of JSON.
     #[arg(long)]
     garbage_zipper_errors: bool,
+    /// Downloads on the OData form get a 301 to the same URL at localhost (another host name).
+    #[arg(long)]
+    redirect_downloads: bool,
     /// Also serve /_double/ control endpoints (faults, outage, revoke, log) for scripts.
     #[arg(long)]
     control: bool,
@@ -161,6 +164,7 @@ fn config(a: ServeArgs) -> anyhow::Result<Config> {
             garbage_token: a.garbage_token,
             garbage_catalogue: a.garbage_catalogue,
             garbage_zipper_errors: a.garbage_zipper_errors,
+            redirect_downloads: a.redirect_downloads,
         },
         seed: a.seed,
         log_path: a.log,

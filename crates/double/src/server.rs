@@ -178,8 +178,7 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
             crate::keycloak::handle(&shared, &method, &parts.headers, &body, &mut entry)
         }
         Route::Zipper(id) => {
-            match crate::zipper::download(&shared, &method, &parts.headers, uri.query(), &id, entry)
-                .await
+            match crate::zipper::download(&shared, &method, &parts.headers, &uri, &id, entry).await
             {
                 Answer::Done(resp, e) => {
                     entry = *e;

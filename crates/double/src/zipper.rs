@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use rand::Rng as _;
 use serde_json::json;
 
@@ -128,16 +128,31 @@ fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
+/// Where `redirect_downloads` sends an OData-form download asked at 127.0.0.1: the same path
+/// and query at `localhost` (the "download host").
+fn redirect_target(shared: &Shared, headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
+    if !shared.faults().redirect_downloads || !uri.path().starts_with("/odata/") {
+        return None;
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    if host.starts_with("localhost") {
+        return None;
+    }
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    HeaderValue::from_str(&format!("http://localhost:{}{path_and_query}", shared.port)).ok()
+}
+
 /// GET/HEAD of a product through the zipper.
 pub(crate) async fn download(
     shared: &Arc<Shared>,
     method: &Method,
     headers: &HeaderMap,
-    query: Option<&str>,
+    uri: &Uri,
     id: &str,
     mut entry: LogEntry,
 ) -> Answer {
     entry.product = Some(id.to_string());
+    let query = uri.query();
     if method != Method::GET && method != Method::HEAD {
         entry.outcome = "method_not_allowed".into();
         let r = error(
@@ -146,6 +161,15 @@ pub(crate) async fn download(
             "DAT-ZIP-405",
             "Method not allowed",
         );
+        return Answer::done(r, entry);
+    }
+    if let Some(to) = redirect_target(shared, headers, uri) {
+        entry.outcome = "redirect".into();
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+        r.headers_mut().insert(header::LOCATION, to);
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
         return Answer::done(r, entry);
     }
     let user = if shared.faults().no_auth {

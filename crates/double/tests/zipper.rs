@@ -557,3 +557,42 @@ async fn no_auth_serves_files_index_and_zipper_without_token() {
         ("zipper", None)
     );
 }
+
+#[tokio::test]
+async fn redirects_to_another_host_lose_the_bearer_header_but_keep_query_tokens() {
+    let (d, c, store, token) = setup(|c| c).await;
+    d.set_faults(Faults {
+        redirect_downloads: true,
+        ..Faults::default()
+    });
+    let r = c
+        .get(url_for(&d, ID))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "reqwest drops Authorization on a cross-host redirect"
+    );
+    assert!(
+        r.url().as_str().starts_with("http://localhost:"),
+        "{}",
+        r.url()
+    );
+    let r = c
+        .get(url_for(&d, ID))
+        .query(&[("token", &token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), store.bytes.as_slice());
+    let outcomes: Vec<String> = zipper_log(&d).into_iter().map(|e| e.outcome).collect();
+    assert_eq!(outcomes, ["redirect", "no_token", "redirect", "ok"]);
+    // The legacy form is the download host itself: no redirect.
+    let legacy = d.legacy_download_template().replace("{id}", ID);
+    let r = c.head(legacy).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
