@@ -38,7 +38,7 @@ mod handle;
 mod task;
 
 pub use handle::{BlockHandle, PendingRead};
-use handle::{HandleState, Outcome};
+use handle::{HandleState, Outcome, TailOutcome};
 use task::{fetch_tail, run_fetch, FetchGuard};
 
 /// 1 MiB. Large enough that a request's fixed cost (a round trip of 50-300 ms to zipper, token
@@ -140,7 +140,7 @@ struct InFlight {
 /// A tail being fetched from `start` to the product's end.
 struct TailFetch {
     start: u64,
-    rx: watch::Receiver<Option<Result<Bytes, FetchError>>>,
+    rx: watch::Receiver<TailOutcome>,
 }
 
 /// The last bytes of a product, `offset..offset + data.len()` (ends at the product's end).
@@ -200,6 +200,27 @@ impl<S: RangeSource> Core<S> {
         inner.block_bytes += len;
         self.evict(inner);
     }
+}
+
+/// A read of `range` served by the product's tail, pinned (a slice) or on its way (joined), if
+/// the tail covers it. Tails run to the product's end, so only the start needs checking.
+fn read_tail(inner: &mut Inner, id: &str, range: Range<u64>) -> Option<PendingRead> {
+    if let Some(tail) = inner.tails.get(id) {
+        if tail.offset <= range.start {
+            let from = (range.start - tail.offset) as usize;
+            let to = (range.end - tail.offset) as usize;
+            let bytes = tail.data.get(from..to).map(|_| tail.data.slice(from..to))?;
+            inner.stats.hits += 1;
+            return Some(PendingRead::ready(bytes));
+        }
+    }
+    let fetch = inner.tails_in_flight.get(id).filter(|f| {
+        // A fetch whose task died without an answer is not worth joining.
+        f.start <= range.start && (f.rx.borrow().is_some() || f.rx.has_changed().is_ok())
+    })?;
+    let read = PendingRead::tail(Arc::from(id), fetch.rx.clone(), fetch.start, range);
+    inner.stats.joins += 1;
+    Some(read)
 }
 
 /// How one block was found by [`BlockCache::start`].
@@ -417,79 +438,59 @@ impl<S: RangeSource> BlockCache<S> {
             return PendingRead::ready(Bytes::new());
         }
         let end = offset.saturating_add(len).min(size);
-        if let Some(bytes) = self.tail_slice(id, offset, end) {
-            return PendingRead::ready(bytes);
+        if let Some(read) = read_tail(&mut self.core.lock(), id, offset..end) {
+            return read;
         }
         let bs = self.block_size();
         let handles = self.start(id, offset / bs..(end - 1) / bs + 1, size);
         PendingRead::blocks(Arc::from(id), offset..end, bs, handles)
     }
 
-    fn tail_slice(&self, id: &str, offset: u64, end: u64) -> Option<Bytes> {
-        let mut inner = self.core.lock();
-        let tail = inner.tails.get(id)?;
-        let tail_end = tail.offset + tail.data.len() as u64;
-        if offset < tail.offset || end > tail_end {
-            return None;
-        }
-        let bytes = tail
-            .data
-            .slice((offset - tail.offset) as usize..(end - tail.offset) as usize);
-        inner.stats.hits += 1;
-        Some(bytes)
-    }
-
     /// Fetches the last `len` bytes of the product (capped by its size and by the pinned share
     /// of the budget) and keeps them outside the block LRU, so that the zip's central directory
     /// survives any amount of sequential reading. Returns the tail. Calls for a product whose
-    /// tail is pinned, or being fetched, with at least these bytes share it. The tail is dropped
-    /// by [`BlockCache::unpin`], or when the tails of more recently opened products need the room.
+    /// tail is pinned, or being fetched, with at least these bytes share it, and so do reads
+    /// inside it. The tail is dropped by [`BlockCache::unpin`], or when the tails of more
+    /// recently opened products need the room.
     pub async fn pin_tail(&self, id: &str, size: u64, len: u64) -> Result<Bytes, FetchError> {
+        self.start_tail(id, size, len).wait().await
+    }
+
+    /// [`BlockCache::pin_tail`] without waiting: the fetch starts now (so reads of the tail made
+    /// right after join it instead of fetching blocks), and its result lands in the cache.
+    pub fn prefetch_tail(&self, id: &str, size: u64, len: u64) {
+        drop(self.start_tail(id, size, len));
+    }
+
+    fn start_tail(&self, id: &str, size: u64, len: u64) -> PendingRead {
         let cap = self.core.config.budget_bytes / PINNED_SHARE_DIVISOR;
         let len = len.min(size).min(cap);
-        let start = size - len;
-        let owned_id: Arc<str> = Arc::from(id);
-        let (fetch_start, mut rx) = {
-            let mut inner = self.core.lock();
-            if let Some(tail) = inner.tails.get(id) {
-                if tail.offset <= start {
-                    let tail = tail.data.slice((start - tail.offset) as usize..);
-                    inner.stats.hits += 1;
-                    return Ok(tail);
-                }
-            }
-            let joinable = inner.tails_in_flight.get(id).filter(|f| {
-                // A fetch whose task died without an answer is not worth joining.
-                f.start <= start && (f.rx.borrow().is_some() || f.rx.has_changed().is_ok())
-            });
-            match joinable {
-                Some(f) => (f.start, f.rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    let entry = TailFetch {
-                        start,
-                        rx: rx.clone(),
-                    };
-                    inner.tails_in_flight.insert(owned_id.clone(), entry);
-                    inner.stats.requests += 1;
-                    // Spawned like block fetches, so an interrupted open does not waste it.
-                    let task = fetch_tail(self.core.clone(), owned_id, start..size, tx);
-                    tokio::spawn(task);
-                    (start, rx)
-                }
-            }
-        };
-        let outcome = match rx.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone(),
-            Err(_) => None,
-        };
-        match outcome {
-            Some(Ok(tail)) => Ok(tail.slice((start - fetch_start) as usize..)),
-            Some(Err(e)) => Err(e),
-            None => Err(FetchError::Server(format!(
-                "the fetch of the tail of {id} ended without an answer"
-            ))),
+        if len == 0 {
+            return PendingRead::ready(Bytes::new());
         }
+        let start = size - len;
+        let mut inner = self.core.lock();
+        if let Some(read) = read_tail(&mut inner, id, start..size) {
+            return read;
+        }
+        let owned_id: Arc<str> = Arc::from(id);
+        let (tx, rx) = watch::channel(None);
+        let entry = TailFetch {
+            start,
+            rx: rx.clone(),
+        };
+        inner.tails_in_flight.insert(owned_id.clone(), entry);
+        inner.stats.requests += 1;
+        inner.stats.misses += 1;
+        drop(inner);
+        // Spawned like block fetches, so an interrupted open does not waste it.
+        tokio::spawn(fetch_tail(
+            self.core.clone(),
+            owned_id.clone(),
+            start..size,
+            tx,
+        ));
+        PendingRead::tail(owned_id, rx, start, start..size)
     }
 
     /// The pinned tail of a product, as `(offset, bytes)`, if there is one.

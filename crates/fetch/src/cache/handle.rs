@@ -13,6 +13,9 @@ use crate::FetchError;
 /// The outcome of one fetch, shared by every block it covers: `None` while running.
 pub(super) type Outcome = Option<Result<Arc<[Bytes]>, FetchError>>;
 
+/// The outcome of a tail fetch: `None` while running.
+pub(super) type TailOutcome = Option<Result<Bytes, FetchError>>;
+
 /// One block of a [`BlockCache::start`] call: already there, or on its way.
 /// Holding a handle keeps no fetch alive and costs no budget while pending; drop it when done.
 #[derive(Clone)]
@@ -83,6 +86,13 @@ pub struct PendingRead {
 
 enum ReadState {
     Ready(Bytes),
+    /// Inside a tail being fetched from `fetch_start` to the product's end.
+    Tail {
+        id: Arc<str>,
+        rx: watch::Receiver<TailOutcome>,
+        fetch_start: u64,
+        range: Range<u64>,
+    },
     Blocks {
         id: Arc<str>,
         range: Range<u64>,
@@ -95,6 +105,22 @@ impl PendingRead {
     pub(super) fn ready(bytes: Bytes) -> Self {
         Self {
             state: ReadState::Ready(bytes),
+        }
+    }
+
+    pub(super) fn tail(
+        id: Arc<str>,
+        rx: watch::Receiver<TailOutcome>,
+        fetch_start: u64,
+        range: Range<u64>,
+    ) -> Self {
+        Self {
+            state: ReadState::Tail {
+                id,
+                rx,
+                fetch_start,
+                range,
+            },
         }
     }
 
@@ -120,6 +146,33 @@ impl PendingRead {
     pub async fn wait(self) -> Result<Bytes, FetchError> {
         let (id, range, bs, handles) = match self.state {
             ReadState::Ready(bytes) => return Ok(bytes),
+            ReadState::Tail {
+                id,
+                mut rx,
+                fetch_start,
+                range,
+            } => {
+                let outcome = match rx.wait_for(Option::is_some).await {
+                    Ok(outcome) => outcome.clone(),
+                    Err(_) => None,
+                };
+                let tail = match outcome {
+                    Some(result) => result?,
+                    None => {
+                        return Err(FetchError::Server(format!(
+                            "the fetch of the tail of {id} ended without an answer"
+                        )))
+                    }
+                };
+                let (from, to) = (range.start - fetch_start, range.end - fetch_start);
+                if to > tail.len() as u64 {
+                    return Err(FetchError::Protocol(format!(
+                        "the tail of {id} holds {} bytes, expected at least {to}",
+                        tail.len()
+                    )));
+                }
+                return Ok(tail.slice(from as usize..to as usize));
+            }
             ReadState::Blocks {
                 id,
                 range,

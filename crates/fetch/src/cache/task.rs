@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{BlockKey, Core, Inner, Outcome, Tail, PINNED_SHARE_DIVISOR};
+use super::{BlockKey, Core, Inner, Outcome, Tail, TailOutcome, PINNED_SHARE_DIVISOR};
 use crate::{FetchError, RangeSource};
 
 /// Removes a fetch's in-flight entries if its task ends without doing so (a panic in the source,
@@ -113,7 +113,7 @@ pub(super) async fn fetch_tail<S: RangeSource>(
     core: Arc<Core<S>>,
     id: Arc<str>,
     range: Range<u64>,
-    tx: watch::Sender<Option<Result<Bytes, FetchError>>>,
+    tx: watch::Sender<TailOutcome>,
 ) {
     let result = get_exact(&core.source, &id, range.clone()).await;
     {

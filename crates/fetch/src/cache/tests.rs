@@ -314,3 +314,36 @@ async fn cache_failed_tail_fetch_is_retried() {
     assert_eq!(tail, data.slice((size - 100) as usize..));
     assert_eq!(src.stats().requests, 2);
 }
+
+#[tokio::test]
+async fn cache_reads_inside_a_tail_being_fetched_join_it() {
+    let size = 100 * BS;
+    let (src, cache, data) = setup(size, 16);
+    src.set_delay(Some(Duration::from_millis(20)));
+    // The open starts the tail fetch and returns; GDAL reads the end record at once.
+    cache.prefetch_tail("p", size, 3000);
+    let eocd = cache.read("p", size - 22, 22, size).await.unwrap();
+    assert_eq!(eocd, data.slice((size - 22) as usize..));
+    let dir = cache.read("p", size - 3000, 1000, size).await.unwrap();
+    assert_eq!(
+        dir,
+        data.slice((size - 3000) as usize..(size - 2000) as usize)
+    );
+    assert_eq!(src.stats().requests, 1, "both reads joined the tail fetch");
+    // A read reaching before the tail goes to blocks.
+    cache.read("p", size - 3001, 10, size).await.unwrap();
+    assert_eq!(src.stats().requests, 2);
+}
+
+#[tokio::test]
+async fn cache_a_failed_tail_fetch_fails_its_readers_once() {
+    let size = 100 * BS;
+    let (src, cache, data) = setup(size, 16);
+    src.set_delay(Some(Duration::from_millis(20)));
+    src.fail_next(1);
+    cache.prefetch_tail("p", size, 3000);
+    assert!(cache.read("p", size - 22, 22, size).await.is_err());
+    let eocd = cache.read("p", size - 22, 22, size).await.unwrap();
+    assert_eq!(eocd, data.slice((size - 22) as usize..));
+    assert!(cache.tail("p").is_none());
+}
