@@ -30,6 +30,10 @@ pub enum RangeMode {
     /// [`RangeSupport::Ignored`] and every `get_range` fails with [`FetchError::RangeIgnored`],
     /// which is how the zipper client reports a server it cannot slice.
     Ignore,
+    /// Like the reported zipper that serves a Range only when it starts at byte 0: `info`
+    /// reports [`RangeSupport::Ignored`]; ranges from 0 are served, others fail with
+    /// [`FetchError::RangeIgnored`].
+    FromZeroOnly,
 }
 
 /// One request as the mock saw it.
@@ -202,7 +206,9 @@ impl MemorySource {
                 .fault
                 .clone()
                 .unwrap_or_else(|| FetchError::Server(format!("injected fault for {id}"))))
-        } else if s.range_mode == RangeMode::Ignore {
+        } else if s.range_mode == RangeMode::Ignore
+            || (s.range_mode == RangeMode::FromZeroOnly && range.start != 0)
+        {
             Err(FetchError::RangeIgnored(id.to_owned()))
         } else {
             match s.products.get(id) {
@@ -248,7 +254,7 @@ impl RangeSource for MemorySource {
             s.info_calls += 1;
             let ranges = match s.range_mode {
                 RangeMode::Honour => RangeSupport::Honoured,
-                RangeMode::Ignore => RangeSupport::Ignored,
+                RangeMode::Ignore | RangeMode::FromZeroOnly => RangeSupport::Ignored,
             };
             let result = s
                 .products
@@ -354,6 +360,17 @@ mod tests {
         assert_eq!(src.info("a").await.unwrap().ranges, RangeSupport::Ignored);
         assert!(matches!(
             src.get_range("a", 5..10).await,
+            Err(FetchError::RangeIgnored(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn mock_from_zero_only_mode() {
+        let src = source();
+        src.set_range_mode(RangeMode::FromZeroOnly);
+        assert_eq!(src.get_range("a", 0..10).await.unwrap().len(), 10);
+        assert!(matches!(
+            src.get_range("a", 1..10).await,
             Err(FetchError::RangeIgnored(_))
         ));
     }
