@@ -24,6 +24,13 @@
 //! Read-ahead fetches that are abandoned (the reader seeks away or closes) run to completion
 //! and stay in the cache; they are counted against the handle until they finish, so seeking
 //! back and forth cannot pile up unbounded requests.
+//!
+//! Request sizes: a read-ahead request covers `window / max_in_flight` blocks (1 while the
+//! window is small, 8 MiB once it is full), so the window is spread over all connections. As the
+//! reader advances, the window's end slides a block at a time; read-ahead waits until a full
+//! request's worth is free rather than trickling one-block requests, as long as at least that
+//! much is already requested ahead of the reader. A failed read drops the window; the next read
+//! starts small again.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
