@@ -16,7 +16,7 @@ pub(super) type Outcome = Option<Result<Arc<[Bytes]>, FetchError>>;
 /// The outcome of a tail fetch: `None` while running.
 pub(super) type TailOutcome = Option<Result<Bytes, FetchError>>;
 
-/// One block of a [`BlockCache::start`] call: already there, or on its way.
+/// One block of a [`BlockCache::start`](super::BlockCache::start) call: already there, or on its way.
 /// Holding a handle keeps no fetch alive and costs no budget while pending; drop it when done.
 #[derive(Clone)]
 pub struct BlockHandle {
