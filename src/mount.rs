@@ -81,8 +81,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     })?;
 
     let mut options = vec![
-        MountOption::FSName("eodata".into()),
-        MountOption::Subtype(mountpoint::FS_SUBTYPE.into()),
+        MountOption::FSName(mountpoint::FS_NAME.into()),
+        MountOption::Subtype(mountpoint::FS_NAME.into()),
         MountOption::RO,
         MountOption::NoDev,
         MountOption::NoSuid,

@@ -9,12 +9,12 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// The filesystem type our mounts carry in /proc/mounts (`fuse.` + the FUSE subtype), by which a
-/// stale mount is recognised as ours and so safe to clean.
-pub const FS_SUBTYPE: &str = "eodata-mount";
+/// The source name our mounts carry in /proc/mounts, by which a stale mount is recognised as
+/// ours and so safe to clean. (The type is `fuse` when root mounts with mount(2) directly and
+/// `fuse.eodata-mount` through fusermount3; the source is the same either way.)
+pub const FS_NAME: &str = "eodata-mount";
 
 /// Why a mountpoint cannot be used. Each message is one line that says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +34,12 @@ pub enum MountpointError {
 /// One line of /proc/self/mountinfo that matters here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// `major:minor` of the mount's device (field 3), which names its bdi in sysfs.
+    pub device: String,
     pub mount_point: PathBuf,
     pub fstype: String,
+    /// The mount source (for FUSE: the FSName option).
+    pub source: String,
 }
 
 /// Undo the octal escapes (`\040` for a space) the kernel writes in mountinfo paths.
@@ -65,11 +69,15 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let fstype = right.split(' ').next()?;
+            let fields: Vec<&str> = left.split(' ').collect();
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let source = right.next().unwrap_or("");
             Some(MountEntry {
-                mount_point: unescape_mountinfo(mount_point),
+                device: fields.get(2)?.to_string(),
+                mount_point: unescape_mountinfo(fields.get(4)?),
                 fstype: fstype.to_string(),
+                source: unescape_mountinfo(source).to_string_lossy().into_owned(),
             })
         })
         .collect()
@@ -87,10 +95,11 @@ pub fn mount_at(path: &Path) -> Option<MountEntry> {
 /// Check `path` before mounting and return it absolute. Cleans a stale mount of ours.
 pub fn prepare(path: &Path) -> Result<PathBuf, MountpointError> {
     let shown = path.display().to_string();
-    let abs = std::path::absolute(path).map_err(|source| MountpointError::Io {
+    let io = |source| MountpointError::Io {
         path: shown.clone(),
         source,
-    })?;
+    };
+    let abs = std::path::absolute(path).map_err(io)?;
     match std::fs::metadata(&abs) {
         Ok(meta) if !meta.is_dir() => return Err(MountpointError::NotADirectory(shown)),
         Ok(_) => {}
@@ -98,35 +107,36 @@ pub fn prepare(path: &Path) -> Result<PathBuf, MountpointError> {
             return Err(MountpointError::Missing(shown))
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            let ours = mount_at(&abs).is_some_and(|m| m.fstype == format!("fuse.{FS_SUBTYPE}"));
-            if !ours {
-                return Err(MountpointError::Stale(shown));
-            }
-            // Ours and dead: nobody can be using it (every access fails), so detaching is safe.
-            lazy_unmount(&abs).map_err(|_| MountpointError::Stale(shown.clone()))?;
-            tracing::warn!(
-                "cleaned a stale eodata-mount mount left on {shown} by a process that died"
-            );
+            clean_stale(&abs, &shown)?;
             return prepare(path);
         }
-        Err(source) => {
-            return Err(MountpointError::Io {
-                path: shown,
-                source,
-            })
-        }
+        Err(source) => return Err(io(source)),
     }
-    let abs = abs.canonicalize().map_err(|source| MountpointError::Io {
-        path: shown.clone(),
-        source,
-    })?;
+    let abs = abs.canonicalize().map_err(io)?;
     if let Some(m) = mount_at(&abs) {
+        // stat(2) of a dead FUSE mount can still succeed from the kernel's attribute cache;
+        // opening the directory always asks the daemon, and fails when it is gone.
+        if std::fs::read_dir(&abs).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
+            clean_stale(&abs, &shown)?;
+            return prepare(path);
+        }
         return Err(MountpointError::AlreadyMounted {
             path: abs.display().to_string(),
             fstype: m.fstype,
         });
     }
     Ok(abs)
+}
+
+/// A mount at `abs` whose daemon died: detach it if it is ours (nobody can be using it, since
+/// every access fails), else say how to clean it.
+fn clean_stale(abs: &Path, shown: &str) -> Result<(), MountpointError> {
+    let ours = mount_at(abs).is_some_and(|m| m.fstype.starts_with("fuse") && m.source == FS_NAME);
+    if !ours || lazy_unmount(abs).is_err() {
+        return Err(MountpointError::Stale(shown.to_string()));
+    }
+    tracing::warn!("cleaned a stale eodata-mount mount left on {shown} by a process that died");
+    Ok(())
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
@@ -166,13 +176,14 @@ pub fn unmount(path: &Path) -> io::Result<()> {
 const READ_AHEAD_KB: u32 = 1024;
 
 /// Raise the read-ahead of the mount at `path` (see [`READ_AHEAD_KB`]). Best effort.
+///
+/// The device number comes from mountinfo, not from stat(2): stat of the mountpoint would be a
+/// FUSE request to ourselves, and this runs before the session loop that would answer it.
 pub fn raise_read_ahead(path: &Path) {
-    let Ok(meta) = std::fs::metadata(path) else {
+    let Some(entry) = mount_at(path) else {
         return;
     };
-    let dev = meta.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let knob = format!("/sys/class/bdi/{}/read_ahead_kb", entry.device);
     match std::fs::write(&knob, READ_AHEAD_KB.to_string()) {
         Ok(()) => tracing::debug!(
             "read-ahead of {} raised to {READ_AHEAD_KB} KiB",
@@ -188,12 +199,15 @@ mod tests {
 
     #[test]
     fn mountinfo_lines_are_parsed_with_escapes() {
-        let text = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - fuse.eodata-mount eodata rw\n\
+        let text =
+            "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - fuse.eodata-mount eodata-mount rw\n\
                     22 1 0:21 / /proc rw - proc proc rw\n";
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].mount_point, PathBuf::from("/mnt/a b"));
         assert_eq!(m[0].fstype, "fuse.eodata-mount");
+        assert_eq!(m[0].device, "98:0");
+        assert_eq!(m[0].source, "eodata-mount");
         assert_eq!(m[1].fstype, "proc");
     }
 

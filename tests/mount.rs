@@ -176,8 +176,10 @@ fn concurrent_readers_share_fetches_and_warm_rereads_are_free() {
             .map(|e| e.bytes_sent)
             .sum();
         let size = std::fs::metadata(product_file(&products, i)).unwrap().len();
+        // Each byte once, plus: the 1-byte size probe, and the zip's tail (1 MiB) pinned on open,
+        // which the sequential readers also read as blocks.
         assert!(
-            served <= size + (1 << 20),
+            served <= size + (1 << 20) + 1,
             "{n}: {served} bytes served for a {size}-byte product"
         );
     }
@@ -292,7 +294,7 @@ fn a_stale_mount_of_ours_is_cleaned_and_remounted() {
     let mut mount = Mount::start(&ws, &double, &[]);
     mount.child.kill().unwrap(); // SIGKILL: leaves "Transport endpoint is not connected"
     mount.child.wait().unwrap();
-    let err = std::fs::metadata(&mount.dir).unwrap_err();
+    let err = std::fs::read_dir(&mount.dir).unwrap_err();
     assert_eq!(
         err.raw_os_error(),
         Some(libc::ENOTCONN),

@@ -290,16 +290,12 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             );
             return Err(FsError::Offline(node.meta.name.clone()));
         }
-        // The zip's central directory: fetched once per product, in the background, so that
-        // `cp` does not wait for it while `unzip -l` and GDAL find it ready.
+        // The zip's central directory: fetched once per product in the background, so that
+        // `cp` does not wait for it, while `unzip -l` and GDAL, which read it first, join the
+        // fetch already registered when open returns.
         if node.size > 0 {
-            let cache = self.cache.clone();
-            let (id, size, tail) = (node.meta.id.clone(), node.size, self.config.tail_bytes);
-            tokio::spawn(async move {
-                if let Err(e) = cache.pin_tail(&id, size, tail).await {
-                    tracing::debug!("prefetch of the zip directory of {id} failed: {e}");
-                }
-            });
+            self.cache
+                .prefetch_tail(&node.meta.id, node.size, self.config.tail_bytes);
         }
         let reader = Prefetcher::new(
             self.cache.clone(),

@@ -212,7 +212,9 @@ impl Mount {
     fn wait_live(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if is_mounted(&self.dir) {
+            // Mounted and answering: a stale mount of a killed process is in mountinfo too,
+            // but every access to it fails with ENOTCONN.
+            if is_mounted(&self.dir) && std::fs::read_dir(&self.dir).is_ok() {
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
