@@ -88,8 +88,7 @@ pub fn mount_at(path: &Path) -> Option<MountEntry> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     parse_mountinfo(&text)
         .into_iter()
-        .filter(|m| m.mount_point == path)
-        .last()
+        .rfind(|m| m.mount_point == path)
 }
 
 /// Check `path` before mounting and return it absolute. Cleans a stale mount of ours.

@@ -42,14 +42,15 @@ fn meta(id: &str, name: &str, online: bool) -> ProductMeta {
     }
 }
 
-fn fs_with(
-    size: usize,
-) -> (
+/// The filesystem under test, its byte source, its resolver and the product's bytes.
+type Fixture = (
     Arc<Fs<Arc<MapResolver>, Arc<MemorySource>>>,
     Arc<MemorySource>,
     Arc<MapResolver>,
     Bytes,
-) {
+);
+
+fn fs_with(size: usize) -> Fixture {
     let data = MemorySource::random_bytes(size, 9);
     let source = Arc::new(MemorySource::new().with_product(ID, data.clone()));
     let resolver = Arc::new(MapResolver {
