@@ -11,6 +11,10 @@ use common::*;
 
 /// The tutorial's download.py (https://creodias.docs.cloudferro.com, "Use Python to automate
 /// generating API tokens ... when 2FA is enabled"), hosts replaced by `{IDENTITY}`/`{ZIPPER}`.
+/// Debian's Python, where `scripts/install-deps` puts requests and pyotp (python3-requests,
+/// python3-pyotp); a python3 earlier on PATH (pyenv, venv) may have neither.
+const PYTHON: &str = "/usr/bin/python3";
+
 const TUTORIAL: &str = r#"import pyotp  # to compute the TOTP code
 import requests # to send through POST to the server
 from urllib.parse import quote # to encode password if needed
@@ -53,7 +57,7 @@ open("my-file.zip", 'wb').write(pulling.content)
 "#;
 
 fn python_ready() -> bool {
-    Command::new("python3")
+    Command::new(PYTHON)
         .args(["-c", "import pyotp, requests"])
         .output()
         .is_ok_and(|o| o.status.success())
@@ -85,7 +89,7 @@ async fn the_tutorial_script_logs_in_and_downloads() {
         .replace("{IDENTITY}", &d.base_url())
         .replace("{ZIPPER}", &d.base_url());
     std::fs::write(work.path().join("download.py"), script).unwrap();
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(PYTHON)
         .arg("download.py")
         .current_dir(work.path())
         .output()
