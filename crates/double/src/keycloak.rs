@@ -154,6 +154,26 @@ impl Realm {
         }
     }
 
+    /// Replaces the account named `user.username` (password, TOTP secret, disabled), keeping
+    /// the tokens already issued; adds it when there is none.
+    pub(crate) fn update_user(&mut self, user: &User) -> anyhow::Result<()> {
+        let secret = totp_of(&user.totp_secret)
+            .map_err(|e| anyhow::anyhow!("user {}: {e}", user.username))?;
+        let acct = self
+            .accounts
+            .entry(user.username.to_lowercase())
+            .or_insert_with(|| Account {
+                user: user.clone(),
+                secret: secret.clone(),
+                failures: 0,
+                locked: false,
+                used_codes: Vec::new(),
+            });
+        acct.user = user.clone();
+        acct.secret = secret;
+        Ok(())
+    }
+
     pub(crate) fn unlock(&mut self, username: &str) {
         if let Some(a) = self.accounts.get_mut(&username.to_lowercase()) {
             a.locked = false;

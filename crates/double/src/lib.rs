@@ -323,6 +323,13 @@ impl Double {
         self.inner.shared.enable_control();
     }
 
+    /// Changes an account while the double runs: a new password or TOTP secret (the client's
+    /// credentials become wrong), or `disabled`. Tokens already issued stay valid; pair with
+    /// [`Double::revoke_tokens`] and `refuse_refresh` to force a new login.
+    pub fn update_user(&self, user: User) -> anyhow::Result<()> {
+        self.inner.shared.auth.lock().unwrap().update_user(&user)
+    }
+
     /// Clears a brute-force lock and the failure count of `username`.
     pub fn unlock_user(&self, username: &str) {
         self.inner.shared.auth.lock().unwrap().unlock(username);

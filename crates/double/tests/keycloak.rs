@@ -231,6 +231,44 @@ async fn disabled_account_is_400() {
     assert_eq!(outcomes(&d), ["disabled"]);
 }
 
+#[tokio::test]
+async fn accounts_change_while_the_double_runs() {
+    fresh_step(5).await;
+    let (d, c) = start(config()).await;
+    // A new password: the old one is refused, the new one (with the same secret) accepted.
+    d.update_user(User::new(USER, "new password", SECRET))
+        .unwrap();
+    let (s, _) = password_grant(&c, &d, USER, PASSWORD, &code(0)).await;
+    assert_eq!(s, 401);
+    let (s, b) = password_grant(&c, &d, USER, "new password", &code(-1)).await;
+    assert_eq!(s, 200, "{b}");
+    // A new TOTP secret: codes of the old one are refused.
+    let other = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+    d.update_user(User::new(USER, PASSWORD, other)).unwrap();
+    let (s, _) = password_grant(&c, &d, USER, PASSWORD, &code(1)).await;
+    assert_eq!(s, 401);
+    let (s, b) = password_grant(&c, &d, USER, PASSWORD, &code_for(other, 1)).await;
+    assert_eq!(s, 200, "{b}");
+    // Disabled.
+    d.update_user(User {
+        disabled: true,
+        ..User::new(USER, PASSWORD, SECRET)
+    })
+    .unwrap();
+    let (s, b) = password_grant(&c, &d, USER, PASSWORD, &code(0)).await;
+    assert_eq!(
+        (s, b["error_description"].as_str()),
+        (400, Some("Account disabled"))
+    );
+    assert_eq!(
+        outcomes(&d),
+        ["bad_password", "ok", "bad_code", "ok", "disabled"]
+    );
+    assert!(d
+        .update_user(User::new(USER, PASSWORD, "not base32!"))
+        .is_err());
+}
+
 async fn refresh(c: &reqwest::Client, d: &fake_creodias::Double, token: &str) -> (u16, Value) {
     let r = c
         .post(d.token_url())
