@@ -16,6 +16,7 @@ use anyhow::{bail, Context};
 use eodata_auth::TokenSource;
 use eodata_catalogue::Catalogue;
 use eodata_fetch::cache::{BlockCache, CacheConfig};
+use eodata_fetch::spool::{SpoolConfig, StreamFallback};
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::cli::Cli;
@@ -44,8 +45,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .context("cannot log in, so nothing was mounted")?;
     let catalogue = stack::catalogue(common, &settings)?;
     let zipper = stack::zipper(common, &settings, tokens)?;
+    // Servers that ignore Range are streamed once and spooled, under the block cache.
+    let source = StreamFallback::new(zipper, SpoolConfig::default());
     let cache = Arc::new(BlockCache::new(
-        zipper,
+        source,
         CacheConfig {
             budget_bytes: cli.mount.cache_size << 20,
             ..CacheConfig::default()

@@ -12,6 +12,7 @@
 pub mod cache;
 pub mod mock;
 pub mod prefetch;
+pub mod spool;
 pub mod zipper;
 
 use std::future::Future;

@@ -1,0 +1,416 @@
+//! Serving ranges of products whose server ignores `Range`: one stream from byte 0, spooled.
+//!
+//! Some zipper deployments answer a ranged GET with `200` and the whole product
+//! (`../shared/protocol.md`, "Range support is UNCERTAIN"). The zipper client reports that as
+//! [`FetchError::RangeIgnored`] (or `info().ranges == Ignored`) and never hands out bytes from
+//! the wrong offset. [`StreamFallback`] sits right above it and turns that into working reads:
+//! - the first read of such a product starts ONE stream from byte 0 ([`StreamSource`]), shared
+//!   by every reader, written to a spool file (anonymous, under the spool dir or `$TMPDIR`,
+//!   gone when the layer drops it);
+//! - a read behind the stream's frontier is served from the spool at once; a read ahead of it
+//!   waits for the bytes, for as long as the stream makes progress (the stream's own stall
+//!   timeout and retries bound that): GDAL reads the zip's central directory at the end first,
+//!   and that read must wait for the whole product, not fail;
+//! - a stream that fails for good (retries exhausted) fails the readers waiting on it; the next
+//!   read starts a new stream *from the frontier*: the client reconnects from byte 0 and skips
+//!   what is already spooled (see [`crate::zipper::ZipperStream`]), so spooled bytes are
+//!   re-used and never re-served from another offset;
+//! - with a [`BlockSink`] (the disk cache), every completed aligned block is also handed to it
+//!   as the stream passes, so a product streamed once is in the disk cache whole, even the
+//!   parts nobody read; once complete, the spool is dropped and later reads come from the sink.
+//!
+//! Products whose server honours Range pass straight through to the source below.
+//!
+//! This is a layer under the block cache, so nothing above it changes: the block cache still
+//! asks for aligned blocks and caches them in memory.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use eodata_auth::TokenSource;
+use tokio::sync::watch;
+
+use crate::zipper::{Zipper, ZipperStream};
+use crate::{FetchError, ObjectInfo, RangeSource, RangeSupport};
+
+/// A product's bytes in order from an offset.
+pub trait ChunkStream: Send + 'static {
+    /// The next bytes; `None` at the end of the product.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, FetchError>> + Send;
+}
+
+/// A [`RangeSource`] that can also deliver a product as one sequential stream.
+pub trait StreamSource: RangeSource {
+    type Stream: ChunkStream;
+    /// The product from `offset` to its end. Where the server cannot start at `offset`, the
+    /// implementation reads from 0 and drops the bytes before it.
+    fn stream_from(
+        &self,
+        id: &str,
+        offset: u64,
+    ) -> impl Future<Output = Result<Self::Stream, FetchError>> + Send;
+}
+
+impl<T: TokenSource> ChunkStream for ZipperStream<T> {
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, FetchError>> + Send {
+        ZipperStream::next_chunk(self)
+    }
+}
+
+impl<T: TokenSource> StreamSource for Zipper<T> {
+    type Stream = ZipperStream<T>;
+    fn stream_from(
+        &self,
+        id: &str,
+        offset: u64,
+    ) -> impl Future<Output = Result<Self::Stream, FetchError>> + Send {
+        Zipper::stream_from(self, id, offset)
+    }
+}
+
+impl<S: StreamSource> StreamSource for Arc<S> {
+    type Stream = S::Stream;
+    fn stream_from(
+        &self,
+        id: &str,
+        offset: u64,
+    ) -> impl Future<Output = Result<Self::Stream, FetchError>> + Send {
+        (**self).stream_from(id, offset)
+    }
+}
+
+/// Where complete blocks of a streamed product go besides the spool (the disk cache).
+pub trait BlockSink: Send + Sync + 'static {
+    /// The sink's block size; blocks handed over are aligned to it.
+    fn block_size(&self) -> u64;
+    /// Block `index` of product `id` (of `size` bytes) is `data`. Called from a blocking
+    /// thread. Failures are the sink's to log: the spool still serves the bytes.
+    fn put_block(&self, id: &str, size: u64, index: u64, data: &[u8]);
+    /// Whether block `index` is held (cheap, unverified: used only to drop the spool early).
+    fn has_block(&self, id: &str, index: u64) -> bool;
+}
+
+/// Where spool files go and where blocks are handed.
+#[derive(Clone, Default)]
+pub struct SpoolConfig {
+    /// Directory for spool files; `None`: `$TMPDIR`.
+    pub dir: Option<PathBuf>,
+    /// The disk cache, when one is configured.
+    pub sink: Option<Arc<dyn BlockSink>>,
+}
+
+/// See the module doc: Range where the server honours it, one spooled stream where not.
+pub struct StreamFallback<S> {
+    inner: Arc<S>,
+    config: SpoolConfig,
+    spools: Arc<Mutex<HashMap<String, Arc<Spool>>>>,
+}
+
+/// What the stream of one product has done so far.
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    /// Bytes `0..frontier` are in the spool file.
+    frontier: u64,
+    /// A stream task is running.
+    running: bool,
+    /// Why the last stream ended early.
+    error: Option<FetchError>,
+    /// Streams started (the first one included).
+    streams: u64,
+}
+
+struct Spool {
+    size: u64,
+    file: Arc<std::fs::File>,
+    progress: watch::Sender<Progress>,
+}
+
+/// Counters for tests and `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Products being (or having been) spooled and still held.
+    pub spools: usize,
+    /// Streams started, over the held spools.
+    pub streams: u64,
+}
+
+impl<S: StreamSource> StreamFallback<S> {
+    pub fn new(inner: S, config: SpoolConfig) -> Self {
+        StreamFallback {
+            inner: Arc::new(inner),
+            config,
+            spools: Arc::default(),
+        }
+    }
+
+    /// The source below.
+    pub fn source(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        let spools = self.spools.lock().unwrap_or_else(|p| p.into_inner());
+        SpoolStats {
+            spools: spools.len(),
+            streams: spools.values().map(|s| s.progress.borrow().streams).sum(),
+        }
+    }
+
+    fn spool(&self, id: &str) -> Option<Arc<Spool>> {
+        let spools = self.spools.lock().unwrap_or_else(|p| p.into_inner());
+        spools.get(id).cloned()
+    }
+
+    /// The product's spool, made if it does not exist yet.
+    fn spool_for(&self, id: &str, size: u64) -> Result<Arc<Spool>, FetchError> {
+        let mut spools = self.spools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = spools.get(id) {
+            return Ok(Arc::clone(s));
+        }
+        let dir = self.config.dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&dir).ok();
+        // Anonymous (unlinked) file: nothing is left behind, whatever way the process ends.
+        let file = tempfile::tempfile_in(&dir).map_err(|e| {
+            FetchError::Server(format!(
+                "cannot create a spool file in {} for a server that ignores Range: {e}",
+                dir.display()
+            ))
+        })?;
+        let spool = Arc::new(Spool {
+            size,
+            file: Arc::new(file),
+            progress: watch::Sender::new(Progress::default()),
+        });
+        spools.insert(id.to_string(), Arc::clone(&spool));
+        Ok(spool)
+    }
+
+    /// Starts a stream from the frontier unless one runs or all is spooled.
+    fn ensure_running(&self, id: &str, spool: &Arc<Spool>) {
+        let mut start = None;
+        spool.progress.send_if_modified(|p| {
+            if p.running || p.frontier >= spool.size {
+                return false;
+            }
+            p.running = true;
+            p.error = None;
+            p.streams += 1;
+            start = Some(p.frontier);
+            true
+        });
+        let Some(from) = start else { return };
+        tracing::info!(
+            id,
+            from,
+            size = spool.size,
+            "streaming a product whose server ignores Range"
+        );
+        let task = StreamTask {
+            inner: Arc::clone(&self.inner),
+            id: id.to_string(),
+            spool: Arc::clone(spool),
+            sink: self.config.sink.clone(),
+            spools: Arc::clone(&self.spools),
+        };
+        tokio::spawn(task.run(from));
+    }
+
+    /// Bytes `range` of a spooled product, waiting for the stream where they have not arrived.
+    async fn read_spooled(
+        &self,
+        id: &str,
+        spool: Arc<Spool>,
+        range: Range<u64>,
+    ) -> Result<Bytes, FetchError> {
+        let end = range.end.min(spool.size);
+        if range.start >= spool.size && range.start < range.end {
+            return Err(FetchError::OutOfRange {
+                id: id.to_string(),
+                start: range.start,
+                end: range.end,
+                size: spool.size,
+            });
+        }
+        if range.start >= end {
+            return Ok(Bytes::new());
+        }
+        let mut rx = spool.progress.subscribe();
+        if rx.borrow().frontier < end {
+            self.ensure_running(id, &spool);
+        }
+        loop {
+            {
+                let p = rx.borrow_and_update();
+                if p.frontier >= end {
+                    break;
+                }
+                if !p.running {
+                    return Err(p.error.clone().unwrap_or_else(|| {
+                        FetchError::Server(format!("the stream of {id} ended early"))
+                    }));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(FetchError::Server(format!(
+                    "the stream of {id} was dropped"
+                )));
+            }
+        }
+        let file = Arc::clone(&spool.file);
+        let start = range.start;
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; (end - start) as usize];
+            file.read_exact_at(&mut buf, start)?;
+            Ok::<_, std::io::Error>(Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| FetchError::Server(format!("spool read task failed: {e}")))?
+        .map_err(|e| FetchError::Server(format!("cannot read the spool of {id}: {e}")))
+    }
+}
+
+/// The one stream of a product, writing the spool and the sink.
+struct StreamTask<S> {
+    inner: Arc<S>,
+    id: String,
+    spool: Arc<Spool>,
+    sink: Option<Arc<dyn BlockSink>>,
+    spools: Arc<Mutex<HashMap<String, Arc<Spool>>>>,
+}
+
+impl<S: StreamSource> StreamTask<S> {
+    async fn run(self, from: u64) {
+        let result = self.stream(from).await;
+        let complete = self.spool.progress.borrow().frontier >= self.spool.size;
+        self.spool.progress.send_modify(|p| {
+            p.running = false;
+            if let Err(e) = &result {
+                p.error = Some(e.clone());
+            }
+        });
+        match result {
+            Err(e) => tracing::warn!(id = %self.id, error = %e, "stream of a product failed"),
+            Ok(()) if complete => {
+                tracing::info!(id = %self.id, size = self.spool.size, "product spooled whole");
+                self.drop_spool_if_sunk();
+            }
+            Ok(()) => {}
+        }
+    }
+
+    /// With every block in the sink, the spool is a second copy: drop it (readers holding it
+    /// finish their reads; later reads come from the sink above, or start a new spool).
+    fn drop_spool_if_sunk(&self) {
+        let Some(sink) = &self.sink else { return };
+        let bs = sink.block_size();
+        let blocks = self.spool.size.div_ceil(bs);
+        if (0..blocks).all(|i| sink.has_block(&self.id, i)) {
+            let mut spools = self.spools.lock().unwrap_or_else(|p| p.into_inner());
+            if spools
+                .get(&self.id)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.spool))
+            {
+                spools.remove(&self.id);
+            }
+        }
+    }
+
+    async fn stream(&self, from: u64) -> Result<(), FetchError> {
+        let size = self.spool.size;
+        let mut stream = self.inner.stream_from(&self.id, from).await?;
+        let mut pos = from;
+        // The block being filled for the sink: starts at its aligned offset, so after a restart
+        // mid-block its head is read back from the spool.
+        let bs = self.sink.as_ref().map(|s| s.block_size());
+        let mut block = BytesMut::new();
+        if let Some(bs) = bs {
+            let head = pos - pos % bs;
+            if head < pos {
+                let file = Arc::clone(&self.spool.file);
+                let mut buf = vec![0u8; (pos - head) as usize];
+                let buf = tokio::task::spawn_blocking(move || {
+                    file.read_exact_at(&mut buf, head).map(|_| buf)
+                })
+                .await
+                .map_err(|e| FetchError::Server(format!("spool task failed: {e}")))?
+                .map_err(|e| FetchError::Server(format!("cannot read the spool: {e}")))?;
+                block.extend_from_slice(&buf);
+            }
+        }
+        while pos < size {
+            let Some(mut chunk) = stream.next_chunk().await? else {
+                return Err(FetchError::Protocol(format!(
+                    "the stream of {} ended at byte {pos} of {size}",
+                    self.id
+                )));
+            };
+            chunk.truncate(chunk.len().min((size - pos) as usize));
+            let file = Arc::clone(&self.spool.file);
+            let mut done = Vec::new();
+            if let Some(bs) = bs {
+                block.extend_from_slice(&chunk);
+                let mut block_start = pos + chunk.len() as u64 - block.len() as u64;
+                while block.len() as u64 >= bs
+                    || (!block.is_empty() && block_start + block.len() as u64 >= size)
+                {
+                    let n = (bs as usize).min(block.len());
+                    done.push((block_start / bs, block.split_to(n).freeze()));
+                    block_start += n as u64;
+                }
+            }
+            let (sink, id, at) = (self.sink.clone(), self.id.clone(), pos);
+            let len = chunk.len() as u64;
+            tokio::task::spawn_blocking(move || {
+                file.write_all_at(&chunk, at)?;
+                if let Some(sink) = sink {
+                    for (index, data) in done {
+                        sink.put_block(&id, size, index, &data);
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await
+            .map_err(|e| FetchError::Server(format!("spool task failed: {e}")))?
+            .map_err(|e| FetchError::Server(format!("cannot write the spool: {e}")))?;
+            pos += len;
+            self.spool.progress.send_modify(|p| p.frontier = pos);
+        }
+        Ok(())
+    }
+}
+
+impl<S: StreamSource> RangeSource for StreamFallback<S> {
+    async fn info(&self, id: &str) -> Result<ObjectInfo, FetchError> {
+        self.inner.info(id).await
+    }
+
+    async fn get_range(&self, id: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
+        if let Some(spool) = self.spool(id) {
+            return self.read_spooled(id, spool, range).await;
+        }
+        let info = self.inner.info(id).await?;
+        if info.ranges == RangeSupport::Honoured {
+            match self.inner.get_range(id, range.clone()).await {
+                Err(FetchError::RangeIgnored(_)) => {}
+                other => return other,
+            }
+        }
+        // The size may have been learnt better by the failed ranged GET.
+        let size = self
+            .inner
+            .info(id)
+            .await
+            .map(|i| i.size)
+            .unwrap_or(info.size);
+        let spool = self.spool_for(id, size)?;
+        self.read_spooled(id, spool, range).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

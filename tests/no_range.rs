@@ -1,0 +1,128 @@
+//! Real mounts against a double that ignores Range (200 and the whole body to every ranged GET,
+//! as some zippers are reported to do): the tools must still read exact bytes, through one
+//! stream per product from byte 0, spooled (`eodata_fetch::spool`).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use fake_creodias::LogEntry;
+use support::*;
+
+/// Small products keep the test fast; 48 MiB is still many blocks and many chunks.
+const SIZE_MIB: u64 = 48;
+
+fn local_file(products: &Path) -> std::path::PathBuf {
+    products.join(index(products)[0]["file"].as_str().unwrap())
+}
+
+fn tif_member(zip: &Path) -> String {
+    let out = sh(Command::new("unzip").arg("-Z1").arg(zip));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find(|l| l.ends_with(".tif"))
+        .expect("a .tif in the product")
+        .to_string()
+}
+
+fn gdal_checksums(zip: &Path, member: &str) -> String {
+    let out = sh(Command::new("gdalinfo")
+        .arg("-checksum")
+        .arg(format!("/vsizip/{}/{member}", zip.display())));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("Checksum="))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Zipper GETs that delivered the whole product.
+fn full_gets(log: &[LogEntry], size: u64) -> usize {
+    zipper_gets(log)
+        .iter()
+        .filter(|e| e.bytes_sent >= size)
+        .count()
+}
+
+#[test]
+fn tools_read_exact_bytes_with_one_full_get_when_the_server_ignores_range() {
+    let products = products(2, SIZE_MIB);
+    let mut cfg = double_config(Some(&products));
+    cfg.faults.no_range = true;
+    let double = start_double(cfg);
+    let ws = Workspace::new();
+    let mount = Mount::start(&ws, &double, &["--product", TUTORIAL_ID]);
+    let local = local_file(&products);
+    let size = std::fs::metadata(&local).unwrap().len();
+    let file = mount.path(&format!("{TUTORIAL_NAME}.zip"));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), size);
+
+    // GDAL first: it reads the zip's directory at the end, which waits for the stream.
+    let member = tif_member(&local);
+    let through_mount = gdal_checksums(&file, &member);
+    assert!(!through_mount.is_empty());
+    assert_eq!(
+        through_mount,
+        gdal_checksums(&local, &member),
+        "gdalinfo -checksum"
+    );
+    sh(Command::new("unzip").arg("-tq").arg(&file));
+    let copy = ws.path().join("copy.zip");
+    sh(Command::new("cp").arg(&file).arg(&copy));
+    assert_eq!(file_sha256(&copy), file_sha256(&local), "cp");
+
+    let log = double.log();
+    let gets = zipper_gets(&log);
+    let mine: Vec<_> = gets
+        .iter()
+        .filter(|e| e.product.as_deref() == Some(TUTORIAL_ID))
+        .collect();
+    let wire: u64 = mine.iter().map(|e| e.bytes_sent).sum();
+    eprintln!(
+        "no-Range: {} GETs for the product, {} full, {wire} bytes sent for a {size}-byte product",
+        mine.len(),
+        full_gets(&log, size)
+    );
+    for e in &mine {
+        eprintln!(
+            "  GET {:?} status {} outcome {} sent {}",
+            e.range, e.status, e.outcome, e.bytes_sent
+        );
+    }
+    assert_eq!(full_gets(&log, size), 1, "exactly one full GET");
+    // Besides it, at most the 0-0 probe that learnt the server ignores Range (aborted).
+    assert!(mine.len() <= 2, "{} GETs", mine.len());
+    let stderr = mount.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn cut_streams_restart_from_zero_and_bytes_stay_exact() {
+    let products = products(2, SIZE_MIB);
+    let mut cfg = double_config(Some(&products));
+    cfg.faults.no_range = true;
+    cfg.faults.cut_rate = 0.5;
+    let double = start_double(cfg);
+    let ws = Workspace::new();
+    let mount = Mount::start(&ws, &double, &["--product", TUTORIAL_ID]);
+    let local = local_file(&products);
+    let file = mount.path(&format!("{TUTORIAL_NAME}.zip"));
+    let copy = ws.path().join("copy.zip");
+    sh(Command::new("cp").arg(&file).arg(&copy));
+    assert_eq!(
+        file_sha256(&copy),
+        file_sha256(&local),
+        "cp over cut streams"
+    );
+    sh(Command::new("unzip").arg("-tq").arg(&file));
+    let log = double.log();
+    let cuts = zipper_gets(&log)
+        .iter()
+        .filter(|e| e.outcome == "cut")
+        .count();
+    eprintln!("cut streams: {cuts} cuts, {} GETs", zipper_gets(&log).len());
+    drop(mount);
+}
