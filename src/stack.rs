@@ -36,7 +36,7 @@ pub fn settings(common: &CommonArgs) -> anyhow::Result<Settings> {
         provider: common.provider.clone(),
     };
     let settings = eodata_config::load(&overrides, &|k| std::env::var(k).ok())?;
-    for w in &settings.warnings {
+    for w in &settings.endpoints.warnings {
         eprintln!("eodata-mount: warning: {w}");
     }
     Ok(settings)
@@ -64,8 +64,8 @@ pub fn token_manager(
         Some(eodata_auth::token::default_cache_dir())
     };
     let cfg = LoginConfig {
-        token_url: settings.token_url.to_string(),
-        client_id: settings.client_id.clone(),
+        token_url: settings.endpoints.token_url.to_string(),
+        client_id: settings.endpoints.client_id.clone(),
         user: settings.user.clone(),
         password: settings.password.clone(),
         totp_secret: settings.totp_secret.clone(),
@@ -76,7 +76,7 @@ pub fn token_manager(
 
 pub fn catalogue(common: &CommonArgs, settings: &Settings) -> anyhow::Result<Arc<Catalogue>> {
     Ok(Arc::new(Catalogue::new(
-        settings.catalogue_url.clone(),
+        settings.endpoints.catalogue_url.clone(),
         http_client(common)?,
     )))
 }
@@ -86,17 +86,17 @@ pub fn zipper(
     settings: &Settings,
     tokens: Arc<TokenManager>,
 ) -> anyhow::Result<Arc<Client>> {
-    let passing = match settings.token_passing {
+    let passing = match settings.endpoints.token_passing {
         eodata_config::TokenPassing::Query => eodata_fetch::zipper::TokenPassing::Query,
         eodata_config::TokenPassing::Bearer => eodata_fetch::zipper::TokenPassing::Bearer,
     };
-    let mut cfg = ZipperConfig::new(settings.download_url.clone(), passing);
+    let mut cfg = ZipperConfig::new(settings.endpoints.download_url.clone(), passing);
     cfg.max_connections = common.max_connections as usize;
     cfg.read_timeout = Duration::from_secs(common.read_timeout);
     // A Bearer token may follow a redirect only within the provider's own domain (CDSE
     // redirects from the catalogue host to the download host); the template's host is trusted
     // by the client itself.
-    cfg.trusted_hosts = match settings.provider {
+    cfg.trusted_hosts = match settings.endpoints.provider {
         eodata_config::Provider::Creodias => vec![".creodias.eu".into(), ".cloudferro.com".into()],
         eodata_config::Provider::Cdse => vec![".dataspace.copernicus.eu".into()],
     };

@@ -51,36 +51,8 @@ pub struct Settings {
     pub password: Secret,
     /// Normalised base32: upper case, no blanks, no `=` padding.
     pub totp_secret: Secret,
-    pub provider: Provider,
-    /// How downloads carry the token; follows [`Settings::provider`].
-    pub token_passing: TokenPassing,
-    pub token_url: url::Url,
-    pub client_id: String,
-    /// A template containing `{id}` (see [`Endpoints::download_url_for`]); checked to give an
-    /// http(s) URL once a UUID is put in.
-    pub download_url: String,
-    pub catalogue_url: url::Url,
-    /// The secrets file that was read, if any (credentials may all come from the environment).
-    pub config_path: Option<PathBuf>,
-    /// Things the user should fix that do not stop the program, e.g. a file others can read.
-    /// The CLI prints them.
-    pub warnings: Vec<String>,
-}
-
-impl Settings {
-    /// The endpoint part, for code that needs no credentials.
-    pub fn endpoints(&self) -> Endpoints {
-        Endpoints {
-            provider: self.provider,
-            token_passing: self.token_passing,
-            token_url: self.token_url.clone(),
-            client_id: self.client_id.clone(),
-            download_url: self.download_url.clone(),
-            catalogue_url: self.catalogue_url.clone(),
-            config_path: self.config_path.clone(),
-            warnings: self.warnings.clone(),
-        }
-    }
+    /// Where the services are, and what the user should know about the configuration.
+    pub endpoints: Endpoints,
 }
 
 /// The service endpoints without credentials: for commands that only search the catalogue, and
@@ -88,14 +60,19 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
     pub provider: Provider,
+    /// How downloads carry the token; follows [`Endpoints::provider`].
     pub token_passing: TokenPassing,
     pub token_url: url::Url,
     pub client_id: String,
-    /// A template containing `{id}`.
+    /// A template containing `{id}` (see [`Endpoints::download_url_for`]); checked to give an
+    /// http(s) URL once a UUID is put in.
     pub download_url: String,
     pub catalogue_url: url::Url,
-    /// The secrets file that was read, if one was found.
+    /// The secrets file that was read, if one was found (credentials may all come from the
+    /// environment).
     pub config_path: Option<PathBuf>,
+    /// Things the user should fix that do not stop the program, e.g. a file others can read.
+    /// The CLI prints them.
     pub warnings: Vec<String>,
 }
 
@@ -168,19 +145,11 @@ fn load_from(
             origin: totp.1,
             problem,
         })?;
-    let ep = endpoints(overrides, &env, file)?;
     Ok(Settings {
         user: user.0,
         password: Secret::new(password.0),
         totp_secret: Secret::new(totp_secret),
-        provider: ep.provider,
-        token_passing: ep.token_passing,
-        token_url: ep.token_url,
-        client_id: ep.client_id,
-        download_url: ep.download_url,
-        catalogue_url: ep.catalogue_url,
-        config_path: ep.config_path,
-        warnings: ep.warnings,
+        endpoints: endpoints(overrides, &env, file)?,
     })
 }
 

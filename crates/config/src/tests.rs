@@ -79,28 +79,32 @@ fn valid_file_gives_creodias_defaults() {
     assert_eq!(s.user, "person@example.com");
     assert_eq!(s.password.expose(), "qwer");
     assert_eq!(s.totp_secret.expose(), "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP");
-    assert_eq!(s.provider, Provider::Creodias);
-    assert_eq!(s.token_passing, TokenPassing::Query);
+    assert_eq!(s.endpoints.provider, Provider::Creodias);
+    assert_eq!(s.endpoints.token_passing, TokenPassing::Query);
     assert_eq!(
-        s.token_url.as_str(),
+        s.endpoints.token_url.as_str(),
         Provider::Creodias.defaults().token_url
     );
-    assert_eq!(s.client_id, "CLOUDFERRO_PUBLIC");
+    assert_eq!(s.endpoints.client_id, "CLOUDFERRO_PUBLIC");
     assert_eq!(
-        s.download_url,
+        s.endpoints.download_url,
         "https://zipper.creodias.eu/odata/v1/Products({id})/$value"
     );
     assert_eq!(
-        s.catalogue_url.as_str(),
+        s.endpoints.catalogue_url.as_str(),
         "https://datahub.creodias.eu/odata/v1"
     );
-    assert_eq!(s.config_path.as_deref(), Some(path.as_path()));
-    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    assert_eq!(s.endpoints.config_path.as_deref(), Some(path.as_path()));
+    assert!(
+        s.endpoints.warnings.is_empty(),
+        "{:?}",
+        s.endpoints.warnings
+    );
     // Secrets stay out of Debug.
     let dbg = format!("{s:?}");
     assert!(!dbg.contains("qwer") && !dbg.contains("JBSW"), "{dbg}");
     assert_eq!(
-        s.endpoints().download_url_for("abc"),
+        s.endpoints.download_url_for("abc"),
         "https://zipper.creodias.eu/odata/v1/Products(abc)/$value"
     );
 }
@@ -125,7 +129,7 @@ fn tutorial_file_unchanged_fails_only_on_its_placeholder_secret() {
     );
     let s = f.load(&Overrides::default()).unwrap();
     assert_eq!(s.totp_secret.expose(), "ABCD2345".repeat(4));
-    assert_eq!(s.config_path, Some(path));
+    assert_eq!(s.endpoints.config_path, Some(path));
 }
 
 #[test]
@@ -144,14 +148,14 @@ fn search_order_cwd_then_xdg_then_home() {
     let mut f = Fixture::new();
     let home_file = f.write("home/.config/eodata-mount/secrets.conf", VALID);
     assert_eq!(
-        f.load(&Overrides::default()).unwrap().config_path,
+        f.load(&Overrides::default()).unwrap().endpoints.config_path,
         Some(home_file)
     );
     let xdg_file = f.write("xdg/eodata-mount/secrets.conf", VALID);
     let xdg = f.dir.path().join("xdg").display().to_string();
     f.set("XDG_CONFIG_HOME", &xdg);
     assert_eq!(
-        f.load(&Overrides::default()).unwrap().config_path,
+        f.load(&Overrides::default()).unwrap().endpoints.config_path,
         Some(xdg_file.clone())
     );
     // A relative XDG_CONFIG_HOME is ignored, as the spec says.
@@ -159,24 +163,28 @@ fn search_order_cwd_then_xdg_then_home() {
     assert!(f
         .load(&Overrides::default())
         .unwrap()
+        .endpoints
         .config_path
         .unwrap()
         .starts_with(f.dir.path().join("home")));
     f.set("XDG_CONFIG_HOME", &xdg);
     let cwd_file = f.write("cwd/secrets.conf", VALID);
     assert_eq!(
-        f.load(&Overrides::default()).unwrap().config_path,
+        f.load(&Overrides::default()).unwrap().endpoints.config_path,
         Some(cwd_file)
     );
     let env_file = f.write("elsewhere/by-env.conf", VALID);
     f.set("EODATA_CONFIG", &env_file.display().to_string());
     assert_eq!(
-        f.load(&Overrides::default()).unwrap().config_path,
+        f.load(&Overrides::default()).unwrap().endpoints.config_path,
         Some(env_file)
     );
     let flag_file = f.write("elsewhere/by-flag.conf", VALID);
     assert_eq!(
-        f.load(&with_config(&flag_file)).unwrap().config_path,
+        f.load(&with_config(&flag_file))
+            .unwrap()
+            .endpoints
+            .config_path,
         Some(flag_file)
     );
 }
@@ -212,7 +220,7 @@ fn credentials_from_environment_need_no_file() {
     let s = f.load(&Overrides::default()).unwrap();
     assert_eq!(s.user, "env@example.com");
     assert_eq!(s.totp_secret.expose(), "JBSWY3DPEHPK3PXP");
-    assert_eq!(s.config_path, None);
+    assert_eq!(s.endpoints.config_path, None);
 }
 
 #[test]
@@ -360,11 +368,14 @@ fn precedence_flag_env_file_default() {
         &format!("{VALID}[endpoints]\ntoken_url = https://file.example/token\nclient_id = file-client\ncatalogue_url = https://file.example/odata/v1\n"),
     );
     let s = f.load(&Overrides::default()).unwrap();
-    assert_eq!(s.token_url.as_str(), "https://file.example/token");
-    assert_eq!(s.client_id, "file-client");
-    assert_eq!(s.catalogue_url.as_str(), "https://file.example/odata/v1");
+    assert_eq!(s.endpoints.token_url.as_str(), "https://file.example/token");
+    assert_eq!(s.endpoints.client_id, "file-client");
     assert_eq!(
-        s.download_url,
+        s.endpoints.catalogue_url.as_str(),
+        "https://file.example/odata/v1"
+    );
+    assert_eq!(
+        s.endpoints.download_url,
         Provider::Creodias.defaults().download_url,
         "default"
     );
@@ -372,17 +383,23 @@ fn precedence_flag_env_file_default() {
     f.set("EODATA_TOKEN_URL", "https://env.example/token")
         .set("EODATA_CLIENT_ID", "env-client");
     let s = f.load(&Overrides::default()).unwrap();
-    assert_eq!(s.token_url.as_str(), "https://env.example/token");
-    assert_eq!(s.client_id, "env-client");
-    assert_eq!(s.catalogue_url.as_str(), "https://file.example/odata/v1");
+    assert_eq!(s.endpoints.token_url.as_str(), "https://env.example/token");
+    assert_eq!(s.endpoints.client_id, "env-client");
+    assert_eq!(
+        s.endpoints.catalogue_url.as_str(),
+        "https://file.example/odata/v1"
+    );
 
     let o = Overrides {
         token_url: Some("http://127.0.0.1:8080/token".into()),
         ..Default::default()
     };
     let s = f.load(&o).unwrap();
-    assert_eq!(s.token_url.as_str(), "http://127.0.0.1:8080/token");
-    assert_eq!(s.client_id, "env-client");
+    assert_eq!(
+        s.endpoints.token_url.as_str(),
+        "http://127.0.0.1:8080/token"
+    );
+    assert_eq!(s.endpoints.client_id, "env-client");
 }
 
 #[test]
@@ -393,28 +410,28 @@ fn provider_selects_defaults_and_token_passing() {
         &format!("{VALID}[endpoints]\nprovider = CDSE\n"),
     );
     let s = f.load(&Overrides::default()).unwrap();
-    assert_eq!(s.provider, Provider::Cdse);
-    assert_eq!(s.token_passing, TokenPassing::Bearer);
-    assert_eq!(s.client_id, "cdse-public");
+    assert_eq!(s.endpoints.provider, Provider::Cdse);
+    assert_eq!(s.endpoints.token_passing, TokenPassing::Bearer);
+    assert_eq!(s.endpoints.client_id, "cdse-public");
     assert_eq!(
-        s.catalogue_url.as_str(),
+        s.endpoints.catalogue_url.as_str(),
         "https://catalogue.dataspace.copernicus.eu/odata/v1"
     );
     assert_eq!(
-        s.download_url,
+        s.endpoints.download_url,
         "https://download.dataspace.copernicus.eu/odata/v1/Products({id})/$value"
     );
     // Flag over env over file.
     f.set("EODATA_PROVIDER", "creodias");
     assert_eq!(
-        f.load(&Overrides::default()).unwrap().provider,
+        f.load(&Overrides::default()).unwrap().endpoints.provider,
         Provider::Creodias
     );
     let o = Overrides {
         provider: Some("cdse".into()),
         ..Default::default()
     };
-    assert_eq!(f.load(&o).unwrap().provider, Provider::Cdse);
+    assert_eq!(f.load(&o).unwrap().endpoints.provider, Provider::Cdse);
     // A single endpoint override keeps the provider's other defaults.
     let o = Overrides {
         provider: Some("cdse".into()),
@@ -423,7 +440,10 @@ fn provider_selects_defaults_and_token_passing() {
     };
     let s = f.load(&o).unwrap();
     assert_eq!(
-        (s.client_id.as_str(), s.token_url.host_str()),
+        (
+            s.endpoints.client_id.as_str(),
+            s.endpoints.token_url.host_str()
+        ),
         ("mine", Some("identity.dataspace.copernicus.eu"))
     );
 }
@@ -481,7 +501,7 @@ fn download_template_needs_id_and_accepts_legacy_form() {
     };
     let s = f.load(&o).unwrap();
     assert_eq!(
-        s.endpoints().download_url_for("u-u-i-d"),
+        s.endpoints.download_url_for("u-u-i-d"),
         "https://zipper.creodias.eu/download/u-u-i-d"
     );
     let o = Overrides {
@@ -519,17 +539,21 @@ fn permissions_warning_and_unknown_endpoint_key() {
     let s = f.load(&Overrides::default()).unwrap();
     let p = path.display();
     assert_eq!(
-        s.warnings[0],
+        s.endpoints.warnings[0],
         format!("{p} is readable by other users; run: chmod 600 {p}")
     );
     assert!(
-        s.warnings[1].contains("unknown key \"tokn_url\""),
+        s.endpoints.warnings[1].contains("unknown key \"tokn_url\""),
         "{:?}",
-        s.warnings
+        s.endpoints.warnings
     );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     assert_eq!(
-        f.load(&Overrides::default()).unwrap().warnings.len(),
+        f.load(&Overrides::default())
+            .unwrap()
+            .endpoints
+            .warnings
+            .len(),
         2,
         "group-readable warns too"
     );
