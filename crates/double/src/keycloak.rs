@@ -174,6 +174,11 @@ impl Realm {
         Ok(())
     }
 
+    /// Every token string still in the table (access and refresh).
+    pub(crate) fn issued_tokens(&self) -> Vec<String> {
+        self.tokens.keys().cloned().collect()
+    }
+
     pub(crate) fn unlock(&mut self, username: &str) {
         if let Some(a) = self.accounts.get_mut(&username.to_lowercase()) {
             a.locked = false;

@@ -330,6 +330,12 @@ impl Double {
         self.inner.shared.auth.lock().unwrap().update_user(&user)
     }
 
+    /// Every access and refresh token issued so far (the log names tokens only by `jti`): for
+    /// tests that check no token reaches a client's output.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner.shared.auth.lock().unwrap().issued_tokens()
+    }
+
     /// Clears a brute-force lock and the failure count of `username`.
     pub fn unlock_user(&self, username: &str) {
         self.inner.shared.auth.lock().unwrap().unlock(username);

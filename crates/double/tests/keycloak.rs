@@ -247,8 +247,8 @@ async fn accounts_change_while_the_double_runs() {
     d.update_user(User::new(USER, PASSWORD, other)).unwrap();
     let (s, _) = password_grant(&c, &d, USER, PASSWORD, &code(1)).await;
     assert_eq!(s, 401);
-    let (s, b) = password_grant(&c, &d, USER, PASSWORD, &code_for(other, 1)).await;
-    assert_eq!(s, 200, "{b}");
+    let (s, b_ok) = password_grant(&c, &d, USER, PASSWORD, &code_for(other, 1)).await;
+    assert_eq!(s, 200, "{b_ok}");
     // Disabled.
     d.update_user(User {
         disabled: true,
@@ -267,6 +267,9 @@ async fn accounts_change_while_the_double_runs() {
     assert!(d
         .update_user(User::new(USER, PASSWORD, "not base32!"))
         .is_err());
+    // Two logins, an access and a refresh token each.
+    assert_eq!(d.issued_tokens().len(), 4);
+    assert!(d.issued_tokens().contains(&access(&b_ok)));
 }
 
 async fn refresh(c: &reqwest::Client, d: &fake_creodias::Double, token: &str) -> (u16, Value) {
