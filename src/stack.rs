@@ -93,6 +93,12 @@ pub fn zipper(
     let mut cfg = ZipperConfig::new(settings.endpoints.download_url.clone(), passing);
     cfg.max_connections = common.max_connections as usize;
     cfg.read_timeout = Duration::from_secs(common.read_timeout);
+    // --read-timeout is the reader's promise both ways: a request that has made no progress for
+    // that long fails (EIO), and until then it keeps retrying, however many tries that takes.
+    // A count of retries would turn a 20 s outage into EIO at the default 120 s, and a short
+    // --read-timeout into minutes of waiting.
+    cfg.deadline = cfg.read_timeout;
+    cfg.max_retries = u32::MAX;
     // A Bearer token may follow a redirect only within the provider's own domain (CDSE
     // redirects from the catalogue host to the download host); the template's host is trusted
     // by the client itself.
