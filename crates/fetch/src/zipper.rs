@@ -191,6 +191,8 @@ pub(crate) struct Inner<T: TokenSource> {
     /// One `info` at a time per product; entries live while someone is asking.
     describing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     warned_auto_redirect: AtomicBool,
+    /// The login was refused: said once in the log, since every later read fails the same way.
+    warned_refused: AtomicBool,
 }
 
 /// Connect timeout of [`http_client`]: a handshake slower than this is a dead route; retried.
@@ -223,6 +225,7 @@ impl<T: TokenSource> Zipper<T> {
                 known: Mutex::new(HashMap::new()),
                 describing: Mutex::new(HashMap::new()),
                 warned_auto_redirect: AtomicBool::new(false),
+                warned_refused: AtomicBool::new(false),
             }),
         }
     }

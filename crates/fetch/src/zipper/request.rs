@@ -356,7 +356,21 @@ impl<T: TokenSource> Inner<T> {
         let origin = self.product_url(id)?;
         loop {
             // A refused login is final: FetchError::Auth at once, never a retry per read.
-            let token = self.tokens.token().await?;
+            let token = match self.tokens.token().await {
+                Ok(t) => t,
+                Err(e) => {
+                    // Every read from now on fails with this same refusal: the log says why
+                    // once (the reader's errno alone cannot), not once per read.
+                    if matches!(e, eodata_auth::AuthError::Refused { .. })
+                        && !self
+                            .warned_refused
+                            .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::error!("downloads stop: {e}");
+                    }
+                    return Err(e.into());
+                }
+            };
             let permit = self.budget.acquire().await;
             let (resp, url, credentialed) = match self.send(&method, &origin, range, &token).await {
                 Ok(r) => r,
