@@ -115,6 +115,17 @@ pub struct MountArgs {
           value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
     pub cache_size: u64,
 
+    /// Keep product blocks on disk in DIR, across mounts (off by default; a good place is
+    /// $XDG_CACHE_HOME/eodata-mount, i.e. ~/.cache/eodata-mount). A product read whole once
+    /// reads again without a download, even offline. Several mounts may share one DIR.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Most disk --cache-dir may use, in GiB (fractions allowed). Default: as much as leaves
+    /// 5% of its filesystem free.
+    #[arg(long, value_name = "GIB", requires = "cache_dir")]
+    pub cache_dir_size: Option<f64>,
+
     /// Let other users read the mount (needs user_allow_other in /etc/fuse.conf when not root).
     #[arg(long)]
     pub allow_other: bool,

@@ -8,6 +8,7 @@
 //! The stack each command needs (settings, token manager, catalogue, zipper client) is built in
 //! [`stack`].
 
+mod cache_dir;
 mod cli;
 mod download;
 mod fs;

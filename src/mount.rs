@@ -16,9 +16,11 @@ use anyhow::{bail, Context};
 use eodata_auth::TokenSource;
 use eodata_catalogue::Catalogue;
 use eodata_fetch::cache::{BlockCache, CacheConfig};
-use eodata_fetch::spool::{SpoolConfig, StreamFallback};
+use eodata_fetch::disk::DiskCache;
+use eodata_fetch::spool::StreamFallback;
 use fuser::{Config, MountOption, Session, SessionACL};
 
+use crate::cache_dir;
 use crate::cli::Cli;
 use crate::fs::{Fs, FsConfig, FsError, ProductMeta, Resolver};
 use crate::fuse::FuseAdapter;
@@ -45,8 +47,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .context("cannot log in, so nothing was mounted")?;
     let catalogue = stack::catalogue(common, &settings)?;
     let zipper = stack::zipper(common, &settings, tokens)?;
-    // Servers that ignore Range are streamed once and spooled, under the block cache.
-    let source = StreamFallback::new(zipper, SpoolConfig::default());
+    // Servers that ignore Range are streamed once and spooled, under the block cache;
+    // --cache-dir keeps blocks (the spooled ones too) on disk across mounts.
+    let store = cache_dir::open_store(&cli.mount)?;
+    let spool = cache_dir::spool_config(&cli.mount, &store);
+    let source = DiskCache::new(StreamFallback::new(zipper, spool), store);
     let cache = Arc::new(BlockCache::new(
         source,
         CacheConfig {

@@ -10,6 +10,7 @@
 //! - `mock`: an in-memory [`RangeSource`] with fault injection, for tests of the layers above.
 
 pub mod cache;
+pub mod disk;
 pub mod mock;
 pub mod prefetch;
 pub mod spool;

@@ -36,7 +36,7 @@ use eodata_auth::TokenSource;
 use tokio::sync::watch;
 
 use crate::zipper::{Zipper, ZipperStream};
-use crate::{FetchError, ObjectInfo, RangeSource, RangeSupport};
+use crate::{FetchError, ObjectInfo, RangeSource};
 
 /// A product's bytes in order from an offset.
 pub trait ChunkStream: Send + 'static {
@@ -393,20 +393,14 @@ impl<S: StreamSource> RangeSource for StreamFallback<S> {
         if let Some(spool) = self.spool(id) {
             return self.read_spooled(id, spool, range).await;
         }
-        let info = self.inner.info(id).await?;
-        if info.ranges == RangeSupport::Honoured {
-            match self.inner.get_range(id, range.clone()).await {
-                Err(FetchError::RangeIgnored(_)) => {}
-                other => return other,
-            }
+        // Range first, without asking `info`: a server that honours it costs nothing more,
+        // and the zipper answers RangeIgnored at once (no request) for products it already
+        // knows to ignore Range.
+        match self.inner.get_range(id, range.clone()).await {
+            Err(FetchError::RangeIgnored(_)) => {}
+            other => return other,
         }
-        // The size may have been learnt better by the failed ranged GET.
-        let size = self
-            .inner
-            .info(id)
-            .await
-            .map(|i| i.size)
-            .unwrap_or(info.size);
+        let size = self.inner.info(id).await?.size;
         let spool = self.spool_for(id, size)?;
         self.read_spooled(id, spool, range).await
     }

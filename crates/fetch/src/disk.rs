@@ -1,0 +1,582 @@
+//! The persistent disk cache: product blocks and product info kept across mounts.
+//!
+//! Two pieces:
+//! - [`DiskStore`], the directory: one file per block, `<dir>/v1/<id>/<index>.blk`, and the
+//!   product's info (size, file name, Range support) in `<dir>/v1/<id>/info.json`;
+//! - [`DiskCache`], a [`RangeSource`] layer: `get_range` serves the blocks it holds and fetches
+//!   only the missing runs from below (then stores them); `info` is answered from `info.json`,
+//!   so a product read whole once reads again with zero requests, even with the server down.
+//!
+//! Why a layer under the block cache, not a tier inside it: the block cache already asks for
+//! aligned runs of blocks and shares one fetch among concurrent readers, so a disk read gets the
+//! same dedupe for free; the layer composes with [`crate::spool::StreamFallback`] (which hands
+//! every block of a streamed product to the store through [`crate::spool::BlockSink`]); and the
+//! memory cache (tuned elsewhere) stays unaware of files. Without a directory the layer passes
+//! everything through, so the mount has one type either way.
+//!
+//! Safety of what is served: each block file starts with a header holding the block's length
+//! and CRC-32; a block is served only when the file's length, the header's length, the length
+//! the product's size implies and the CRC all agree. Anything else (torn write, bit rot, a
+//! foreign file) is deleted and fetched again. Writes go to a temp file renamed into place, so
+//! a reader sees a whole old file or a whole new one; no fsync: after a power loss a renamed
+//! but empty or garbled file fails the check like any corrupt one.
+//!
+//! Two mounts sharing one directory need no lock: renames are atomic, readers verify, both
+//! write identical bytes for one block, and eviction by either only deletes whole files (a
+//! reader that loses the race finds the file gone and fetches the block). Each process keeps
+//! its own estimate of the bytes used and rescans the directory when it evicts.
+//!
+//! Eviction: least recently used by file mtime (touched when a block is served, at most once
+//! per [`TOUCH_INTERVAL`]), down to [`EVICT_TO`] of the budget: the budget is
+//! `--cache-dir-size`, or by default whatever keeps [`KEEP_FREE`] of the filesystem free.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::spool::BlockSink;
+use crate::{FetchError, ObjectInfo, RangeSource, RangeSupport};
+
+/// Block size on disk: the block cache's (1 MiB), so its aligned requests map onto whole
+/// files; per-file overhead (inode, header, rename) stays under 1%, and a product read in
+/// part caches only about what was read.
+pub const DISK_BLOCK_SIZE: u64 = crate::cache::DEFAULT_BLOCK_SIZE;
+/// Default budget: leave this fraction of the cache's filesystem free (the 5%), so a
+/// cache that fills the disk never starves the user's own files.
+pub const KEEP_FREE: f64 = 0.05;
+/// Eviction frees down to this fraction of the budget, so one scan of the directory pays for
+/// many blocks written rather than running on every write at the limit.
+pub const EVICT_TO: f64 = 0.9;
+/// A served block's mtime is refreshed only when older than this: LRU order to the minute is
+/// plenty, and it saves a metadata write per read.
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+/// Temp files older than this are left-overs of a crash and are removed at open; younger ones
+/// may be another mount's write in progress.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+const MAGIC: &[u8; 8] = b"EOBLK01\n";
+const HEADER: usize = 24;
+/// Layout version: a changed format goes to a new directory instead of misreading old files.
+const LAYOUT: &str = "v1";
+
+/// How much the disk cache may hold.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DiskBudget {
+    /// At most this many bytes of block files.
+    Bytes(u64),
+    /// As much as leaves this fraction of the filesystem free.
+    KeepFree(f64),
+}
+
+/// Counters since the store was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Block files found torn or corrupt, deleted.
+    pub corrupt: u64,
+    pub writes: u64,
+    pub evicted: u64,
+}
+
+/// The cache directory. See the module doc.
+pub struct DiskStore {
+    root: PathBuf,
+    budget: DiskBudget,
+    used: AtomicU64,
+    evicting: Mutex<()>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    corrupt: AtomicU64,
+    writes: AtomicU64,
+    evicted: AtomicU64,
+    temp_counter: AtomicU64,
+}
+
+/// A directory name for a product id: ids are UUIDs, anything else is hex-encoded so no id can
+/// name a path outside the cache.
+fn dir_name(id: &str) -> String {
+    let plain = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if plain {
+        id.to_string()
+    } else {
+        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("_{hex}")
+    }
+}
+
+impl DiskStore {
+    /// Opens (creating) the cache in `dir`, removes stale temp files and counts what it holds.
+    pub fn open(dir: &Path, budget: DiskBudget) -> std::io::Result<Arc<DiskStore>> {
+        let root = dir.join(LAYOUT);
+        std::fs::create_dir_all(&root)?;
+        let store = DiskStore {
+            root,
+            budget,
+            used: AtomicU64::new(0),
+            evicting: Mutex::new(()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            corrupt: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            temp_counter: AtomicU64::new(0),
+        };
+        let now = SystemTime::now();
+        let mut used = 0;
+        for (path, meta) in store.scan_files() {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(".tmp") {
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok());
+                if age.is_some_and(|a| a > STALE_TEMP) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            } else if name.ends_with(".blk") {
+                used += meta.len();
+            }
+        }
+        store.used.store(used, Ordering::Relaxed);
+        Ok(Arc::new(store))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn block_size(&self) -> u64 {
+        DISK_BLOCK_SIZE
+    }
+
+    /// Bytes of block files, as this process counts them.
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        DiskStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            corrupt: self.corrupt.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+        }
+    }
+
+    fn product_dir(&self, id: &str) -> PathBuf {
+        self.root.join(dir_name(id))
+    }
+
+    /// The file of block `index` of `id`.
+    pub fn block_path(&self, id: &str, index: u64) -> PathBuf {
+        self.product_dir(id).join(format!("{index}.blk"))
+    }
+
+    /// Every file under the product directories, with its metadata.
+    fn scan_files(&self) -> Vec<(PathBuf, std::fs::Metadata)> {
+        let mut out = Vec::new();
+        let Ok(products) = std::fs::read_dir(&self.root) else {
+            return out;
+        };
+        for p in products.flatten() {
+            let Ok(files) = std::fs::read_dir(p.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                if let Ok(meta) = f.metadata() {
+                    if meta.is_file() {
+                        out.push((f.path(), meta));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Block `index` of `id`, which must be `len` bytes long, if held and intact. A file that
+    /// fails the check is deleted. Blocking.
+    pub fn get(&self, id: &str, index: u64, len: u64) -> Option<Bytes> {
+        let path = self.block_path(id, index);
+        let raw = match std::fs::read(&path) {
+            Ok(raw) => raw,
+            Err(_) => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        match verify(&raw, len) {
+            Ok(()) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                touch(&path);
+                Some(Bytes::from(raw).slice(HEADER..))
+            }
+            Err(why) => {
+                tracing::warn!(path = %path.display(), why, "corrupt block in the disk cache; deleting it and fetching again");
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                if std::fs::remove_file(&path).is_ok() {
+                    self.sub_used(raw.len() as u64);
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether block `index` of `id` has a file of the right length (not verified).
+    pub fn has(&self, id: &str, index: u64, len: u64) -> bool {
+        std::fs::metadata(self.block_path(id, index)).is_ok_and(|m| m.len() == HEADER as u64 + len)
+    }
+
+    /// Stores block `index` of `id` (temp file + rename), then evicts if over budget.
+    /// Blocking. Failures are logged, not returned: the cache is an optimisation.
+    pub fn put(&self, id: &str, index: u64, data: &[u8]) {
+        if self.has(id, index, data.len() as u64) {
+            return;
+        }
+        if let Err(e) = self.write_block(id, index, data) {
+            tracing::warn!(id, index, error = %e, "cannot write to the disk cache");
+            return;
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.used
+            .fetch_add((HEADER + data.len()) as u64, Ordering::Relaxed);
+        if self.over_budget() {
+            self.evict();
+        }
+    }
+
+    fn write_block(&self, id: &str, index: u64, data: &[u8]) -> std::io::Result<()> {
+        let dir = self.product_dir(id);
+        std::fs::create_dir_all(&dir)?;
+        let mut header = [0u8; HEADER];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
+        header[16..20].copy_from_slice(&crc32fast::hash(data).to_le_bytes());
+        self.write_atomic(&dir, &format!("{index}.blk"), &[&header, data])
+    }
+
+    /// Writes `parts` to `dir/name` through a temp file unique to this process and write.
+    fn write_atomic(&self, dir: &Path, name: &str, parts: &[&[u8]]) -> std::io::Result<()> {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            for p in parts {
+                f.write_all(p)?;
+            }
+            drop(f);
+            std::fs::rename(&tmp, dir.join(name))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn sub_used(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    /// Bytes to free now to be within budget (0: within).
+    fn excess(&self, target: f64) -> u64 {
+        match self.budget {
+            DiskBudget::Bytes(b) => self.used_bytes().saturating_sub((b as f64 * target) as u64),
+            DiskBudget::KeepFree(frac) => match fs_space(&self.root) {
+                Some((total, free)) => {
+                    // At the limit: free exactly `frac`; evicting: free a bit more.
+                    let want_free = total as f64 * (frac + (1.0 - target) * frac);
+                    (want_free as u64).saturating_sub(free)
+                }
+                None => 0,
+            },
+        }
+    }
+
+    fn over_budget(&self) -> bool {
+        self.excess(1.0) > 0
+    }
+
+    /// Deletes least recently used blocks (oldest mtime first) until within [`EVICT_TO`] of
+    /// the budget. One eviction at a time per process; others skip.
+    pub fn evict(&self) {
+        let Ok(_turn) = self.evicting.try_lock() else {
+            return;
+        };
+        let mut blocks: Vec<(SystemTime, PathBuf, u64)> = self
+            .scan_files()
+            .into_iter()
+            .filter(|(p, _)| p.extension().is_some_and(|e| e == "blk"))
+            .map(|(p, m)| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), p, m.len()))
+            .collect();
+        // The scan is the truth (another mount may have written or evicted).
+        self.used
+            .store(blocks.iter().map(|b| b.2).sum(), Ordering::Relaxed);
+        let mut to_free = self.excess(EVICT_TO);
+        if to_free == 0 {
+            return;
+        }
+        blocks.sort();
+        for (_, path, len) in blocks {
+            if to_free == 0 {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                self.sub_used(len);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+                to_free = to_free.saturating_sub(len);
+            }
+        }
+        tracing::debug!(used = self.used_bytes(), "disk cache evicted");
+    }
+
+    /// The product's info as stored by [`DiskStore::save_info`].
+    pub fn load_info(&self, id: &str) -> Option<ObjectInfo> {
+        let text = std::fs::read_to_string(self.product_dir(id).join("info.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        if v["id"].as_str() != Some(id) {
+            return None;
+        }
+        Some(ObjectInfo {
+            size: v["size"].as_u64()?,
+            filename: v["filename"].as_str().map(String::from),
+            ranges: match v["ranges"].as_str()? {
+                "ignored" => RangeSupport::Ignored,
+                _ => RangeSupport::Honoured,
+            },
+        })
+    }
+
+    pub fn save_info(&self, id: &str, info: &ObjectInfo) {
+        let v = serde_json::json!({
+            "id": id,
+            "size": info.size,
+            "filename": info.filename,
+            "ranges": match info.ranges {
+                RangeSupport::Honoured => "honoured",
+                RangeSupport::Ignored => "ignored",
+            },
+        });
+        let dir = self.product_dir(id);
+        let result = std::fs::create_dir_all(&dir)
+            .and_then(|_| self.write_atomic(&dir, "info.json", &[v.to_string().as_bytes()]));
+        if let Err(e) = result {
+            tracing::warn!(id, error = %e, "cannot save product info in the disk cache");
+        }
+    }
+}
+
+/// Why a block file is not to be served, if it is not.
+fn verify(raw: &[u8], len: u64) -> Result<(), &'static str> {
+    if raw.len() < HEADER || &raw[..8] != MAGIC {
+        return Err("no header");
+    }
+    let stored_len = u64::from_le_bytes(raw[8..16].try_into().expect("8 bytes"));
+    if stored_len != len || raw.len() as u64 != HEADER as u64 + len {
+        return Err("wrong length");
+    }
+    let crc = u32::from_le_bytes(raw[16..20].try_into().expect("4 bytes"));
+    if crc32fast::hash(&raw[HEADER..]) != crc {
+        return Err("checksum mismatch");
+    }
+    Ok(())
+}
+
+fn touch(path: &Path) {
+    let now = SystemTime::now();
+    let stale = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|m| now.duration_since(m).unwrap_or_default() > TOUCH_INTERVAL)
+        .unwrap_or(false);
+    if stale {
+        if let Ok(f) = std::fs::OpenOptions::new().append(true).open(path) {
+            let _ = f.set_modified(now);
+        }
+    }
+}
+
+/// (total, available to us) bytes of the filesystem holding `path`.
+fn fs_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we own; the path is a valid C string.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    let frsize = s.f_frsize as u64;
+    Some((s.f_blocks as u64 * frsize, s.f_bavail as u64 * frsize))
+}
+
+impl BlockSink for DiskStore {
+    fn block_size(&self) -> u64 {
+        DISK_BLOCK_SIZE
+    }
+    fn put_block(&self, id: &str, _size: u64, index: u64, data: &[u8]) {
+        self.put(id, index, data);
+    }
+    fn has_block(&self, id: &str, index: u64) -> bool {
+        self.block_path(id, index).exists()
+    }
+}
+
+/// The disk cache as a [`RangeSource`] layer. See the module doc.
+pub struct DiskCache<S> {
+    inner: S,
+    store: Option<Arc<DiskStore>>,
+    infos: Mutex<HashMap<String, ObjectInfo>>,
+}
+
+impl<S: RangeSource> DiskCache<S> {
+    /// `store: None` passes everything through to `inner`.
+    pub fn new(inner: S, store: Option<Arc<DiskStore>>) -> Self {
+        DiskCache {
+            inner,
+            store,
+            infos: Mutex::default(),
+        }
+    }
+
+    pub fn source(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn store(&self) -> Option<&Arc<DiskStore>> {
+        self.store.as_ref()
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("disk cache task panicked")
+}
+
+impl<S: RangeSource> RangeSource for DiskCache<S> {
+    async fn info(&self, id: &str) -> Result<ObjectInfo, FetchError> {
+        let Some(store) = &self.store else {
+            return self.inner.info(id).await;
+        };
+        if let Some(i) = self.infos.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(i.clone());
+        }
+        let (s, key) = (Arc::clone(store), id.to_string());
+        let info = match blocking(move || s.load_info(&key)).await {
+            Some(info) => info,
+            None => {
+                let info = self.inner.info(id).await?;
+                let (s, key, i) = (Arc::clone(store), id.to_string(), info.clone());
+                blocking(move || s.save_info(&key, &i)).await;
+                info
+            }
+        };
+        self.infos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), info.clone());
+        Ok(info)
+    }
+
+    async fn get_range(&self, id: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
+        let Some(store) = &self.store else {
+            return self.inner.get_range(id, range).await;
+        };
+        let size = self.info(id).await?.size;
+        let Range { start, end } = range;
+        if start >= end {
+            return Ok(Bytes::new());
+        }
+        if start >= size {
+            return Err(FetchError::OutOfRange {
+                id: id.to_string(),
+                start,
+                end,
+                size,
+            });
+        }
+        let end = end.min(size);
+        let bs = store.block_size();
+        let (first, last) = (start / bs, (end - 1) / bs);
+        let block_len = move |i: u64| bs.min(size - i * bs);
+        let (s, key) = (Arc::clone(store), id.to_string());
+        let mut blocks: Vec<Option<Bytes>> = blocking(move || {
+            (first..=last)
+                .map(|i| s.get(&key, i, block_len(i)))
+                .collect()
+        })
+        .await;
+        // Fetch each run of missing blocks with one request, and keep it.
+        let mut i = 0;
+        while i < blocks.len() {
+            if blocks[i].is_some() {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < blocks.len() && blocks[j].is_none() {
+                j += 1;
+            }
+            let (a, b) = (first + i as u64, first + j as u64);
+            let want = (a * bs)..(b * bs).min(size);
+            let got = self.inner.get_range(id, want.clone()).await?;
+            if got.len() as u64 != want.end - want.start {
+                return Err(FetchError::Protocol(format!(
+                    "asked for bytes {want:?} of {id} and got {} bytes",
+                    got.len()
+                )));
+            }
+            let mut fetched = Vec::with_capacity(j - i);
+            for k in a..b {
+                let from = ((k - a) * bs) as usize;
+                let block = got.slice(from..from + block_len(k) as usize);
+                blocks[(k - first) as usize] = Some(block.clone());
+                fetched.push((k, block));
+            }
+            let (s, key) = (Arc::clone(store), id.to_string());
+            blocking(move || {
+                for (k, block) in fetched {
+                    s.put(&key, k, &block);
+                }
+            })
+            .await;
+            i = j;
+        }
+        let skip = (start - first * bs) as usize;
+        let want = (end - start) as usize;
+        if blocks.len() == 1 {
+            let b = blocks.pop().flatten().expect("filled above");
+            return Ok(b.slice(skip..skip + want));
+        }
+        let mut out = BytesMut::with_capacity(want);
+        let mut pos = first * bs;
+        for b in blocks.into_iter().flatten() {
+            let (bstart, bend) = (pos, pos + b.len() as u64);
+            let from = start.max(bstart) - bstart;
+            let to = end.min(bend) - bstart;
+            if from < to {
+                out.extend_from_slice(&b[from as usize..to as usize]);
+            }
+            pos = bend;
+        }
+        Ok(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests;

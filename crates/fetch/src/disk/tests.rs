@@ -1,0 +1,209 @@
+//! Tests of the disk cache against [`MemorySource`]: persistence across instances, verification
+//! of every block served, eviction, two stores on one directory.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::mock::MemorySource;
+
+const MIB: u64 = 1 << 20;
+
+fn data() -> Bytes {
+    MemorySource::random_bytes((5 * MIB + 1234) as usize, 11)
+}
+
+fn layer(dir: &Path, src: MemorySource, budget: DiskBudget) -> DiskCache<MemorySource> {
+    DiskCache::new(src, Some(DiskStore::open(dir, budget).unwrap()))
+}
+
+const BIG: DiskBudget = DiskBudget::Bytes(1 << 40);
+
+#[tokio::test]
+async fn a_product_read_once_reads_again_with_zero_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let first = layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        BIG,
+    );
+    let size = d.len() as u64;
+    // Unaligned reads, one crossing blocks, then the rest.
+    assert_eq!(
+        first.get_range("p", 100..MIB + 5).await.unwrap(),
+        d.slice(100..(MIB + 5) as usize)
+    );
+    assert_eq!(first.get_range("p", 0..size + 10).await.unwrap(), d.clone());
+    // Only the missing blocks were fetched the second time: 2 blocks, then 4 more.
+    let log = first.source().log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].range, 2 * MIB..size);
+
+    // A new process: nothing below knows the product (any request would fail).
+    let second = layer(dir.path(), MemorySource::new(), BIG);
+    assert_eq!(second.info("p").await.unwrap().size, size);
+    assert_eq!(second.get_range("p", 0..size).await.unwrap(), d);
+    assert_eq!(
+        second.get_range("p", size - 7..size).await.unwrap(),
+        d.slice((size - 7) as usize..)
+    );
+    assert_eq!(second.source().stats().requests, 0);
+    assert_eq!(second.source().info_calls(), 0);
+    assert_eq!(second.store().unwrap().stats().corrupt, 0);
+}
+
+#[tokio::test]
+async fn corrupt_torn_and_foreign_block_files_are_refetched_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let size = d.len() as u64;
+    let first = layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        BIG,
+    );
+    first.get_range("p", 0..size).await.unwrap();
+    let store = first.store().unwrap();
+    // Block 1: one bit flipped in the data. Block 2: torn (cut short). Block 3: header says
+    // a different length. Block 5 (the short last one): replaced by plain data.
+    let flip = store.block_path("p", 1);
+    let mut raw = std::fs::read(&flip).unwrap();
+    raw[HEADER + 777] ^= 0x10;
+    std::fs::write(&flip, raw).unwrap();
+    let torn = store.block_path("p", 2);
+    let raw = std::fs::read(&torn).unwrap();
+    std::fs::write(&torn, &raw[..raw.len() / 2]).unwrap();
+    let lying = store.block_path("p", 3);
+    let mut raw = std::fs::read(&lying).unwrap();
+    raw[8..16].copy_from_slice(&(MIB - 1).to_le_bytes());
+    raw.pop();
+    std::fs::write(&lying, raw).unwrap();
+    std::fs::write(store.block_path("p", 5), &d[(5 * MIB) as usize..]).unwrap();
+
+    let second = layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        BIG,
+    );
+    assert_eq!(second.get_range("p", 0..size).await.unwrap(), d);
+    let stats = second.store().unwrap().stats();
+    assert_eq!(stats.corrupt, 4, "{stats:?}");
+    let fetched: Vec<_> = second.source().log().into_iter().map(|r| r.range).collect();
+    assert_eq!(
+        fetched,
+        vec![MIB..4 * MIB, 5 * MIB..size],
+        "only the bad blocks are fetched again"
+    );
+    // Rewritten good: a third reader needs nothing.
+    let third = layer(dir.path(), MemorySource::new(), BIG);
+    assert_eq!(third.get_range("p", 0..size).await.unwrap(), d);
+}
+
+#[tokio::test]
+async fn left_over_temp_files_are_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let store = DiskStore::open(dir.path(), BIG).unwrap();
+    // A crash mid-write leaves a temp file; the block's own name does not exist.
+    std::fs::create_dir_all(store.product_dir("p")).unwrap();
+    std::fs::write(store.product_dir("p").join(".0.blk.1.0.tmp"), b"junk").unwrap();
+    let c = DiskCache::new(
+        MemorySource::new().with_product("p", d.clone()),
+        Some(store),
+    );
+    assert_eq!(c.get_range("p", 0..10).await.unwrap(), d.slice(0..10));
+    assert_eq!(c.source().stats().requests, 1);
+}
+
+#[tokio::test]
+async fn eviction_drops_the_least_recently_used_blocks_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    // Room for 3 blocks and a bit.
+    let budget = DiskBudget::Bytes(3 * MIB + 1000);
+    let c = layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        budget,
+    );
+    let store = Arc::clone(c.store().unwrap());
+    for i in 0..3 {
+        c.get_range("p", i * MIB..i * MIB + 1).await.unwrap();
+    }
+    // Block 0 used long ago, block 1 recently, block 2 in between.
+    let ago = |s: u64| SystemTime::now() - Duration::from_secs(s);
+    for (i, age) in [(0, 3000), (1, 10), (2, 2000)] {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(store.block_path("p", i))
+            .unwrap();
+        f.set_modified(ago(age)).unwrap();
+    }
+    c.get_range("p", 3 * MIB..3 * MIB + 1).await.unwrap();
+    assert!(
+        store.used_bytes() <= 3 * MIB + 1000,
+        "{}",
+        store.used_bytes()
+    );
+    assert!(!store.block_path("p", 0).exists(), "oldest evicted");
+    assert!(store.block_path("p", 1).exists(), "recent kept");
+    assert!(store.block_path("p", 3).exists(), "new kept");
+    assert!(store.stats().evicted >= 1);
+}
+
+#[tokio::test]
+async fn two_stores_on_one_directory_read_and_write_concurrently() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let size = d.len() as u64;
+    let a = Arc::new(layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        BIG,
+    ));
+    let b = Arc::new(layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        BIG,
+    ));
+    let mut tasks = Vec::new();
+    for n in 0..40u64 {
+        let c = if n % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        let start = (n * 987_654) % size;
+        let end = (start + 1 + (n * 333_333) % (3 * MIB)).min(size);
+        let want = d.slice(start as usize..end as usize);
+        tasks.push(tokio::spawn(async move {
+            assert_eq!(c.get_range("p", start..end).await.unwrap(), want);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(a.store().unwrap().stats().corrupt, 0);
+    assert_eq!(b.store().unwrap().stats().corrupt, 0);
+    let c = layer(dir.path(), MemorySource::new(), BIG);
+    assert_eq!(c.get_range("p", 0..size).await.unwrap(), d);
+}
+
+#[tokio::test]
+async fn without_a_directory_everything_passes_through() {
+    let d = data();
+    let c = DiskCache::new(MemorySource::new().with_product("p", d.clone()), None);
+    assert_eq!(c.get_range("p", 5..9).await.unwrap(), d.slice(5..9));
+    assert_eq!(c.get_range("p", 5..9).await.unwrap(), d.slice(5..9));
+    assert_eq!(c.source().stats().requests, 2);
+}
+
+#[test]
+fn odd_ids_stay_inside_the_cache() {
+    assert_eq!(
+        dir_name("db0c8ef3-8ec0-5185-a537-812dad3c58f8"),
+        "db0c8ef3-8ec0-5185-a537-812dad3c58f8"
+    );
+    assert_eq!(dir_name("../x"), "_2e2e2f78");
+    assert_eq!(dir_name(".."), "_2e2e");
+}

@@ -1,0 +1,158 @@
+//! Real mounts with `--cache-dir`: blocks persist across mounts (a product read once reads
+//! again with zero download requests), every block is verified before it is served (a corrupt
+//! file is re-fetched), and mounts sharing one directory read identical bytes.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fake_creodias::LogEntry;
+use support::*;
+
+/// Small products keep the test fast; 48 MiB is still 48 block files.
+const SIZE_MIB: u64 = 48;
+
+fn local_file(products: &Path) -> PathBuf {
+    products.join(index(products)[0]["file"].as_str().unwrap())
+}
+
+/// Zipper requests (any method) in `log` after entry `mark`.
+fn zipper_requests(log: &[LogEntry], mark: usize) -> Vec<&LogEntry> {
+    log[mark..]
+        .iter()
+        .filter(|e| e.service == "zipper")
+        .collect()
+}
+
+fn copy_sha(mount: &Mount, ws: &Workspace, to: &str) -> String {
+    let out = ws.path().join(to);
+    sh(Command::new("cp")
+        .arg(mount.path(&format!("{TUTORIAL_NAME}.zip")))
+        .arg(&out));
+    file_sha256(&out)
+}
+
+fn mount_cached(ws: &Workspace, double: &fake_creodias::Double, cache: &Path) -> Mount {
+    Mount::start(
+        ws,
+        double,
+        &[
+            "--product",
+            TUTORIAL_ID,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ],
+    )
+}
+
+#[test]
+fn a_product_read_once_reads_again_after_a_remount_with_zero_requests() {
+    let products = products(2, SIZE_MIB);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let cache = ws.path().join("cache");
+    let want = file_sha256(&local_file(&products));
+
+    let first = mount_cached(&ws, &double, &cache);
+    assert_eq!(copy_sha(&first, &ws, "a.zip"), want);
+    first.stop();
+    let first_requests = zipper_requests(&double.log(), 0).len();
+
+    let mark = double.log().len();
+    let second = mount_cached(&ws, &double, &cache);
+    assert_eq!(copy_sha(&second, &ws, "b.zip"), want);
+    sh(Command::new("unzip")
+        .arg("-tq")
+        .arg(second.path(&format!("{TUTORIAL_NAME}.zip"))));
+    let log = double.log();
+    let again = zipper_requests(&log, mark);
+    eprintln!(
+        "first mount: {first_requests} zipper requests; remount: {} requests",
+        again.len()
+    );
+    assert!(again.is_empty(), "remount made requests: {again:?}");
+    second.stop();
+}
+
+#[test]
+fn a_corrupt_block_file_is_detected_and_fetched_again() {
+    let products = products(2, SIZE_MIB);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let cache = ws.path().join("cache");
+    let want = file_sha256(&local_file(&products));
+
+    let first = mount_cached(&ws, &double, &cache);
+    assert_eq!(copy_sha(&first, &ws, "a.zip"), want);
+    first.stop();
+
+    // One bit of block 3's data flipped, block 7 torn in half.
+    let dir = cache.join("v1").join(TUTORIAL_ID);
+    let flip = dir.join("3.blk");
+    let mut raw = std::fs::read(&flip).unwrap();
+    raw[5000] ^= 0x01;
+    std::fs::write(&flip, raw).unwrap();
+    let torn = dir.join("7.blk");
+    let raw = std::fs::read(&torn).unwrap();
+    std::fs::write(&torn, &raw[..raw.len() / 2]).unwrap();
+
+    let mark = double.log().len();
+    let second = mount_cached(&ws, &double, &cache);
+    assert_eq!(
+        copy_sha(&second, &ws, "b.zip"),
+        want,
+        "never a corrupt byte"
+    );
+    let log = double.log();
+    let again: Vec<_> = zipper_requests(&log, mark)
+        .into_iter()
+        .filter(|e| e.method == "GET")
+        .map(|e| e.range)
+        .collect();
+    const MIB: u64 = 1 << 20;
+    assert_eq!(
+        again,
+        vec![Some((3 * MIB, 4 * MIB - 1)), Some((7 * MIB, 8 * MIB - 1))],
+        "exactly the two bad blocks are fetched again"
+    );
+    let text = second.log_text();
+    assert!(text.contains("corrupt block"), "{text}");
+    second.stop();
+}
+
+#[test]
+fn two_mounts_sharing_one_cache_dir_read_identical_bytes() {
+    let products = products(2, SIZE_MIB);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let cache = ws.path().join("cache");
+    let want = file_sha256(&local_file(&products));
+
+    let a = mount_cached(&ws, &double, &cache);
+    let b = mount_cached(&ws, &double, &cache);
+    let (pa, pb) = (
+        a.path(&format!("{TUTORIAL_NAME}.zip")),
+        b.path(&format!("{TUTORIAL_NAME}.zip")),
+    );
+    let (oa, ob) = (ws.path().join("a.zip"), ws.path().join("b.zip"));
+    std::thread::scope(|s| {
+        let ta = s.spawn(|| sh(Command::new("cp").arg(&pa).arg(&oa)));
+        let tb = s.spawn(|| sh(Command::new("cp").arg(&pb).arg(&ob)));
+        ta.join().unwrap();
+        tb.join().unwrap();
+    });
+    assert_eq!(file_sha256(&oa), want);
+    assert_eq!(file_sha256(&ob), want);
+    a.stop();
+    b.stop();
+
+    // What they left is whole and valid: a third mount reads it with zero requests.
+    let mark = double.log().len();
+    let c = mount_cached(&ws, &double, &cache);
+    assert_eq!(copy_sha(&c, &ws, "c.zip"), want);
+    let log = double.log();
+    assert!(zipper_requests(&log, mark).is_empty());
+    assert!(!c.log_text().contains("corrupt block"));
+    c.stop();
+}
