@@ -1,0 +1,86 @@
+//! That the token never reaches a log line or an error message, on every path that logs or
+//! reports a URL (redirects, echoed error bodies, renewals, unreachable hosts), at TRACE.
+
+use std::sync::Mutex;
+
+use super::scripted::{reply, scripted, Req, Script};
+use super::*;
+
+/// Log lines, as the fmt subscriber writes them.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// Every path that logs or reports a URL, at TRACE, with the token in the query: redirects
+/// that forward it, error bodies that echo it, renewals, unreachable hosts. It appears nowhere.
+#[tokio::test]
+async fn zipper_never_logs_or_reports_the_token() {
+    let cap = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(cap.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let script = Script::start(|req: &Req, _| match req.target.split('?').next().unwrap() {
+        "/dl/hop" => reply(
+            "302 Found",
+            &[("Location", &format!("/dl/echo?token={FIXED_TOKEN}"))],
+            b"",
+        ),
+        "/dl/echo" => reply(
+            "401 Unauthorized",
+            &[],
+            format!("no such token: {}", req.target).as_bytes(),
+        ),
+        _ => reply("503 Service Unavailable", &[], req.target.as_bytes()),
+    })
+    .await;
+    let z = scripted(&script, TokenPassing::Query, |c| c.max_retries = 1);
+    let mut messages = Vec::new();
+    for id in ["hop", "fail"] {
+        messages.push(z.get_range(id, 0..1).await.unwrap_err().to_string());
+        messages.push(z.info(id).await.unwrap_err().to_string());
+    }
+    // Nothing listens on port 9 (discard): a connect error, whose reqwest text names the URL.
+    let dead = Zipper::new(
+        ZipperConfig {
+            max_retries: 0,
+            ..ZipperConfig::new("http://127.0.0.1:9/dl/{id}", TokenPassing::Query)
+        },
+        Fixed(AtomicU32::new(0)),
+        http_client().unwrap(),
+    );
+    messages.push(dead.get_range("x", 0..1).await.unwrap_err().to_string());
+
+    let logs = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("token=***"),
+        "the test logged no URL:\n{logs}"
+    );
+    assert!(!logs.contains(FIXED_TOKEN), "{logs}");
+    for m in &messages {
+        assert!(!m.contains(FIXED_TOKEN), "{m}");
+    }
+    assert!(
+        messages.last().unwrap().contains("cannot reach 127.0.0.1"),
+        "{messages:?}"
+    );
+}
