@@ -15,12 +15,16 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{Attr, Fs, FsError, Kind, Resolver, ATTR_TTL};
+use crate::fs::{ttl, Attr, Fs, FsError, Kind, Resolver, STATUS_INO};
 
 /// The kernel's limit on FUSE requests in the background (read-ahead among them) defaults to 12.
 /// Sequential reads at 1 MiB each from several files need more in flight to keep the
 /// connections to the download service busy; 64 is what the block cache can feed.
 const MAX_BACKGROUND: u16 = 64;
+
+/// Entries prepared per readdir call: more than a kernel page of names holds (about 100 short
+/// entries, 25 with attributes), so one call fills the kernel's buffer.
+const DIR_CHUNK: usize = 256;
 
 pub struct FuseAdapter<R: Resolver, S: RangeSource> {
     fs: Arc<Fs<R, S>>,
@@ -61,7 +65,7 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
         let (fs, name, this) = (self.fs.clone(), name.to_owned(), self.attr_maker());
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
-                Ok(a) => reply.entry(&ATTR_TTL, &this(&a), Generation(0)),
+                Ok(a) => reply.entry(&ttl(&a), &this(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -71,7 +75,7 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
         let (fs, this) = (self.fs.clone(), self.attr_maker());
         self.rt.spawn(async move {
             match fs.getattr(ino.0).await {
-                Ok(a) => reply.attr(&ATTR_TTL, &this(&a)),
+                Ok(a) => reply.attr(&ttl(&a), &this(&a)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -83,6 +87,11 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, write).await {
+                // The status file changes with every open: no page cache, read to the end
+                // whatever size was reported.
+                Ok(fh) if ino.0 == STATUS_INO => {
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                }
                 // Products never change: the kernel may keep their pages across opens, so a
                 // second read of the same bytes costs no request at all.
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -128,32 +137,43 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
-            match fs.getattr(ino.0).await {
-                Ok(a) if a.kind == Kind::Directory => {
-                    reply.opened(FileHandle(0), FopenFlags::empty())
-                }
-                Ok(_) => reply.error(Errno::ENOTDIR),
+            // A stale query listing is refetched here, once per `ls`.
+            match fs.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
     fn readdir(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
+        _ino: INodeNo,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
-            match fs.readdir(ino.0).await {
+            match fs.readdir_at(fh.0, offset as usize, DIR_CHUNK).await {
                 Ok(entries) => {
-                    for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                    for (i, e) in entries.iter().enumerate() {
                         let kind = file_type(e.attr.kind);
                         // The offset given with an entry is where the next readdir resumes.
-                        if reply.add(INodeNo(e.attr.ino), (i + 1) as u64, kind, &e.name) {
+                        let next = offset + i as u64 + 1;
+                        if reply.add(INodeNo(e.attr.ino), next, kind, &e.name) {
                             break;
                         }
                     }
@@ -167,22 +187,22 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
     fn readdirplus(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
+        _ino: INodeNo,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let (fs, this) = (self.fs.clone(), self.attr_maker());
         self.rt.spawn(async move {
-            match fs.readdir(ino.0).await {
+            match fs.readdir_at(fh.0, offset as usize, DIR_CHUNK).await {
                 Ok(entries) => {
-                    for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                    for (i, e) in entries.iter().enumerate() {
                         let attr = this(&e.attr);
                         if reply.add(
                             INodeNo(e.attr.ino),
-                            (i + 1) as u64,
+                            offset + i as u64 + 1,
                             &e.name,
-                            &ATTR_TTL,
+                            &ttl(&e.attr),
                             &attr,
                             Generation(0),
                         ) {

@@ -5,32 +5,47 @@
 //! on the command line are listed from the start; any other is resolved through the catalogue
 //! on the first lookup of `<Name>.zip`, `<Name without .SAFE>.zip` or `<uuid>.zip`, and listed from
 //! then on. All names of one product lead to the same inode, so they are the same file.
+//! `--query` adds query directories (`query`), and the root holds an unlisted `.eodata-status`
+//! file (`status`).
 //!
 //! Only names ending in `.zip` are looked up in the catalogue: tools probe many names next to a
 //! file they open (`x.zip.aux.xml`, `.ovr`, `.git`), and each probe would otherwise cost a
 //! catalogue request.
 //!
+//! Sizes: a product resolved by name gets the download's own size at once (one request, worth
+//! it for one file). A product listed by a query gets the catalogue's `ContentLength` as a
+//! *hint*, so listing thousands costs no request per file; its attributes then carry
+//! `exact: false`, which the adapter turns into a zero attribute TTL, and `open` asks the
+//! download service for the true size before the first read. The kernel, seeing stale
+//! attributes when a read reaches the hinted end, asks `getattr` again and gets the true size:
+//! a hint that is too small never truncates a copy, one that is too large ends in a short read.
+//!
 //! Bytes come from `eodata_fetch`: the block cache shared by all handles, and one read-ahead
 //! state per open handle. The adapter in `crate::fuse` turns [`FsError`] into errno.
 
 mod inodes;
+mod query;
+mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use eodata_fetch::cache::BlockCache;
 use eodata_fetch::prefetch::{PrefetchConfig, Prefetcher};
 use eodata_fetch::{FetchError, RangeSource};
 
-pub use inodes::ROOT_INO;
 use inodes::{InodeTable, ProductNode};
+pub use inodes::{ROOT_INO, STATUS_INO};
+pub use query::QuerySpec;
+use query::{Listing, QueryDir};
+pub use status::{StatusSource, STATUS_FILE};
 
 /// What the filesystem needs to know of a product, wherever it came from.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,17 +58,30 @@ pub struct ProductMeta {
     pub mtime: SystemTime,
     /// `false` for products in cold storage: visible, but reads fail with a clear log line.
     pub online: bool,
+    /// The catalogue's `ContentLength`: the size listings show until the file is opened.
+    pub size_hint: Option<u64>,
     /// Extra facts exposed as `user.eodata.*` extended attributes.
     pub xattrs: Vec<(String, String)>,
 }
 
-/// Finds products by any of their names. Implemented over the OData catalogue; tests use a map.
+/// Finds products by any of their names, and lists the results of queries. Implemented over
+/// the OData catalogue; tests use a map.
 pub trait Resolver: Send + Sync + 'static {
     /// `Ok(None)` when no product has this name.
     fn resolve(
         &self,
         name: &str,
     ) -> impl Future<Output = Result<Option<ProductMeta>, FsError>> + Send;
+
+    /// Products matching an OData `$filter`, at most `max_results`.
+    fn query(
+        &self,
+        filter: &str,
+        max_results: usize,
+    ) -> impl Future<Output = Result<Vec<ProductMeta>, FsError>> + Send {
+        let _ = (filter, max_results);
+        async { Ok(Vec::new()) }
+    }
 }
 
 impl<T: Resolver> Resolver for Arc<T> {
@@ -62,6 +90,14 @@ impl<T: Resolver> Resolver for Arc<T> {
         name: &str,
     ) -> impl Future<Output = Result<Option<ProductMeta>, FsError>> + Send {
         (**self).resolve(name)
+    }
+
+    fn query(
+        &self,
+        filter: &str,
+        max_results: usize,
+    ) -> impl Future<Output = Result<Vec<ProductMeta>, FsError>> + Send {
+        (**self).query(filter, max_results)
     }
 }
 
@@ -80,6 +116,9 @@ pub struct Attr {
     pub size: u64,
     pub mtime: SystemTime,
     pub perm: u16,
+    /// `false` when `size` may change: a catalogue hint not yet checked against the download,
+    /// or the status file. The kernel must not keep such attributes (see the module doc).
+    pub exact: bool,
 }
 
 /// One entry of a directory listing.
@@ -125,7 +164,22 @@ pub struct FsConfig {
     pub tail_bytes: u64,
     /// Concurrent HTTP requests a handle's read-ahead may use (the service caps them per user).
     pub max_connections: usize,
+    /// Query directories (`--query`).
+    pub queries: Vec<QuerySpec>,
+    /// Most products one query directory lists (`--max-results`).
+    pub max_results: usize,
+    /// How long a query's listing is kept before the next `ls` refetches it (`--listing-ttl`).
+    pub listing_ttl: Duration,
 }
+
+/// Default `--max-results`: one page of the catalogue at its largest `$top`, a listing `ls`
+/// shows in well under a second; more is a deliberate choice.
+pub const DEFAULT_MAX_RESULTS: usize = 1000;
+
+/// Default `--listing-ttl`: ten minutes. Published products do not change, but new ones are
+/// published all the time; a user watching a query for new acquisitions sees them within
+/// minutes, and a tool walking the tree does not refetch on every `ls`.
+pub const DEFAULT_LISTING_TTL: Duration = Duration::from_secs(600);
 
 impl Default for FsConfig {
     fn default() -> Self {
@@ -135,6 +189,9 @@ impl Default for FsConfig {
             gid: unsafe { libc::getegid() },
             tail_bytes: 1 << 20,
             max_connections: 4,
+            queries: Vec::new(),
+            max_results: DEFAULT_MAX_RESULTS,
+            listing_ttl: DEFAULT_LISTING_TTL,
         }
     }
 }
@@ -144,6 +201,8 @@ impl Default for FsConfig {
 pub struct FsStats {
     pub opens: AtomicU64,
     pub reads: AtomicU64,
+    /// Reads waiting for bytes right now.
+    pub reads_in_flight: AtomicU64,
     pub bytes_read: AtomicU64,
     pub read_errors: AtomicU64,
 }
@@ -154,31 +213,78 @@ pub struct Fs<R: Resolver, S: RangeSource> {
     cache: Arc<BlockCache<S>>,
     config: FsConfig,
     inodes: Mutex<InodeTable>,
-    handles: Mutex<HashMap<u64, Arc<Handle<S>>>>,
+    /// Query directories by inode; the unnamed query, if any, is the root's.
+    queries: HashMap<u64, Arc<QueryDir>>,
+    /// Named query directories in the root, by name.
+    query_names: BTreeMap<String, u64>,
+    handles: Mutex<HashMap<u64, Arc<Open<S>>>>,
+    /// Open directories: the entries (name, inode) each `opendir` saw, so that the kernel's
+    /// paged readdir calls walk one consistent list even if a refresh happens meanwhile.
+    dir_handles: Mutex<HashMap<u64, Snapshot>>,
     next_fh: AtomicU64,
     created: SystemTime,
     pub stats: FsStats,
+    last_error: Mutex<Option<(SystemTime, String)>>,
+    status_source: Mutex<Option<StatusSource>>,
 }
 
-/// An open file: its product and its read-ahead state. The kernel may send several reads of
-/// one handle at once; the prefetcher takes them in parallel.
-struct Handle<S: RangeSource> {
-    node: Arc<ProductNode>,
-    reader: Prefetcher<S>,
+/// The entries (name, inode) of one open directory.
+type Snapshot = Arc<Vec<(String, u64)>>;
+
+/// An open file.
+enum Open<S: RangeSource> {
+    /// A product and its read-ahead state. The kernel may send several reads of one handle at
+    /// once; the prefetcher takes them in parallel.
+    Product {
+        node: Arc<ProductNode>,
+        reader: Prefetcher<S>,
+    },
+    /// The status report as rendered when opened.
+    Status(Bytes),
 }
 
 impl<R: Resolver, S: RangeSource> Fs<R, S> {
     pub fn new(resolver: R, cache: Arc<BlockCache<S>>, config: FsConfig) -> Self {
+        let mut inodes = InodeTable::default();
+        let mut queries = HashMap::new();
+        let mut query_names = BTreeMap::new();
+        for spec in &config.queries {
+            let ino = match &spec.name {
+                None => ROOT_INO,
+                Some(name) => {
+                    let ino = inodes.alloc();
+                    query_names.insert(name.clone(), ino);
+                    ino
+                }
+            };
+            queries.insert(
+                ino,
+                Arc::new(QueryDir {
+                    spec: spec.clone(),
+                    listing: tokio::sync::Mutex::new(Listing::default()),
+                }),
+            );
+        }
         Fs {
             resolver,
             cache,
             config,
-            inodes: Mutex::new(InodeTable::default()),
+            inodes: Mutex::new(inodes),
+            queries,
+            query_names,
             handles: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             created: SystemTime::now(),
             stats: FsStats::default(),
+            last_error: Mutex::new(None),
+            status_source: Mutex::new(None),
         }
+    }
+
+    /// Installs the lines the status file shows about layers outside the filesystem.
+    pub fn set_status_source(&self, source: StatusSource) {
+        *self.status_source.lock().unwrap() = Some(source);
     }
 
     /// Resolve a product and list it in the root (used for `--product` at start-up).
@@ -189,15 +295,44 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         }
     }
 
+    /// Fetches every query's listing (at mount time: a filter the catalogue refuses fails the
+    /// mount, and the first `ls` finds the listing ready). Returns (directory, products).
+    pub async fn refresh_queries(&self) -> Result<Vec<(String, usize)>, FsError> {
+        let mut out = Vec::new();
+        for dir in self.queries.values() {
+            let entries = self.listing(dir, true).await?;
+            out.push((dir.spec.name.clone().unwrap_or_default(), entries.len()));
+        }
+        Ok(out)
+    }
+
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        if let Some(dir) = self.queries.get(&parent) {
+            let entries = self.listing(dir, false).await?;
+            if let Some(node) = entries
+                .get(name)
+                .and_then(|ino| self.inodes.lock().unwrap().product(*ino))
+            {
+                return Ok(self.file_attr(&node));
+            }
+        }
         if parent != ROOT_INO {
+            if self.queries.contains_key(&parent) {
+                return Err(FsError::NotFound);
+            }
             return Err(if self.inodes.lock().unwrap().product(parent).is_some() {
                 FsError::NotADirectory
             } else {
                 FsError::NotFound
             });
         }
-        let name = name.to_str().ok_or(FsError::NotFound)?;
+        if name == STATUS_FILE {
+            return Ok(self.status_attr());
+        }
+        if let Some(ino) = self.query_names.get(name) {
+            return self.getattr(*ino).await;
+        }
         let Some(stem) = name.strip_suffix(".zip") else {
             return Err(FsError::NotFound);
         };
@@ -211,71 +346,219 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
     }
 
     /// A known product by any alias, or resolve it (catalogue, then the download's size).
+    /// Either way it is listed in the root from then on.
     async fn find_or_resolve(&self, name: &str) -> Result<Option<Arc<ProductNode>>, FsError> {
         let name = name.strip_suffix(".zip").unwrap_or(name);
-        if let Some(node) = self.inodes.lock().unwrap().by_alias(name) {
-            return Ok(Some(node));
+        {
+            let mut table = self.inodes.lock().unwrap();
+            if let Some(node) = table.by_alias(name) {
+                table.list_in_root(&node);
+                return Ok(Some(node));
+            }
         }
-        let Some(meta) = self.resolver.resolve(name).await? else {
-            return Ok(None);
+        let meta = match self.resolver.resolve(name).await {
+            Ok(Some(meta)) => meta,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.note_error(&format!("catalogue lookup of {name}: {e}"));
+                return Err(e);
+            }
         };
-        if let Some(node) = self.inodes.lock().unwrap().by_id(&meta.id) {
-            self.inodes.lock().unwrap().add_alias(name, node.ino);
-            return Ok(Some(node));
+        {
+            let mut table = self.inodes.lock().unwrap();
+            if let Some(node) = table.by_id(&meta.id) {
+                table.add_alias(name, node.ino);
+                table.list_in_root(&node);
+                return Ok(Some(node));
+            }
         }
-        // The catalogue's ContentLength is only a hint: the download's own size is the truth.
+        // The catalogue's ContentLength is only a hint: the download's own size is the truth,
+        // and for one product named by hand it is worth a request now. Offline products cannot
+        // be asked; they keep the hint.
         let size = if meta.online {
-            self.cache.source().info(&meta.id).await?.size
+            Some(self.cache.source().info(&meta.id).await?.size)
         } else {
-            0
+            None
         };
-        let node = self.inodes.lock().unwrap().insert(meta, size, name);
+        let mut table = self.inodes.lock().unwrap();
+        let node = table.insert(meta, size, name);
+        table.list_in_root(&node);
         Ok(Some(node))
+    }
+
+    /// A query directory's entries, fetched first when never fetched, or when `refresh` and
+    /// older than the listing TTL. A failed refetch keeps the old entries.
+    async fn listing(
+        &self,
+        dir: &QueryDir,
+        refresh: bool,
+    ) -> Result<Arc<BTreeMap<String, u64>>, FsError> {
+        let mut listing = dir.listing.lock().await;
+        let due = if refresh {
+            listing.stale(self.config.listing_ttl)
+        } else {
+            listing.fetched_at.is_none()
+        };
+        if !due {
+            return Ok(listing.entries.clone());
+        }
+        let started = Instant::now();
+        match self
+            .resolver
+            .query(&dir.spec.filter, self.config.max_results)
+            .await
+        {
+            Ok(found) => {
+                if found.len() >= self.config.max_results {
+                    tracing::warn!(
+                        "query {:?} stopped at --max-results {}: raise it or narrow the filter",
+                        dir.spec.filter,
+                        self.config.max_results
+                    );
+                }
+                let mut entries = BTreeMap::new();
+                let mut table = self.inodes.lock().unwrap();
+                for meta in found {
+                    let id = meta.id.clone();
+                    let node = table.insert(meta, None, &id);
+                    entries.insert(node.file_name(), node.ino);
+                }
+                drop(table);
+                tracing::info!(
+                    "query {:?}: {} products in {:.2} s",
+                    dir.spec.filter,
+                    entries.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                listing.entries = Arc::new(entries);
+                listing.fetched_at = Some(Instant::now());
+                listing.fetched_wall = Some(SystemTime::now());
+                Ok(listing.entries.clone())
+            }
+            Err(e) if listing.fetched_at.is_some() => {
+                let msg = format!("query {:?}: {e}; keeping the old listing", dir.spec.filter);
+                tracing::warn!("{msg}");
+                self.note_error(&msg);
+                Ok(listing.entries.clone())
+            }
+            Err(e) => {
+                self.note_error(&format!("query {:?}: {e}", dir.spec.filter));
+                Err(e)
+            }
+        }
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         if ino == ROOT_INO {
-            return Ok(self.root_attr());
+            return Ok(self.dir_attr(ROOT_INO));
+        }
+        if ino == STATUS_INO {
+            return Ok(self.status_attr());
+        }
+        if self.queries.contains_key(&ino) {
+            return Ok(self.dir_attr(ino));
         }
         let node = self.inodes.lock().unwrap().product(ino);
         node.map(|n| self.file_attr(&n)).ok_or(FsError::NotFound)
     }
 
-    /// Every entry of directory `ino`, `.` and `..` first.
-    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
-        if ino != ROOT_INO {
+    /// Starts a listing of directory `ino`: refreshes a stale query listing and takes a
+    /// snapshot of the entries for [`Fs::readdir_at`]. Returns the handle.
+    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let mut names: BTreeMap<String, u64> = BTreeMap::new();
+        if let Some(dir) = self.queries.get(&ino) {
+            names.extend(
+                self.listing(dir, true)
+                    .await?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v)),
+            );
+        } else if ino != ROOT_INO {
             return Err(if self.inodes.lock().unwrap().product(ino).is_some() {
                 FsError::NotADirectory
             } else {
                 FsError::NotFound
             });
         }
-        let root = self.root_attr();
-        let mut entries = vec![
-            DirEntry {
-                name: ".".into(),
-                attr: root,
-            },
-            DirEntry {
-                name: "..".into(),
-                attr: root,
-            },
-        ];
-        let nodes = self.inodes.lock().unwrap().listed();
-        entries.extend(nodes.iter().map(|n| DirEntry {
-            name: n.file_name(),
-            attr: self.file_attr(n),
-        }));
-        Ok(entries)
+        if ino == ROOT_INO {
+            names.extend(self.query_names.iter().map(|(k, v)| (k.clone(), *v)));
+            let nodes = self.inodes.lock().unwrap().listed();
+            names.extend(nodes.iter().map(|n| (n.file_name(), n.ino)));
+        }
+        let mut entries = vec![(".".to_string(), ino), ("..".to_string(), ROOT_INO)];
+        entries.extend(names);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dir_handles
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// Entries of an open directory from index `offset` on, with their attributes as they
+    /// are now. Never asks the network.
+    /// At most `max` entries: the kernel takes a page's worth per call, so building thousands
+    /// of attributes for each call would be wasted.
+    pub async fn readdir_at(
+        &self,
+        fh: u64,
+        offset: usize,
+        max: usize,
+    ) -> Result<Vec<DirEntry>, FsError> {
+        let entries = self
+            .dir_handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut out = Vec::with_capacity(entries.len().saturating_sub(offset).min(max));
+        for (name, ino) in entries.iter().skip(offset).take(max) {
+            let attr = if *ino == ROOT_INO || self.queries.contains_key(ino) {
+                self.dir_attr(*ino)
+            } else {
+                match self.inodes.lock().unwrap().product(*ino) {
+                    Some(node) => self.file_attr(&node),
+                    None => continue,
+                }
+            };
+            out.push(DirEntry {
+                name: name.clone(),
+                attr,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dir_handles.lock().unwrap().remove(&fh);
+    }
+
+    /// Every entry of directory `ino`, `.` and `..` first (opendir + readdir + releasedir).
+    #[cfg(test)]
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let fh = self.opendir(ino).await?;
+        let entries = self.readdir_at(fh, 0, usize::MAX).await;
+        self.releasedir(fh);
+        entries
     }
 
     /// Open a product for reading. `write` is true for any open that asks to write.
     pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
-        if ino == ROOT_INO {
+        if ino == ROOT_INO || self.queries.contains_key(&ino) {
             return Err(FsError::IsADirectory);
         }
         if write {
             return Err(FsError::ReadOnly);
+        }
+        if ino == STATUS_INO {
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            let text = Bytes::from(self.status_text());
+            self.handles
+                .lock()
+                .unwrap()
+                .insert(fh, Arc::new(Open::Status(text)));
+            return Ok(fh);
         }
         let node = self
             .inodes
@@ -284,23 +567,47 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             .product(ino)
             .ok_or(FsError::NotFound)?;
         if !node.meta.online {
-            tracing::warn!(
+            let msg = format!(
                 "{} is offline (cold storage); it cannot be read until the provider restores it",
                 node.meta.name
             );
+            tracing::warn!("{msg}");
+            self.note_error(&msg);
             return Err(FsError::Offline(node.meta.name.clone()));
         }
+        if !node.is_exact() {
+            // A listed product: its size so far is the catalogue's hint. The first read must
+            // know where the file really ends.
+            match self.cache.source().info(&node.meta.id).await {
+                Ok(info) => {
+                    if info.size != node.size() {
+                        tracing::info!(
+                            "{}: the catalogue said {} bytes, the download has {}",
+                            node.meta.name,
+                            node.size(),
+                            info.size
+                        );
+                    }
+                    node.set_exact(info.size);
+                }
+                Err(e) => {
+                    self.note_error(&format!("open of {}: {e}", node.meta.name));
+                    return Err(e.into());
+                }
+            }
+        }
+        let size = node.size();
         // The zip's central directory: fetched once per product in the background, so that
         // `cp` does not wait for it, while `unzip -l` and GDAL, which read it first, join the
         // fetch already registered when open returns.
-        if node.size > 0 {
+        if size > 0 {
             self.cache
-                .prefetch_tail(&node.meta.id, node.size, self.config.tail_bytes);
+                .prefetch_tail(&node.meta.id, size, self.config.tail_bytes);
         }
         let reader = Prefetcher::new(
             self.cache.clone(),
             node.meta.id.clone(),
-            node.size,
+            size,
             PrefetchConfig {
                 max_in_flight: self.config.max_connections,
                 ..PrefetchConfig::default()
@@ -310,7 +617,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         self.handles
             .lock()
             .unwrap()
-            .insert(fh, Arc::new(Handle { node, reader }));
+            .insert(fh, Arc::new(Open::Product { node, reader }));
         self.stats.opens.fetch_add(1, Ordering::Relaxed);
         Ok(fh)
     }
@@ -324,13 +631,23 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)?;
-        let size = handle.node.size;
+        let (node, reader) = match &*handle {
+            Open::Status(text) => {
+                let start = (offset as usize).min(text.len());
+                let end = (start + len as usize).min(text.len());
+                return Ok(text.slice(start..end));
+            }
+            Open::Product { node, reader } => (node, reader),
+        };
+        let size = node.size();
         if offset >= size {
             return Ok(Bytes::new());
         }
         let len = (len as u64).min(size - offset);
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        let result = handle.reader.read(offset, len).await;
+        self.stats.reads_in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = reader.read(offset, len).await;
+        self.stats.reads_in_flight.fetch_sub(1, Ordering::Relaxed);
         match result {
             Ok(bytes) => {
                 self.stats
@@ -340,10 +657,12 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             }
             Err(e) => {
                 self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
+                let msg = format!(
                     "read of {} at {offset} (+{len}) failed: {e}",
-                    handle.node.meta.name
+                    node.meta.name
                 );
+                tracing::error!("{msg}");
+                self.note_error(&msg);
                 Err(e.into())
             }
         }
@@ -355,7 +674,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
 
     /// Names of the `user.eodata.*` attributes of `ino`.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {
-        if ino == ROOT_INO {
+        if ino == ROOT_INO || ino == STATUS_INO || self.queries.contains_key(&ino) {
             return Ok(Vec::new());
         }
         let node = self
@@ -368,6 +687,13 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
     }
 
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+        if let Some(dir) = self.queries.get(&ino) {
+            // A query directory says what it shows.
+            if name == "user.eodata.filter" {
+                return Ok(dir.spec.filter.clone().into_bytes());
+            }
+            return Err(FsError::NoAttribute);
+        }
         let node = self
             .inodes
             .lock()
@@ -381,13 +707,65 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             .ok_or(FsError::NoAttribute)
     }
 
-    fn root_attr(&self) -> Attr {
+    /// Remembers the last failure for the status file.
+    fn note_error(&self, msg: &str) {
+        *self.last_error.lock().unwrap() = Some((SystemTime::now(), msg.to_string()));
+    }
+
+    /// The status report now.
+    pub fn status_text(&self) -> String {
+        let extra = match &*self.status_source.lock().unwrap() {
+            Some(f) => f(),
+            None => String::new(),
+        };
+        let open_files = self
+            .handles
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|h| matches!(***h, Open::Product { .. }))
+            .count();
+        let last_error = self.last_error.lock().unwrap().clone();
+        status::render(
+            self.created,
+            &self.stats,
+            open_files,
+            self.cache.stats(),
+            last_error.as_ref(),
+            &extra,
+        )
+    }
+
+    /// A directory's attributes; a query directory's mtime is when its listing was fetched.
+    fn dir_attr(&self, ino: u64) -> Attr {
+        let mtime = match self.queries.get(&ino) {
+            Some(dir) => match dir.listing.try_lock() {
+                Ok(l) => l.fetched_wall.unwrap_or(self.created),
+                // Being refetched: the creation time will do for this one answer.
+                Err(_) => self.created,
+            },
+            None => self.created,
+        };
         Attr {
-            ino: ROOT_INO,
+            ino,
             kind: Kind::Directory,
             size: 0,
-            mtime: self.created,
+            mtime,
             perm: 0o555,
+            exact: true,
+        }
+    }
+
+    /// The status file's attributes: the size of a report rendered now (read with direct I/O,
+    /// so a later, longer report is still read to its end).
+    fn status_attr(&self) -> Attr {
+        Attr {
+            ino: STATUS_INO,
+            kind: Kind::File,
+            size: self.status_text().len() as u64,
+            mtime: SystemTime::now(),
+            perm: 0o444,
+            exact: false,
         }
     }
 
@@ -395,9 +773,10 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         Attr {
             ino: node.ino,
             kind: Kind::File,
-            size: node.size,
+            size: node.size(),
             mtime: node.meta.mtime,
             perm: 0o444,
+            exact: node.is_exact(),
         }
     }
 
@@ -409,3 +788,17 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
 /// How long the kernel may keep names and attributes: products never change once published,
 /// so a day is safe, and long TTLs spare a FUSE round trip on every `stat`.
 pub const ATTR_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How long the kernel may keep attributes that are not exact (a catalogue size hint, the
+/// status file): not at all, so that the true size reaches the kernel as soon as `open` learns
+/// it. Such `getattr`s are answered from memory, so `ls -l` of thousands stays fast.
+pub const HINT_TTL: Duration = Duration::ZERO;
+
+/// The attribute TTL the kernel gets for `attr`.
+pub fn ttl(attr: &Attr) -> Duration {
+    if attr.exact {
+        ATTR_TTL
+    } else {
+        HINT_TTL
+    }
+}

@@ -30,6 +30,15 @@ impl Resolver for MapResolver {
             .find(|p| p.id == name || p.name == name || p.name.strip_suffix(".SAFE") == Some(name))
             .cloned())
     }
+
+    /// Filter `all` finds every product; anything else nothing.
+    async fn query(&self, filter: &str, max: usize) -> Result<Vec<ProductMeta>, FsError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(match filter {
+            "all" => self.products.iter().take(max).cloned().collect(),
+            _ => Vec::new(),
+        })
+    }
 }
 
 fn meta(id: &str, name: &str, online: bool) -> ProductMeta {
@@ -38,6 +47,7 @@ fn meta(id: &str, name: &str, online: bool) -> ProductMeta {
         name: name.into(),
         mtime: UNIX_EPOCH + std::time::Duration::from_secs(1_538_000_000),
         online,
+        size_hint: None,
         xattrs: vec![("user.eodata.checksum.md5".into(), "abc".into())],
     }
 }
@@ -235,4 +245,79 @@ async fn xattrs_expose_catalogue_facts() {
         fs.getxattr(attr.ino, "user.other"),
         Err(FsError::NoAttribute)
     ));
+}
+
+/// A filesystem whose root is the query `all`, over products whose catalogue size is `hint`.
+fn query_fs(size: usize, hint: Option<u64>) -> Fixture {
+    let (_, source, _, data) = fs_with(size);
+    let mut hot = meta(ID, NAME, true);
+    hot.size_hint = hint;
+    let resolver = Arc::new(MapResolver {
+        products: vec![hot, meta("cold-1", "S2B_COLD.SAFE", false)],
+        calls: AtomicUsize::new(0),
+    });
+    let cache = Arc::new(BlockCache::new(source.clone(), CacheConfig::default()));
+    let config = FsConfig {
+        queries: vec![QuerySpec::parse("all").unwrap()],
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(Fs::new(resolver.clone(), cache, config));
+    (fs, source, resolver, data)
+}
+
+#[tokio::test]
+async fn a_query_lists_with_hints_and_open_makes_the_size_exact() {
+    let (fs, source, resolver, data) = query_fs(3 << 20, Some(1000));
+    let entries = fs.readdir(ROOT_INO).await.unwrap();
+    let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![".", "..", &format!("{NAME}.zip"), "S2B_COLD.SAFE.zip"]
+    );
+    let hot = &entries[2].attr;
+    assert_eq!((hot.size, hot.exact), (1000, false), "the catalogue's hint");
+    assert_eq!(
+        source.stats().requests,
+        0,
+        "listing asks the download service nothing"
+    );
+    // Lookups of listed names are answered from the listing.
+    let calls = resolver.calls.load(Ordering::SeqCst);
+    let looked = fs
+        .lookup(ROOT_INO, OsStr::new(&format!("{NAME}.zip")))
+        .await
+        .unwrap();
+    assert_eq!(looked, *hot);
+    assert_eq!(resolver.calls.load(Ordering::SeqCst), calls);
+    assert_eq!(ttl(hot), HINT_TTL);
+
+    let fh = fs.open(hot.ino, false).await.unwrap();
+    let attr = fs.getattr(hot.ino).await.unwrap();
+    assert_eq!((attr.size, attr.exact), (data.len() as u64, true));
+    assert_eq!(ttl(&attr), ATTR_TTL);
+    let tail = fs.read(fh, data.len() as u64 - 10, 100).await.unwrap();
+    assert_eq!(
+        &tail[..],
+        &data[data.len() - 10..],
+        "reads reach the true end"
+    );
+}
+
+#[tokio::test]
+async fn a_listing_being_read_does_not_change_under_the_reader() {
+    let (fs, _, _, _) = query_fs(1 << 20, None);
+    let fh = fs.opendir(ROOT_INO).await.unwrap();
+    let first = fs.readdir_at(fh, 0, 3).await.unwrap();
+    assert_eq!(first.len(), 3);
+    let rest = fs.readdir_at(fh, 3, 100).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    fs.releasedir(fh);
+    assert!(matches!(
+        fs.readdir_at(fh, 0, 1).await,
+        Err(FsError::BadHandle)
+    ));
+    let status = fs.lookup(ROOT_INO, OsStr::new(STATUS_FILE)).await.unwrap();
+    let sfh = fs.open(status.ino, false).await.unwrap();
+    let text = fs.read(sfh, 0, 1 << 16).await.unwrap();
+    assert!(std::str::from_utf8(&text).unwrap().contains("fs.opens: "));
 }

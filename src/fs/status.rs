@@ -1,0 +1,74 @@
+//! The `.eodata-status` file in the root: what the mount is doing, as `key: value` lines that
+//! `cat` shows and scripts can grep. It is rendered when opened (one consistent snapshot per
+//! open) and served with direct I/O, so every `cat` sees fresh numbers whatever size a previous
+//! `stat` reported.
+//!
+//! It is not listed by `readdir`: `rsync -a /mnt/eodata/` or `find` must not copy or walk it;
+//! open it by name.
+//!
+//! The filesystem writes its own counters and the block cache's; what lies outside it (token
+//! manager, download client) comes from a closure the mount command installs
+//! ([`super::Fs::set_status_source`]), so this file knows nothing of those layers' types.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use eodata_fetch::cache::CacheStats;
+
+use super::FsStats;
+
+/// The file's name in the root.
+pub const STATUS_FILE: &str = ".eodata-status";
+
+/// Extra lines from the layers above the filesystem.
+pub type StatusSource = Box<dyn Fn() -> String + Send + Sync>;
+
+/// Seconds since the epoch, for times in the report.
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The filesystem's part of the report.
+pub fn render(
+    started: SystemTime,
+    stats: &FsStats,
+    open_files: usize,
+    cache: CacheStats,
+    last_error: Option<&(SystemTime, String)>,
+    extra: &str,
+) -> String {
+    let now = SystemTime::now();
+    let mut s = String::new();
+    let _ = writeln!(s, "now: {}", unix(now));
+    let _ = writeln!(
+        s,
+        "mounted_for_secs: {}",
+        now.duration_since(started).unwrap_or_default().as_secs()
+    );
+    s.push_str(extra);
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(s, "fs.open_files: {open_files}");
+    let _ = writeln!(s, "fs.opens: {}", get(&stats.opens));
+    let _ = writeln!(s, "fs.reads: {}", get(&stats.reads));
+    let _ = writeln!(s, "fs.reads_in_flight: {}", get(&stats.reads_in_flight));
+    let _ = writeln!(s, "fs.bytes_read: {}", get(&stats.bytes_read));
+    let _ = writeln!(s, "fs.read_errors: {}", get(&stats.read_errors));
+    let _ = writeln!(s, "cache.hits: {}", cache.hits);
+    let _ = writeln!(s, "cache.joins: {}", cache.joins);
+    let _ = writeln!(s, "cache.misses: {}", cache.misses);
+    let _ = writeln!(s, "cache.requests: {}", cache.requests);
+    let _ = writeln!(s, "cache.failed_requests: {}", cache.failed_requests);
+    let _ = writeln!(s, "cache.bytes_fetched: {}", cache.bytes_fetched);
+    let _ = writeln!(s, "cache.resident_bytes: {}", cache.resident_bytes);
+    let _ = writeln!(s, "cache.evictions: {}", cache.evictions);
+    match last_error {
+        Some((t, msg)) => {
+            let _ = writeln!(s, "last_error: {} {msg}", unix(*t));
+        }
+        None => s.push_str("last_error: none\n"),
+    }
+    s
+}
