@@ -133,6 +133,20 @@ pub struct MountArgs {
     /// FUSE mount options, comma-separated, as in mount -o.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
+
+    /// An OData $filter shown as a directory of its products; NAME=FILTER makes MOUNTPOINT/NAME/,
+    /// a single FILTER without a name fills the root. Repeatable.
+    #[arg(long = "query", value_name = "[NAME=]FILTER")]
+    pub queries: Vec<String>,
+
+    /// Most products one query directory lists.
+    #[arg(long, default_value_t = 1000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_results: u64,
+
+    /// Seconds a query's listing is kept; the next ls after that fetches it again.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub listing_ttl: u64,
 }
 
 /// Options of `download`.

@@ -13,6 +13,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use eodata_auth::token::TokenManager;
 use eodata_auth::TokenSource;
 use eodata_catalogue::Catalogue;
 use eodata_fetch::cache::{BlockCache, CacheConfig};
@@ -22,7 +23,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::cache_dir;
 use crate::cli::Cli;
-use crate::fs::{Fs, FsConfig, FsError, ProductMeta, Resolver};
+use crate::fs::{Fs, FsConfig, FsError, ProductMeta, QuerySpec, Resolver, StatusSource};
 use crate::fuse::FuseAdapter;
 use crate::mountpoint;
 use crate::stack;
@@ -46,12 +47,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     rt.block_on(tokens.token())
         .context("cannot log in, so nothing was mounted")?;
     let catalogue = stack::catalogue(common, &settings)?;
-    let zipper = stack::zipper(common, &settings, tokens)?;
+    let zipper = stack::zipper(common, &settings, tokens.clone())?;
     // Servers that ignore Range are streamed once and spooled, under the block cache;
     // --cache-dir keeps blocks (the spooled ones too) on disk across mounts.
     let store = cache_dir::open_store(&cli.mount)?;
     let spool = cache_dir::spool_config(&cli.mount, &store);
-    let source = DiskCache::new(StreamFallback::new(zipper, spool), store);
+    let source = DiskCache::new(StreamFallback::new(zipper.clone(), spool), store);
     let cache = Arc::new(BlockCache::new(
         source,
         CacheConfig {
@@ -64,9 +65,13 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         cache,
         FsConfig {
             max_connections: common.max_connections as usize,
+            queries: query_specs(&cli.mount.queries)?,
+            max_results: cli.mount.max_results as usize,
+            listing_ttl: std::time::Duration::from_secs(cli.mount.listing_ttl),
             ..FsConfig::default()
         },
     ));
+    fs.set_status_source(status_source(tokens, zipper));
     let mut wanted = cli.mount.products.clone();
     if let Some(file) = &cli.mount.products_file {
         let text = std::fs::read_to_string(file)
@@ -84,6 +89,15 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 FsError::NotFound => anyhow::anyhow!("product {name} not found in the catalogue"),
                 e => anyhow::anyhow!("product {name}: {e}"),
             })?;
+        }
+        // Fetch every query's listing now: a filter the catalogue refuses fails here, with
+        // nothing mounted, and the first `ls` finds its listing ready.
+        let listed = fs
+            .refresh_queries()
+            .await
+            .map_err(|e| anyhow::anyhow!("--query: {e}"))?;
+        for (dir, n) in listed {
+            tracing::info!("query directory {dir:?}: {n} products");
         }
         anyhow::Ok(())
     })?;
@@ -212,6 +226,59 @@ fn notify_ready() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--query` values, checked.
+fn query_specs(texts: &[String]) -> anyhow::Result<Vec<QuerySpec>> {
+    let specs = texts
+        .iter()
+        .map(|t| QuerySpec::parse(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    QuerySpec::check_all(&specs).map_err(anyhow::Error::msg)?;
+    Ok(specs)
+}
+
+/// The token manager's and the download client's lines of the `.eodata-status` file.
+fn status_source(tokens: Arc<TokenManager>, zipper: Arc<stack::Client>) -> StatusSource {
+    Box::new(move || {
+        use std::fmt::Write as _;
+        let now = std::time::SystemTime::now();
+        let secs_left = |t: std::time::SystemTime| match t.duration_since(now) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        let t = tokens.status();
+        let z = zipper.stats();
+        let mut s = String::new();
+        match t.access_expires_at {
+            Some(at) => {
+                let _ = writeln!(s, "token.access_expires_in_secs: {}", secs_left(at));
+            }
+            None => s.push_str("token.access_expires_in_secs: none\n"),
+        }
+        match t.refresh_expires_at {
+            Some(Some(at)) => {
+                let _ = writeln!(s, "token.refresh_expires_in_secs: {}", secs_left(at));
+            }
+            Some(None) => s.push_str("token.refresh_expires_in_secs: unknown\n"),
+            None => s.push_str("token.refresh_expires_in_secs: none\n"),
+        }
+        match &t.refused {
+            Some(e) => {
+                let _ = writeln!(s, "token.refused: {e}");
+            }
+            None => s.push_str("token.refused: no\n"),
+        }
+        let _ = writeln!(s, "zipper.requests: {}", z.requests);
+        let _ = writeln!(s, "zipper.bytes: {}", z.bytes);
+        let _ = writeln!(s, "zipper.retries: {}", z.retries);
+        let _ = writeln!(s, "zipper.redirects: {}", z.redirects);
+        let _ = writeln!(s, "zipper.unauthorized: {}", z.unauthorized);
+        let _ = writeln!(s, "zipper.throttled: {}", z.throttled);
+        let _ = writeln!(s, "zipper.connection_limit: {}", z.connection_limit);
+        s
+    })
+}
+
 /// Names to products through the OData catalogue.
 pub struct CatalogueResolver(pub Arc<Catalogue>);
 
@@ -222,6 +289,16 @@ impl Resolver for CatalogueResolver {
             Err(eodata_catalogue::CatalogueError::NotFound(_)) => Ok(None),
             Err(e) => {
                 tracing::warn!("catalogue lookup of {name} failed: {e}");
+                Err(FsError::Catalogue(e.to_string()))
+            }
+        }
+    }
+
+    async fn query(&self, filter: &str, max_results: usize) -> Result<Vec<ProductMeta>, FsError> {
+        match self.0.query(filter, max_results).await {
+            Ok(products) => Ok(products.iter().map(product_meta).collect()),
+            Err(e) => {
+                tracing::warn!("catalogue query {filter:?} failed: {e}");
                 Err(FsError::Catalogue(e.to_string()))
             }
         }
@@ -249,6 +326,7 @@ fn product_meta(p: &eodata_catalogue::Product) -> ProductMeta {
             .or(p.publication_date)
             .unwrap_or(std::time::UNIX_EPOCH),
         online: p.online,
+        size_hint: p.size_hint,
         xattrs,
     }
 }
