@@ -73,15 +73,13 @@ pub trait Resolver: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Option<ProductMeta>, FsError>> + Send;
 
-    /// Products matching an OData `$filter`, at most `max_results`.
+    /// Products matching an OData `$filter`, at most `max_results`. No default: a wrapper
+    /// that forgot to pass it on would show every query directory empty.
     fn query(
         &self,
         filter: &str,
         max_results: usize,
-    ) -> impl Future<Output = Result<Vec<ProductMeta>, FsError>> + Send {
-        let _ = (filter, max_results);
-        async { Ok(Vec::new()) }
-    }
+    ) -> impl Future<Output = Result<Vec<ProductMeta>, FsError>> + Send;
 }
 
 impl<T: Resolver> Resolver for Arc<T> {
