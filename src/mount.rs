@@ -61,7 +61,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         },
     ));
     let fs = Arc::new(Fs::new(
-        CatalogueResolver(catalogue),
+        cache_dir::OfflineResolver::new(CatalogueResolver(catalogue), &cli.mount),
         cache,
         FsConfig {
             max_connections: common.max_connections as usize,

@@ -105,11 +105,12 @@ fn a_corrupt_block_file_is_detected_and_fetched_again() {
         "never a corrupt byte"
     );
     let log = double.log();
-    let again: Vec<_> = zipper_requests(&log, mark)
+    let mut again: Vec<_> = zipper_requests(&log, mark)
         .into_iter()
         .filter(|e| e.method == "GET")
         .map(|e| e.range)
         .collect();
+    again.sort();
     const MIB: u64 = 1 << 20;
     assert_eq!(
         again,
@@ -155,4 +156,28 @@ fn two_mounts_sharing_one_cache_dir_read_identical_bytes() {
     assert!(zipper_requests(&log, mark).is_empty());
     assert!(!c.log_text().contains("corrupt block"));
     c.stop();
+}
+
+#[test]
+fn a_cached_product_reads_with_the_services_down() {
+    let products = products(2, SIZE_MIB);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let cache = ws.path().join("cache");
+    let want = file_sha256(&local_file(&products));
+
+    let first = mount_cached(&ws, &double, &cache);
+    assert_eq!(copy_sha(&first, &ws, "a.zip"), want);
+    first.stop();
+
+    // Catalogue, zipper and token endpoint all gone (the token is still in the token cache).
+    double.stop();
+    let second = mount_cached(&ws, &double, &cache);
+    assert_eq!(copy_sha(&second, &ws, "b.zip"), want);
+    sh(Command::new("unzip")
+        .arg("-tq")
+        .arg(second.path(&format!("{TUTORIAL_ID}.zip"))));
+    let text = second.log_text();
+    assert!(text.contains("answered from the disk cache"), "{text}");
+    second.stop();
 }
