@@ -126,3 +126,52 @@ fn cut_streams_restart_from_zero_and_bytes_stay_exact() {
     eprintln!("cut streams: {cuts} cuts, {} GETs", zipper_gets(&log).len());
     drop(mount);
 }
+
+#[test]
+fn one_stream_fills_the_disk_cache_so_a_remount_reads_with_zero_requests() {
+    let products = products(2, SIZE_MIB);
+    let mut cfg = double_config(Some(&products));
+    cfg.faults.no_range = true;
+    let double = start_double(cfg);
+    let ws = Workspace::new();
+    let cache = ws.path().join("cache");
+    let args = [
+        "--product",
+        TUTORIAL_ID,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    let local = local_file(&products);
+    let size = std::fs::metadata(&local).unwrap().len();
+
+    // Only the last bytes are read: they wait for the whole stream, which passes every block
+    // to the disk cache on its way.
+    let first = Mount::start(&ws, &double, &args);
+    let tail = sh(Command::new("tail")
+        .arg("-c")
+        .arg("100")
+        .arg(first.path(&format!("{TUTORIAL_NAME}.zip"))));
+    let bytes = std::fs::read(&local).unwrap();
+    assert_eq!(tail.stdout, &bytes[bytes.len() - 100..]);
+    first.stop();
+    assert_eq!(full_gets(&double.log(), size), 1);
+
+    let mark = double.log().len();
+    let second = Mount::start(&ws, &double, &args);
+    let copy = ws.path().join("copy.zip");
+    sh(Command::new("cp")
+        .arg(second.path(&format!("{TUTORIAL_NAME}.zip")))
+        .arg(&copy));
+    assert_eq!(file_sha256(&copy), file_sha256(&local));
+    let log = double.log();
+    let again: Vec<_> = log[mark..]
+        .iter()
+        .filter(|e| e.service == "zipper")
+        .collect();
+    assert!(again.is_empty(), "remount made requests: {again:?}");
+    // No spool file is left behind.
+    let spool = cache.join("spool");
+    let left = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "files left in {}", spool.display());
+    second.stop();
+}
