@@ -89,6 +89,12 @@ pub struct CommonArgs {
     /// Write logs to this file instead of standard error.
     #[arg(long, global = true, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// A host a download redirect may carry the Bearer token to, besides the provider's own
+    /// domain (a name, or .example.eu for its subdomains); repeatable or comma-separated.
+    #[arg(long = "trusted-host", global = true, env = "EODATA_TRUSTED_HOSTS",
+          value_delimiter = ',', value_name = "HOST")]
+    pub trusted_hosts: Vec<String>,
 }
 
 /// Options of the mount (the default command).

@@ -137,7 +137,10 @@ impl Realm {
         }
         Ok(Realm {
             client_id: config.client_id.clone(),
-            issuer: format!("{base_url}/auth/realms/Creodias-new"),
+            issuer: match config.mode {
+                crate::Mode::Creodias => format!("{base_url}/auth/realms/Creodias-new"),
+                crate::Mode::Cdse => format!("{base_url}/auth/realms/CDSE"),
+            },
             access_lifetime: config.access_lifetime,
             refresh_lifetime: config.refresh_lifetime,
             lockout_after: config.lockout_after,

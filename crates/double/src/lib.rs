@@ -39,6 +39,26 @@ pub use log::LogEntry;
 pub const CREODIAS_CLIENT_ID: &str = "CLOUDFERRO_PUBLIC";
 /// Keycloak realm path of CREODIAS; the CDSE realm (`CDSE`) is served too.
 pub const TOKEN_PATH: &str = "/auth/realms/Creodias-new/protocol/openid-connect/token";
+/// The client id of CDSE's public OpenID client (protocol.md, "Identity").
+pub const CDSE_CLIENT_ID: &str = "cdse-public";
+/// Keycloak realm path of CDSE.
+pub const CDSE_TOKEN_PATH: &str = "/auth/realms/CDSE/protocol/openid-connect/token";
+
+/// Which service the double plays. Both serve every path; the mode decides what a client
+/// meets on the way, so one client can be tested against each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// CREODIAS: realm `Creodias-new`, client `CLOUDFERRO_PUBLIC`, downloads answered where
+    /// they are asked.
+    #[default]
+    Creodias,
+    /// Copernicus Data Space Ecosystem: realm `CDSE`, client `cdse-public` (set by
+    /// [`Config::cdse`]), and every OData download asked at 127.0.0.1 (playing the catalogue
+    /// host) is redirected to `localhost` (playing the download host), as CDSE redirects from
+    /// its catalogue host to its download host. A client passing `Authorization: Bearer` must
+    /// carry it across that hop itself (HTTP clients drop it), or meet 401 "Token not found".
+    Cdse,
+}
 
 /// One account of the fake Keycloak realm.
 #[derive(Clone, Debug)]
@@ -122,6 +142,8 @@ pub struct Config {
     pub log_path: Option<PathBuf>,
     /// 0 picks any free port.
     pub port: u16,
+    /// Which service the double plays.
+    pub mode: Mode,
 }
 
 impl Default for Config {
@@ -137,6 +159,7 @@ impl Default for Config {
             seed: 0,
             log_path: None,
             port: 0,
+            mode: Mode::Creodias,
         }
     }
 }
@@ -148,6 +171,13 @@ impl Config {
             users: vec![User::new(user, password, secret)],
             ..Config::default()
         }
+    }
+
+    /// Builder-style helper: play CDSE ([`Mode::Cdse`], client id `cdse-public`).
+    pub fn cdse(mut self) -> Config {
+        self.mode = Mode::Cdse;
+        self.client_id = CDSE_CLIENT_ID.to_string();
+        self
     }
 
     /// Builder-style helper: serve products from `dir`.
@@ -255,9 +285,19 @@ impl Double {
         self.inner.shared.port
     }
 
-    /// `{base}/auth/realms/Creodias-new/protocol/openid-connect/token`
+    /// `{base}/auth/realms/Creodias-new/protocol/openid-connect/token`, or the `CDSE` realm's in
+    /// [`Mode::Cdse`].
     pub fn token_url(&self) -> String {
-        format!("{}{}", self.base_url(), TOKEN_PATH)
+        let path = match self.inner.shared.mode {
+            Mode::Creodias => TOKEN_PATH,
+            Mode::Cdse => CDSE_TOKEN_PATH,
+        };
+        format!("{}{}", self.base_url(), path)
+    }
+
+    /// The mode the double was started in.
+    pub fn mode(&self) -> Mode {
+        self.inner.shared.mode
     }
 
     /// `{base}/odata/v1/Products({id})/$value`: `{id}` is left for the caller to fill.

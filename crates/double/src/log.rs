@@ -46,6 +46,9 @@ pub struct LogEntry {
     pub bytes_sent: u64,
     /// `jti` of the token used (zipper) or issued (token endpoint).
     pub token_id: Option<String>,
+    /// How a zipper request carried its token: `"query"` (`?token=`) or `"bearer"`.
+    #[serde(default)]
+    pub token_via: Option<String>,
 }
 
 /// The in-memory log plus the optional JSON-lines file.

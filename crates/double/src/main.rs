@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use fake_creodias::{Config, Double, Faults, User};
+use fake_creodias::{Config, Double, Faults, Mode, User};
 
 #[derive(Parser)]
 #[command(
@@ -49,9 +49,14 @@ struct ServeArgs {
     /// Base32 TOTP secret of the account.
     #[arg(long)]
     totp_secret: Vec<String>,
-    /// OpenID client id that logins must send.
-    #[arg(long, default_value = fake_creodias::CREODIAS_CLIENT_ID)]
-    client_id: String,
+    /// OpenID client id that logins must send (default: CLOUDFERRO_PUBLIC, with --cdse
+    /// cdse-public).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Play CDSE: realm CDSE, client cdse-public, OData downloads at 127.0.0.1 redirected to
+    /// localhost (catalogue host -> download host).
+    #[arg(long)]
+    cdse: bool,
     /// Access token lifetime in seconds (fractions allowed).
     #[arg(long, default_value_t = 300.0)]
     access_lifetime: f64,
@@ -143,9 +148,15 @@ fn config(a: ServeArgs) -> anyhow::Result<Config> {
         .zip(&a.totp_secret)
         .map(|((u, p), s)| User::new(u, p, s))
         .collect();
+    let (mode, default_client) = if a.cdse {
+        (Mode::Cdse, fake_creodias::CDSE_CLIENT_ID)
+    } else {
+        (Mode::Creodias, fake_creodias::CREODIAS_CLIENT_ID)
+    };
     Ok(Config {
         users,
-        client_id: a.client_id,
+        mode,
+        client_id: a.client_id.unwrap_or_else(|| default_client.to_string()),
         access_lifetime: secs(a.access_lifetime, "--access-lifetime")?,
         refresh_lifetime: secs(a.refresh_lifetime, "--refresh-lifetime")?,
         lockout_after: a.lockout_after,

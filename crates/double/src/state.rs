@@ -17,6 +17,7 @@ use crate::{Config, Faults};
 
 pub(crate) struct Shared {
     pub base_url: String,
+    pub mode: crate::Mode,
     pub port: u16,
     pub faults: Mutex<Faults>,
     pub rng: Mutex<StdRng>,
@@ -39,6 +40,7 @@ impl Shared {
         let log = Log::new(config.log_path.as_deref())?;
         let realm = Realm::new(&config, &base_url)?;
         Ok(Shared {
+            mode: config.mode,
             base_url,
             port,
             faults: Mutex::new(config.faults.clone()),

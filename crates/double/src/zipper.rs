@@ -114,24 +114,31 @@ fn too_many(shared: &Shared) -> Response<Body> {
 }
 
 /// The access token of a request: `?token=` first, then `Authorization: Bearer`.
+#[cfg(test)]
 fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    token_and_way(headers, query).map(|(t, _)| t)
+}
+
+/// The access token and how it came: `"query"` or `"bearer"` (logged as `token_via`).
+fn token_and_way(headers: &HeaderMap, query: Option<&str>) -> Option<(String, &'static str)> {
     if let Some(q) = query {
         for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
             if k == "token" && !v.is_empty() {
-                return Some(v.into_owned());
+                return Some((v.into_owned(), "query"));
             }
         }
     }
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = auth.trim().split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
-        .then(|| token.trim().to_string())
+        .then(|| (token.trim().to_string(), "bearer"))
 }
 
-/// Where `redirect_downloads` sends an OData-form download asked at 127.0.0.1: the same path
-/// and query at `localhost` (the "download host").
+/// Where `redirect_downloads` (and CDSE mode) sends an OData-form download asked at 127.0.0.1:
+/// the same path and query at `localhost` (the "download host").
 fn redirect_target(shared: &Shared, headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
-    if !shared.faults().redirect_downloads || !uri.path().starts_with("/odata/") {
+    let redirect = shared.faults().redirect_downloads || shared.mode == crate::Mode::Cdse;
+    if !redirect || !uri.path().starts_with("/odata/") {
         return None;
     }
     let host = headers.get(header::HOST)?.to_str().ok()?;
@@ -175,9 +182,12 @@ pub(crate) async fn download(
     let user = if shared.faults().no_auth {
         ANONYMOUS.to_string()
     } else {
-        let checked = match token_of(headers, query) {
+        let checked = match token_and_way(headers, query) {
             None => Err("no_token"),
-            Some(t) => shared.auth.lock().unwrap().check_access(&t),
+            Some((t, way)) => {
+                entry.token_via = Some(way.to_string());
+                shared.auth.lock().unwrap().check_access(&t)
+            }
         };
         match checked {
             Ok((user, jti)) => {
