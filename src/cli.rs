@@ -92,8 +92,13 @@ pub struct CommonArgs {
 
     /// A host a download redirect may carry the Bearer token to, besides the provider's own
     /// domain (a name, or .example.eu for its subdomains); repeatable or comma-separated.
-    #[arg(long = "trusted-host", global = true, env = "EODATA_TRUSTED_HOSTS",
-          value_delimiter = ',', value_name = "HOST")]
+    #[arg(
+        long = "trusted-host",
+        global = true,
+        env = "EODATA_TRUSTED_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
     pub trusted_hosts: Vec<String>,
 }
 

@@ -106,6 +106,7 @@ pub fn zipper(
         eodata_config::Provider::Creodias => vec![".creodias.eu".into(), ".cloudferro.com".into()],
         eodata_config::Provider::Cdse => vec![".dataspace.copernicus.eu".into()],
     };
-    cfg.trusted_hosts.extend(common.trusted_hosts.iter().cloned());
+    cfg.trusted_hosts
+        .extend(common.trusted_hosts.iter().cloned());
     Ok(Arc::new(Zipper::new(cfg, tokens, http_client(common)?)))
 }
