@@ -4,9 +4,11 @@
 //! A [`Prefetcher`] is made per open handle. Each read is classified ([`Access`]) against where
 //! the previous read ended:
 //! - **Sequential** (starts where the last one ended): the read-ahead window starts at one
-//!   block and doubles each time the reader enters a new block, up to a cap. Growth is tied to
-//!   bytes consumed, not to the number of reads, so the kernel's first 16 KiB + 128 KiB reads of a
-//!   small zip member (a manifest, an XML) do not trigger a 32 MiB download.
+//!   block and doubles each time the reader enters a new block, up to a cap; nothing is read
+//!   ahead until the reader has left the block its stream began in. Growth is tied to bytes consumed, not to the number of reads, so the
+//!   kernel's first 16 KiB + 128 KiB reads of a small zip member (a manifest, an XML, GDAL
+//!   reading a 400 KiB GeoTIFF inside a 1 GiB zip) do not trigger a download of the blocks after
+//!   it: a reader that stays inside one block costs that block and nothing more.
 //! - **Near-sequential** (a short hop back or forward): the window is kept but does not grow.
 //!   The kernel issues readahead reads concurrently (`FUSE_ASYNC_READ`) and they can arrive out of
 //!   order, up to its readahead size (128 KiB by default, 1 MiB with `read_ahead_kb` raised);
@@ -139,6 +141,9 @@ struct State {
     next_offset: Option<u64>,
     /// Read-ahead window in blocks past the block being read; 0: no read-ahead.
     window: u64,
+    /// The block the current stream began in: read-ahead waits until the reader has left it,
+    /// so a reader that stays inside one block (a small zip member) costs that block only.
+    stream_block: u64,
     /// First block this handle's read-ahead has not asked for yet.
     ahead_next: u64,
     /// Read-ahead blocks not yet arrived (the bound on requests in flight).
@@ -277,7 +282,10 @@ impl<S: RangeSource> Prefetcher<S> {
         }
         let bs = self.cache.block_size();
         match access {
-            Access::Sequential if state.window == 0 => state.window = self.limits.initial_blocks,
+            Access::Sequential if state.window == 0 => {
+                state.window = self.limits.initial_blocks;
+                state.stream_block = offset / bs;
+            }
             Access::Sequential => {
                 // Grow once per block entered, i.e. per block's worth of bytes consumed.
                 let entered_new_block = offset == 0 || (end - 1) / bs > (offset - 1) / bs;
@@ -301,7 +309,7 @@ impl<S: RangeSource> Prefetcher<S> {
     /// Starts read-ahead of the blocks after `last_block`, within the window and the bounds.
     fn read_ahead(&self, state: &mut State, last_block: u64) {
         state.pending.retain(|h| !h.is_ready());
-        if state.window == 0 {
+        if state.window == 0 || last_block <= state.stream_block {
             return;
         }
         let total = self.cache.block_count(self.size);

@@ -208,6 +208,21 @@ async fn prefetch_classifies_accesses() {
 }
 
 #[tokio::test]
+async fn prefetch_small_member_inside_one_block_fetches_only_that_block() {
+    // GDAL reading a 400 KiB GeoTIFF stored near the start of a zip, through the kernel's
+    // growing reads (which run past the member's end): one block, no read-ahead after it.
+    let size = 64 * MIB;
+    let (src, cache, data) = setup(size, CacheConfig::default());
+    let reader = Prefetcher::new(cache, "p", size, PrefetchConfig::default());
+    for (offset, len) in [(0, 32 * KIB), (32 * KIB, 128 * KIB), (160 * KIB, 256 * KIB)] {
+        let got = reader.read(offset, len).await.unwrap();
+        assert_eq!(got, data.slice(offset as usize..(offset + len) as usize));
+    }
+    reader.read(416 * KIB, 512 * KIB).await.unwrap();
+    assert_eq!(src.stats().bytes, MIB, "{:?}", src.log());
+}
+
+#[tokio::test]
 async fn prefetch_off_fetches_only_what_is_read() {
     let size = 8 * MIB;
     let (src, cache, data) = setup(size, CacheConfig::default());
