@@ -179,6 +179,10 @@ mod tests {
             }
             Ok((name == "S2A_X").then(meta))
         }
+
+        async fn query(&self, _: &str, _: usize) -> Result<Vec<ProductMeta>, FsError> {
+            Ok(Vec::new())
+        }
     }
 
     #[tokio::test]
