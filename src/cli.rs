@@ -39,6 +39,14 @@ pub enum Command {
     Token,
     /// Download products (by Name, Name without .SAFE, or UUID) as <Name>.zip.
     Download(DownloadArgs),
+    /// Print a shell completion script, e.g. eodata-mount completions bash >
+    /// /etc/bash_completion.d/eodata-mount.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. eodata-mount man > /usr/local/share/man/man1/eodata-mount.1.
+    Man,
 }
 
 /// Options of every command: credentials, services, logging.

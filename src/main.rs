@@ -4,6 +4,8 @@
 //! - the mount (default command): [`mount`] over [`fs`] and the [`fuse`] adapter;
 //! - `token`: print a valid access token;
 //! - `download`: [`download`], the tutorial's job in one command.
+//! - `completions SHELL` and `man`: generated from the clap definitions in [`cli`];
+//! - the mount helper's form (`eodata-mount SOURCE MOUNTPOINT -o ...`): rewritten by [`helper`].
 //!
 //! The stack each command needs (settings, token manager, catalogue, zipper client) is built in
 //! [`stack`].
@@ -13,6 +15,7 @@ mod cli;
 mod download;
 mod fs;
 mod fuse;
+mod helper;
 mod logging;
 mod mount;
 mod mountpoint;
@@ -25,7 +28,8 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `mount -t fuse.eodata-mount` calls us as `eodata-mount SOURCE MOUNTPOINT -o OPTS`.
+    let cli = match Cli::try_parse_from(helper::rewrite(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -38,6 +42,15 @@ fn main() -> ExitCode {
         Some(Command::Download(args)) => {
             stack::runtime().and_then(|rt| rt.block_on(download::run(&cli.common, args)))
         }
+        Some(Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "eodata-mount", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Man) => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map(|_| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
         None => mount::run(&cli),
     };
     match result {
