@@ -47,10 +47,15 @@ fn main() -> ExitCode {
             clap_complete::generate(*shell, &mut cmd, "eodata-mount", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Man) => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-            .render(&mut std::io::stdout())
-            .map(|_| ExitCode::SUCCESS)
-            .map_err(anyhow::Error::from),
+        Some(Command::Man) => {
+            match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+            {
+                // `eodata-mount man | head` is not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
         None => mount::run(&cli),
     };
     match result {
