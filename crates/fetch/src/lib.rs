@@ -4,6 +4,10 @@
 //! - `zipper`: the HTTP client: ranged GETs with the token from [`eodata_auth::TokenSource`],
 //!   retries, resume of cut bodies, 401 -> renew once and retry, 429 -> back off; a shared
 //!   connection budget. Implements [`RangeSource`].
+//! - `spool`: for products whose server ignores Range, one stream from byte 0 shared by all
+//!   readers, spooled to a file; reads are served as the bytes arrive. Passes Range through.
+//! - `disk`: the persistent disk cache (`--cache-dir`): verified block files and product info
+//!   across mounts; passes everything through without a directory.
 //! - `cache`: fixed-size aligned blocks in an LRU bounded in bytes; concurrent readers of one
 //!   block share one fetch.
 //! - `prefetch`: one per open file; detects sequential reading and reads ahead in parallel.
