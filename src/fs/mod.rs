@@ -34,7 +34,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use eodata_fetch::cache::BlockCache;
@@ -293,17 +293,6 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         }
     }
 
-    /// Fetches every query's listing (at mount time: a filter the catalogue refuses fails the
-    /// mount, and the first `ls` finds the listing ready). Returns (directory, products).
-    pub async fn refresh_queries(&self) -> Result<Vec<(String, usize)>, FsError> {
-        let mut out = Vec::new();
-        for dir in self.queries.values() {
-            let entries = self.listing(dir, true).await?;
-            out.push((dir.spec.name.clone().unwrap_or_default(), entries.len()));
-        }
-        Ok(out)
-    }
-
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         if let Some(dir) = self.queries.get(&parent) {
@@ -382,68 +371,6 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         let node = table.insert(meta, size, name);
         table.list_in_root(&node);
         Ok(Some(node))
-    }
-
-    /// A query directory's entries, fetched first when never fetched, or when `refresh` and
-    /// older than the listing TTL. A failed refetch keeps the old entries.
-    async fn listing(
-        &self,
-        dir: &QueryDir,
-        refresh: bool,
-    ) -> Result<Arc<BTreeMap<String, u64>>, FsError> {
-        let mut listing = dir.listing.lock().await;
-        let due = if refresh {
-            listing.stale(self.config.listing_ttl)
-        } else {
-            listing.fetched_at.is_none()
-        };
-        if !due {
-            return Ok(listing.entries.clone());
-        }
-        let started = Instant::now();
-        match self
-            .resolver
-            .query(&dir.spec.filter, self.config.max_results)
-            .await
-        {
-            Ok(found) => {
-                if found.len() >= self.config.max_results {
-                    tracing::warn!(
-                        "query {:?} stopped at --max-results {}: raise it or narrow the filter",
-                        dir.spec.filter,
-                        self.config.max_results
-                    );
-                }
-                let mut entries = BTreeMap::new();
-                let mut table = self.inodes.lock().unwrap();
-                for meta in found {
-                    let id = meta.id.clone();
-                    let node = table.insert(meta, None, &id);
-                    entries.insert(node.file_name(), node.ino);
-                }
-                drop(table);
-                tracing::info!(
-                    "query {:?}: {} products in {:.2} s",
-                    dir.spec.filter,
-                    entries.len(),
-                    started.elapsed().as_secs_f64()
-                );
-                listing.entries = Arc::new(entries);
-                listing.fetched_at = Some(Instant::now());
-                listing.fetched_wall = Some(SystemTime::now());
-                Ok(listing.entries.clone())
-            }
-            Err(e) if listing.fetched_at.is_some() => {
-                let msg = format!("query {:?}: {e}; keeping the old listing", dir.spec.filter);
-                tracing::warn!("{msg}");
-                self.note_error(&msg);
-                Ok(listing.entries.clone())
-            }
-            Err(e) => {
-                self.note_error(&format!("query {:?}: {e}", dir.spec.filter));
-                Err(e)
-            }
-        }
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
@@ -710,30 +637,6 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         *self.last_error.lock().unwrap() = Some((SystemTime::now(), msg.to_string()));
     }
 
-    /// The status report now.
-    pub fn status_text(&self) -> String {
-        let extra = match &*self.status_source.lock().unwrap() {
-            Some(f) => f(),
-            None => String::new(),
-        };
-        let open_files = self
-            .handles
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|h| matches!(***h, Open::Product { .. }))
-            .count();
-        let last_error = self.last_error.lock().unwrap().clone();
-        status::render(
-            self.created,
-            &self.stats,
-            open_files,
-            self.cache.stats(),
-            last_error.as_ref(),
-            &extra,
-        )
-    }
-
     /// A directory's attributes; a query directory's mtime is when its listing was fetched.
     fn dir_attr(&self, ino: u64) -> Attr {
         let mtime = match self.queries.get(&ino) {
@@ -751,19 +654,6 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             mtime,
             perm: 0o555,
             exact: true,
-        }
-    }
-
-    /// The status file's attributes: the size of a report rendered now (read with direct I/O,
-    /// so a later, longer report is still read to its end).
-    fn status_attr(&self) -> Attr {
-        Attr {
-            ino: STATUS_INO,
-            kind: Kind::File,
-            size: self.status_text().len() as u64,
-            mtime: SystemTime::now(),
-            perm: 0o444,
-            exact: false,
         }
     }
 

@@ -7,12 +7,18 @@
 //! and a listing being paged through by the kernel never changes under it (each opendir gets
 //! its own snapshot, see `Fs::opendir`).
 //!
+//! This file holds the `Fs` methods that fetch listings ([`Fs::refresh_queries`], `listing`).
+//!
 //! A refetch that fails keeps the old listing (logged), so a catalogue outage does not empty a
 //! directory that tools are working in; without an old listing the error reaches the caller.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use eodata_fetch::RangeSource;
+
+use super::{Fs, FsError, Resolver};
 
 /// One `--query` as given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +96,81 @@ impl Listing {
     /// Whether an `ls` now should refetch.
     pub fn stale(&self, ttl: Duration) -> bool {
         self.fetched_at.is_none_or(|t| t.elapsed() >= ttl)
+    }
+}
+
+impl<R: Resolver, S: RangeSource> Fs<R, S> {
+    /// Fetches every query's listing (at mount time: a filter the catalogue refuses fails the
+    /// mount, and the first `ls` finds the listing ready). Returns (directory, products).
+    pub async fn refresh_queries(&self) -> Result<Vec<(String, usize)>, FsError> {
+        let mut out = Vec::new();
+        for dir in self.queries.values() {
+            let entries = self.listing(dir, true).await?;
+            out.push((dir.spec.name.clone().unwrap_or_default(), entries.len()));
+        }
+        Ok(out)
+    }
+
+    /// A query directory's entries, fetched first when never fetched, or when `refresh` and
+    /// older than the listing TTL. A failed refetch keeps the old entries.
+    pub(super) async fn listing(
+        &self,
+        dir: &QueryDir,
+        refresh: bool,
+    ) -> Result<Arc<BTreeMap<String, u64>>, FsError> {
+        let mut listing = dir.listing.lock().await;
+        let due = if refresh {
+            listing.stale(self.config.listing_ttl)
+        } else {
+            listing.fetched_at.is_none()
+        };
+        if !due {
+            return Ok(listing.entries.clone());
+        }
+        let started = Instant::now();
+        match self
+            .resolver
+            .query(&dir.spec.filter, self.config.max_results)
+            .await
+        {
+            Ok(found) => {
+                if found.len() >= self.config.max_results {
+                    tracing::warn!(
+                        "query {:?} stopped at --max-results {}: raise it or narrow the filter",
+                        dir.spec.filter,
+                        self.config.max_results
+                    );
+                }
+                let mut entries = BTreeMap::new();
+                let mut table = self.inodes.lock().unwrap();
+                for meta in found {
+                    let id = meta.id.clone();
+                    let node = table.insert(meta, None, &id);
+                    entries.insert(node.file_name(), node.ino);
+                }
+                drop(table);
+                tracing::info!(
+                    "query {:?}: {} products in {:.2} s",
+                    dir.spec.filter,
+                    entries.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                listing.entries = Arc::new(entries);
+                listing.fetched_at = Some(Instant::now());
+                listing.fetched_wall = Some(SystemTime::now());
+                Ok(listing.entries.clone())
+            }
+            Err(e) if listing.fetched_at.is_some() => {
+                let msg = format!("query {:?}: {e}; keeping the old listing", dir.spec.filter);
+                tracing::warn!("{msg}");
+                self.note_error(&msg);
+                Ok(listing.entries.clone())
+            }
+            Err(e) => {
+                self.note_error(&format!("query {:?}: {e}", dir.spec.filter));
+                Err(e)
+            }
+        }
     }
 }
 

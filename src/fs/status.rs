@@ -15,8 +15,9 @@ use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use eodata_fetch::cache::CacheStats;
+use eodata_fetch::RangeSource;
 
-use super::FsStats;
+use super::{Attr, Fs, FsStats, Kind, Open, Resolver, STATUS_INO};
 
 /// The file's name in the root.
 pub const STATUS_FILE: &str = ".eodata-status";
@@ -71,4 +72,43 @@ pub fn render(
         None => s.push_str("last_error: none\n"),
     }
     s
+}
+
+impl<R: Resolver, S: RangeSource> Fs<R, S> {
+    /// The status report now.
+    pub fn status_text(&self) -> String {
+        let extra = match &*self.status_source.lock().unwrap() {
+            Some(f) => f(),
+            None => String::new(),
+        };
+        let open_files = self
+            .handles
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|h| matches!(***h, Open::Product { .. }))
+            .count();
+        let last_error = self.last_error.lock().unwrap().clone();
+        render(
+            self.created,
+            &self.stats,
+            open_files,
+            self.cache.stats(),
+            last_error.as_ref(),
+            &extra,
+        )
+    }
+
+    /// The status file's attributes: the size of a report rendered now (read with direct I/O,
+    /// so a later, longer report is still read to its end).
+    pub(super) fn status_attr(&self) -> Attr {
+        Attr {
+            ino: STATUS_INO,
+            kind: Kind::File,
+            size: self.status_text().len() as u64,
+            mtime: SystemTime::now(),
+            perm: 0o444,
+            exact: false,
+        }
+    }
 }
