@@ -1,6 +1,7 @@
 //! `eodata-mount download`: the tutorial's whole job, in one command that resumes and checks.
 //!
-//! Each product is fetched with parallel ranged requests through the same zipper client the
+//! Each product is fetched with parallel ranged requests (or, from a server that ignores Range,
+//! one stream from the end of the `.part`) through the same zipper client the
 //! mount uses (token renewal, retries, resume of cut bodies, back-off on 429), into
 //! `<file>.part`, then renamed. Chunks are fetched in parallel but written in order, so the
 //! `.part` file is always a correct prefix of the product: after Ctrl-C or SIGKILL the next run
@@ -20,7 +21,7 @@ use md5::{Digest, Md5};
 
 use crate::cli::{CommonArgs, DownloadArgs};
 use crate::stack::{self, Client};
-use eodata_fetch::{FetchError, RangeSource};
+use eodata_fetch::{FetchError, RangeSource, RangeSupport};
 
 /// Bytes per ranged request. 8 MiB amortises a request's round trip (even at 30 ms latency and
 /// 20 MB/s the overhead is under 10%) while `max_connections` of them in memory stay small.
@@ -185,28 +186,41 @@ async fn one(
     let start = Instant::now();
     let resumed_from = have;
 
-    let chunks = (have..info.size)
-        .step_by(CHUNK as usize)
-        .map(|a| a..(a + CHUNK).min(info.size));
-    let id = product.id.clone();
-    let mut stream = futures::stream::iter(chunks)
-        .map(|r| {
-            let (zipper, id) = (zipper.clone(), id.clone());
-            async move { zipper.get_range(&id, r).await }
-        })
-        .buffered(zipper_parallelism(zipper));
-    while let Some(chunk) = stream.next().await {
-        let bytes = chunk.map_err(|e| match e {
-            FetchError::RangeIgnored(_) => anyhow::anyhow!(
-                "the download service ignores Range requests for this product, so it cannot be fetched in parts; {e}"
-            ),
-            e => anyhow::Error::new(e),
-        })?;
-        file.write_all(&bytes)
-            .with_context(|| format!("cannot write {}", part.display()))?;
-        hasher.update(&bytes);
-        have += bytes.len() as u64;
-        bar.set_position(have);
+    // Servers that ignore Range (answer 200 to a ranged GET) get one stream instead.
+    let mut ranged = info.ranges == RangeSupport::Honoured;
+    if ranged {
+        let chunks = (have..info.size)
+            .step_by(CHUNK as usize)
+            .map(|a| a..(a + CHUNK).min(info.size));
+        let id = product.id.clone();
+        let mut stream = futures::stream::iter(chunks)
+            .map(|r| {
+                let (zipper, id) = (zipper.clone(), id.clone());
+                async move { zipper.get_range(&id, r).await }
+            })
+            .buffered(zipper_parallelism(zipper));
+        while let Some(chunk) = stream.next().await {
+            let bytes = match chunk {
+                Err(FetchError::RangeIgnored(_)) => {
+                    ranged = false;
+                    break;
+                }
+                chunk => chunk?,
+            };
+            append(&mut file, &part, &mut hasher, &bytes)?;
+            have += bytes.len() as u64;
+            bar.set_position(have);
+        }
+    }
+    if !ranged && have < info.size {
+        // From the end of the .part: on the wire from byte 0, what is had is skipped.
+        tracing::info!(id = %product.id, from = have, "the server ignores Range: one stream");
+        let mut stream = zipper.stream_from(&product.id, have).await?;
+        while let Some(bytes) = stream.next_chunk().await? {
+            append(&mut file, &part, &mut hasher, &bytes)?;
+            have += bytes.len() as u64;
+            bar.set_position(have);
+        }
     }
     file.sync_all()?;
     drop(file);
@@ -242,6 +256,19 @@ async fn one(
         }
     ));
     Ok(Outcome::Downloaded(dest))
+}
+
+/// Appends bytes to the .part file and the running MD5.
+fn append(
+    file: &mut std::fs::File,
+    part: &Path,
+    hasher: &mut Md5,
+    bytes: &[u8],
+) -> anyhow::Result<()> {
+    file.write_all(bytes)
+        .with_context(|| format!("cannot write {}", part.display()))?;
+    hasher.update(bytes);
+    Ok(())
 }
 
 fn zipper_parallelism(zipper: &Client) -> usize {

@@ -185,3 +185,34 @@ fn one_stream_fills_the_disk_cache_so_a_remount_reads_with_zero_requests() {
     assert_eq!(left, 0, "files left in {}", spool.display());
     second.stop();
 }
+
+#[test]
+fn download_streams_once_and_resumes_a_part_from_a_server_that_ignores_range() {
+    let products = products(2, SIZE_MIB);
+    let mut cfg = double_config(Some(&products));
+    cfg.faults.no_range = true;
+    let double = start_double(cfg);
+    let ws = Workspace::new();
+    let local = local_file(&products);
+    let size = std::fs::metadata(&local).unwrap().len();
+    // A .part from an earlier run holding the first 5 MiB: the stream skips them.
+    std::fs::create_dir_all(ws.path().join("out")).unwrap();
+    let bytes = std::fs::read(&local).unwrap();
+    std::fs::write(
+        ws.path()
+            .join("out")
+            .join(format!("{TUTORIAL_NAME}.zip.part")),
+        &bytes[..5 << 20],
+    )
+    .unwrap();
+    let out = ws.run(&double, &["download", TUTORIAL_ID, "-o", "out"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = ws.path().join("out").join(format!("{TUTORIAL_NAME}.zip"));
+    assert_eq!(file_sha256(&saved), file_sha256(&local));
+    let log = double.log();
+    assert_eq!(full_gets(&log, size), 1, "one stream");
+}
