@@ -586,7 +586,13 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
                     "read of {} at {offset} (+{len}) failed: {e}",
                     node.meta.name
                 );
-                tracing::error!("{msg}");
+                // A refused login fails every read alike and the zipper has said why once;
+                // a line per read would bury it (readers retry).
+                if matches!(e, FetchError::Auth(eodata_auth::AuthError::Refused { .. })) {
+                    tracing::debug!("{msg}");
+                } else {
+                    tracing::error!("{msg}");
+                }
                 self.note_error(&msg);
                 Err(e.into())
             }
