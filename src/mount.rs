@@ -43,9 +43,16 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let common = &cli.common;
     let settings = stack::settings(common)?;
     let tokens = stack::token_manager(common, &settings)?;
-    // Log in before mounting: wrong credentials must fail here, with nothing mounted.
-    rt.block_on(tokens.token())
-        .context("cannot log in, so nothing was mounted")?;
+    // Log in before mounting: wrong credentials must fail here, with nothing mounted. With a
+    // --cache-dir, an unreachable token endpoint is not fatal: cached products read offline.
+    match rt.block_on(tokens.token()) {
+        Err(e @ eodata_auth::AuthError::Unavailable { .. }) if cli.mount.cache_dir.is_some() => {
+            tracing::warn!("{e}; mounting anyway: products in the disk cache read offline");
+        }
+        r => {
+            r.context("cannot log in, so nothing was mounted")?;
+        }
+    }
     let catalogue = stack::catalogue(common, &settings)?;
     let zipper = stack::zipper(common, &settings, tokens.clone())?;
     // Servers that ignore Range are streamed once and spooled, under the block cache;

@@ -181,3 +181,27 @@ fn a_cached_product_reads_with_the_services_down() {
     assert!(text.contains("answered from the disk cache"), "{text}");
     second.stop();
 }
+
+#[test]
+fn a_cached_product_mounts_and_reads_offline_after_the_token_expired() {
+    let products = products(2, SIZE_MIB);
+    let mut cfg = double_config(Some(&products));
+    cfg.access_lifetime = std::time::Duration::from_secs(2);
+    cfg.refresh_lifetime = std::time::Duration::from_secs(3);
+    let double = start_double(cfg);
+    let ws = Workspace::new();
+    let cache = ws.path().join("cache");
+    let want = file_sha256(&local_file(&products));
+
+    let first = mount_cached(&ws, &double, &cache);
+    assert_eq!(copy_sha(&first, &ws, "a.zip"), want);
+    first.stop();
+    // Every token in the token cache has expired, and nothing answers.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    double.stop();
+    let second = mount_cached(&ws, &double, &cache);
+    assert_eq!(copy_sha(&second, &ws, "b.zip"), want);
+    let text = second.log_text();
+    assert!(text.contains("mounting anyway"), "{text}");
+    second.stop();
+}
