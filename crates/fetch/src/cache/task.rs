@@ -78,10 +78,15 @@ pub(super) async fn run_fetch<S: RangeSource>(
             if blocks.end - blocks.start == 1 {
                 return Arc::from([data]);
             }
-            // Copy each block out of the run so that evicting one really frees its bytes
-            // (slices would pin the whole run's allocation); a memcpy is cheap next to the network.
-            data.chunks(bs as usize)
-                .map(Bytes::copy_from_slice)
+            // Each block is a slice of the run's one buffer: no copy, no second allocation. A
+            // run's buffer is freed once all its blocks are evicted; runs are at most
+            // MAX_REQUEST_BYTES of read-ahead or of one read, inserted together and consumed in
+            // order, so they leave the LRU together too. Copying each block out (as before) cost
+            // ~20% of the mount's CPU on a loopback `cp` of 1 GiB (0.74-1.0 s -> 0.65-0.70 s),
+            // much of it page faults on the fresh copies.
+            (0..data.len())
+                .step_by(bs as usize)
+                .map(|from| data.slice(from..(from + bs as usize).min(data.len())))
                 .collect()
         });
     {
