@@ -18,11 +18,25 @@ pub type Client = Zipper<Arc<TokenManager>>;
 /// The tokio runtime. Four workers: the FUSE adapter's tasks mostly wait on the network, so
 /// a few threads serve many concurrent reads, and two cores gain nothing from more.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    big_buffers_get_their_own_mappings();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// Buffers of a cache block (1 MiB) or more are mapped on their own and unmapped when freed.
+/// glibc's default threshold rises as big buffers are freed, after which freed blocks and
+/// request buffers stay in per-thread arenas: scripts/bench P6 (peak RSS of the mount during a
+/// 1 GiB `cp`, 256 MiB cache) measured ~450-500 MB without this and ~305 MB with it. Called
+/// before the runtime starts its threads.
+fn big_buffers_get_their_own_mappings() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter, under glibc's own locks.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 /// Flags > environment > secrets.conf > provider defaults, validated.
