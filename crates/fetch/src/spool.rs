@@ -17,7 +17,9 @@
 //!   re-used and never re-served from another offset;
 //! - with a [`BlockSink`] (the disk cache), every completed aligned block is also handed to it
 //!   as the stream passes, so a product streamed once is in the disk cache whole, even the
-//!   parts nobody read; once complete, the spool is dropped and later reads come from the sink.
+//!   parts nobody read; once complete, the spool is dropped and later reads come from the sink;
+//! - without a sink, complete spools are kept for later reads, at most [`MAX_IDLE_SPOOLS`] of
+//!   them (least recently used dropped first).
 //!
 //! Products whose server honours Range pass straight through to the source below.
 //!
@@ -29,6 +31,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -109,6 +112,8 @@ pub struct StreamFallback<S> {
     inner: Arc<S>,
     config: SpoolConfig,
     spools: Arc<Mutex<HashMap<String, Arc<Spool>>>>,
+    /// Orders spools by last use.
+    clock: AtomicU64,
 }
 
 /// What the stream of one product has done so far.
@@ -128,7 +133,15 @@ struct Spool {
     size: u64,
     file: Arc<std::fs::File>,
     progress: watch::Sender<Progress>,
+    /// Ticks of the layer's clock at the last read, for dropping the least recently used.
+    last_used: AtomicU64,
 }
+
+/// Spools kept without a sink, besides ones still streaming: each is a whole product on disk
+/// (often a GiB), and reads of a recent one are served from the memory cache above anyway;
+/// four cover a user switching between a few products. A dropped spool costs a new stream
+/// if its product is read again.
+pub const MAX_IDLE_SPOOLS: usize = 4;
 
 /// Counters for tests and `status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -145,6 +158,7 @@ impl<S: StreamSource> StreamFallback<S> {
             inner: Arc::new(inner),
             config,
             spools: Arc::default(),
+            clock: AtomicU64::new(0),
         }
     }
 
@@ -163,7 +177,30 @@ impl<S: StreamSource> StreamFallback<S> {
 
     fn spool(&self, id: &str) -> Option<Arc<Spool>> {
         let spools = self.spools.lock().unwrap_or_else(|p| p.into_inner());
-        spools.get(id).cloned()
+        let spool = spools.get(id).cloned()?;
+        spool.last_used.store(self.tick(), Ordering::Relaxed);
+        Some(spool)
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Drops the least recently used complete spools past [`MAX_IDLE_SPOOLS`] (their files go
+    /// when the last reader holding one finishes).
+    fn trim(spools: &mut HashMap<String, Arc<Spool>>) {
+        let mut idle: Vec<(u64, String)> = spools
+            .iter()
+            .filter(|(_, s)| !s.progress.borrow().running)
+            .map(|(id, s)| (s.last_used.load(Ordering::Relaxed), id.clone()))
+            .collect();
+        if idle.len() <= MAX_IDLE_SPOOLS {
+            return;
+        }
+        idle.sort();
+        for (_, id) in &idle[..idle.len() - MAX_IDLE_SPOOLS] {
+            spools.remove(id);
+        }
     }
 
     /// The product's spool, made if it does not exist yet.
@@ -185,7 +222,9 @@ impl<S: StreamSource> StreamFallback<S> {
             size,
             file: Arc::new(file),
             progress: watch::Sender::new(Progress::default()),
+            last_used: AtomicU64::new(self.tick()),
         });
+        Self::trim(&mut spools);
         spools.insert(id.to_string(), Arc::clone(&spool));
         Ok(spool)
     }

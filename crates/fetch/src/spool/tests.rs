@@ -272,3 +272,38 @@ async fn out_of_range_and_empty_reads() {
         Err(FetchError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn without_a_sink_only_the_most_recently_used_complete_spools_are_kept() {
+    let products: Vec<(String, Bytes)> = (0..6)
+        .map(|i| (format!("p{i}"), product(100_000, i)))
+        .collect();
+    let refs: Vec<(&str, Bytes)> = products
+        .iter()
+        .map(|(id, b)| (id.as_str(), b.clone()))
+        .collect();
+    let server = NoRangeServer::new(RangeMode::Ignore, &refs);
+    let fb = StreamFallback::new(server, SpoolConfig::default());
+    for (id, data) in &products {
+        assert_eq!(fb.get_range(id, 0..10).await.unwrap(), data.slice(0..10));
+        // p0 stays in use.
+        fb.get_range("p0", 5..6).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Four idle spools at most, plus the one made last; p0, used throughout, is among them.
+    assert_eq!(fb.stats().spools, MAX_IDLE_SPOOLS + 1);
+    let streams = fb.source().streams.load(Ordering::Relaxed);
+    fb.get_range("p0", 0..10).await.unwrap();
+    fb.get_range("p5", 0..10).await.unwrap();
+    assert_eq!(
+        fb.source().streams.load(Ordering::Relaxed),
+        streams,
+        "kept ones need no stream"
+    );
+    // p1 was dropped: reading it again streams it again, still exact.
+    assert_eq!(
+        fb.get_range("p1", 7..9).await.unwrap(),
+        products[1].1.slice(7..9)
+    );
+    assert_eq!(fb.source().streams.load(Ordering::Relaxed), streams + 1);
+}
