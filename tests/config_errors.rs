@@ -6,13 +6,32 @@ mod support;
 use support::*;
 
 fn fails_with(ws: &Workspace, double: &fake_creodias::Double, args: &[&str], needles: &[&str]) {
+    fails_in_lines(ws, double, args, needles, 1);
+}
+
+/// `download` says what failed per product, then sums up: two lines for one product.
+fn download_fails_with(
+    ws: &Workspace,
+    double: &fake_creodias::Double,
+    args: &[&str],
+    needles: &[&str],
+) {
+    fails_in_lines(ws, double, args, needles, 2);
+}
+
+fn fails_in_lines(
+    ws: &Workspace,
+    double: &fake_creodias::Double,
+    args: &[&str],
+    needles: &[&str],
+    lines: usize,
+) {
     let out = ws.run(double, args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} should fail");
-    assert_eq!(
-        err.trim().lines().count(),
-        1,
-        "one line for {args:?}: {err}"
+    assert!(
+        (1..=lines).contains(&err.trim().lines().count()),
+        "at most {lines} lines for {args:?}: {err}"
     );
     for n in needles {
         assert!(err.contains(n), "{args:?}: {err:?} should mention {n:?}");
@@ -89,4 +108,86 @@ fn bad_mountpoints_fail_before_login_and_leave_nothing_mounted() {
     );
     fails_with(&ws, &double, &["/proc"], &["already mounted"]);
     assert!(password_logins(&double.log()).is_empty());
+}
+
+#[test]
+fn unreadable_config_and_empty_password() {
+    let double = start_double(double_config(None));
+    let ws = Workspace::new();
+    // Root reads any file whatever its mode; a directory cannot be read by anyone.
+    let dir = ws.path().join("conf.d");
+    std::fs::create_dir(&dir).unwrap();
+    fails_with(
+        &ws,
+        &double,
+        &["token", "--config", dir.to_str().unwrap()],
+        &[dir.to_str().unwrap()],
+    );
+    ws.write_secrets(&format!(
+        "[login]\nuser = {USER}\npassword =\ntotp_secret = {TOTP_SECRET}\n"
+    ));
+    fails_with(
+        &ws,
+        &double,
+        &["token"],
+        &[ws.secrets().to_str().unwrap(), "password"],
+    );
+    assert!(password_logins(&double.log()).is_empty());
+}
+
+#[test]
+fn unknown_products_and_garbage_from_each_service() {
+    let products = products(1, 1);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let out = ws.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let out = out.to_str().unwrap();
+    let unknown = "S2B_MSIL1C_20990101T000000_N0000_R000_T00AAA_20990101T000000.SAFE";
+    download_fails_with(
+        &ws,
+        &double,
+        &["download", unknown, "-q", "-o", out],
+        &[unknown],
+    );
+
+    // The token endpoint answers an HTML page.
+    double.set_faults(fake_creodias::Faults {
+        garbage_token: true,
+        ..Default::default()
+    });
+    fails_with(&ws, &double, &["token", "--no-token-cache"], &["token"]);
+
+    // The catalogue answers an HTML page.
+    double.set_faults(fake_creodias::Faults {
+        garbage_catalogue: true,
+        ..Default::default()
+    });
+    download_fails_with(
+        &ws,
+        &double,
+        &["download", TUTORIAL_NAME, "-q", "-o", out],
+        &["catalogue"],
+    );
+
+    // Every download fails with an HTML error page instead of zipper's JSON.
+    double.set_faults(fake_creodias::Faults {
+        garbage_zipper_errors: true,
+        fail_rate: 1.0,
+        ..Default::default()
+    });
+    download_fails_with(
+        &ws,
+        &double,
+        &[
+            "download",
+            TUTORIAL_ID,
+            "-q",
+            "-o",
+            out,
+            "--read-timeout",
+            "2",
+        ],
+        &["503"],
+    );
 }
