@@ -540,4 +540,131 @@ mod tests {
             assert!(!m.contains("secret-looking-value"), "{m}");
         }
     }
+
+    /// A seeded xorshift: the same 20,000 inputs on every run, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Random and mutated token-endpoint answers (valid ones with a byte changed, cut, a value
+    /// swapped for an extreme one, JWTs with garbage payloads) never panic `classify` or
+    /// `jwt_exp`; they give a grant or an error.
+    #[test]
+    fn token_answers_never_panic_on_random_or_mutated_json() {
+        const VALUES: &[&str] = &[
+            "0",
+            "-1",
+            "1e400",
+            "-1e400",
+            "1.5",
+            "18446744073709551616",
+            "null",
+            "true",
+            "\"\"",
+            "\"Bearer\"",
+            "[]",
+            "{}",
+            "\"\\u0000\"",
+            "\"\u{e9}\u{1F600}\"",
+            "3.2e9",
+            "1e-300",
+            "1e300",
+        ];
+        const PIECES: &[&str] = &[
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"",
+            "\\",
+            "access_token",
+            "expires_in",
+            "refresh_token",
+            "refresh_expires_in",
+            "token_type",
+            "error",
+            "error_description",
+            ".",
+            "eyJ",
+            "=",
+            "\u{0}",
+            "\u{ff}",
+        ];
+        let mut rng = Rng(0x5eed_cafe_f00d_0001);
+        let jwts = [
+            jwt(1_000_000),
+            jwt(0),
+            "a.b.c".to_string(),
+            format!("x.{}.y", b64("{\"exp\":1e999}")),
+        ];
+        for i in 0..20_000u32 {
+            let access = &jwts[rng.below(jwts.len())];
+            let valid = format!(
+                r#"{{"access_token":"{access}","expires_in":300,"refresh_token":"r","refresh_expires_in":1800,"token_type":"Bearer"}}"#
+            );
+            let error =
+                r#"{"error":"invalid_grant","error_description":"Invalid user credentials"}"#;
+            let mut body: Vec<u8> = if i % 2 == 0 {
+                valid.into_bytes()
+            } else {
+                error.as_bytes().to_vec()
+            };
+            for _ in 0..rng.below(4) + 1 {
+                match rng.below(5) {
+                    0 if !body.is_empty() => {
+                        let at = rng.below(body.len());
+                        body.truncate(at);
+                    }
+                    1 if !body.is_empty() => {
+                        let at = rng.below(body.len());
+                        body[at] = rng.next() as u8;
+                    }
+                    2 => {
+                        let at = rng.below(body.len() + 1);
+                        let piece = PIECES[rng.below(PIECES.len())].as_bytes();
+                        body.splice(at..at, piece.iter().copied());
+                    }
+                    3 => {
+                        // Swap the value after some ':' for an extreme one.
+                        let colons: Vec<usize> =
+                            (0..body.len()).filter(|&j| body[j] == b':').collect();
+                        if let Some(&c) = colons.get(rng.below(colons.len().max(1))) {
+                            let end = (c + 1..body.len())
+                                .find(|&j| body[j] == b',' || body[j] == b'}')
+                                .unwrap_or(body.len());
+                            let v = VALUES[rng.below(VALUES.len())].as_bytes();
+                            body.splice(c + 1..end, v.iter().copied());
+                        }
+                    }
+                    _ => {
+                        let n = rng.below(64);
+                        body = (0..n).map(|_| rng.next() as u8).collect();
+                    }
+                }
+            }
+            let status = [200u16, 201, 400, 401, 403, 429, 500, 503][rng.below(8)];
+            let mut a = answer(status, "");
+            a.body = body.clone();
+            if rng.below(2) == 0 {
+                a.retry_after =
+                    Some(String::from_utf8_lossy(&body[..body.len().min(8)]).into_owned());
+            }
+            let offset = (rng.below(2) == 0).then_some(crate::clock::ServerOffset::ZERO);
+            let _ = classify(&a, offset);
+            let _ = jwt_exp(&String::from_utf8_lossy(&body));
+            let _ = jwt_exp(&format!("h.{}.s", b64(&String::from_utf8_lossy(&body))));
+        }
+    }
 }
