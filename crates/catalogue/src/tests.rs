@@ -559,3 +559,140 @@ fn normalise_drops_zip_and_lowercases_uuids() {
     assert_eq!(normalise(".zip"), "");
     assert_eq!(normalise("é"), "é");
 }
+
+/// A seeded xorshift: the same inputs on every run, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// 20,000 mutations of a real-looking search answer (values swapped for other types and
+/// extremes, strings cut or given odd characters, bytes changed, structure broken) go through
+/// what a catalogue answer goes through, the page, each entry and its dates: an error or a
+/// product, never a panic.
+#[test]
+fn catalogue_answers_never_panic_on_mutated_json() {
+    use serde_json::Value;
+    const ODD: &[&str] = &[
+        "",
+        "2018-09-27T05:12:21.024000Z",
+        "2018-02-30T05:12:21Z",
+        "9999-12-31T23:59:60.999999999999+23:59",
+        "0000-01-01T00:00:00-99:99",
+        "2018-09-27T05:12:21.\u{e9}Z",
+        "2018-09-27\u{1F600}05:12:21Z",
+        "2018-09-27T05:12:2",
+        "S2A.SAFE.zip",
+        "\u{0}",
+        "db0c8ef3-8ec0-5185-a537-812dad3c58f8",
+    ];
+    let base = serde_json::json!({
+        "@odata.context": "$metadata#Products",
+        "value": [{
+            "Id": SAFE_ID,
+            "Name": SAFE,
+            "ContentType": "application/octet-stream",
+            "ContentLength": 123456789,
+            "OriginDate": "2018-09-27T07:40:07.123Z",
+            "PublicationDate": "2018-09-27T08:01:02.024000Z",
+            "ModificationDate": "2018-09-27T08:01:02+00:00",
+            "Online": true,
+            "S3Path": "/eodata/Sentinel-2/MSI/L1C/2018/09/27/x.SAFE",
+            "Checksum": [{"Value": "abc", "Algorithm": "MD5", "ChecksumDate": "2018-09-27T08:00:00Z"}],
+            "ContentDate": {"Start": "2018-09-27T05:12:21.024Z", "End": "2018-09-27T05:12:21.024Z"},
+            "Footprint": "geography'SRID=4326;POLYGON((1 2,3 4,1 2))'"
+        }],
+        "@odata.nextLink": "http://127.0.0.1:1/odata/v1/Products?$skip=1"
+    });
+    let url = url::Url::parse("http://127.0.0.1:1/odata/v1/Products").unwrap();
+    let mut rng = Rng(0x0da7_a5ee_d000_0042);
+    let odd_value = |rng: &mut Rng| -> Value {
+        match rng.below(9) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.below(2) == 0),
+            2 => serde_json::json!(rng.next() as i64),
+            3 => serde_json::json!(f64::MAX),
+            4 => serde_json::json!(-1),
+            5 => serde_json::json!([]),
+            6 => serde_json::json!({}),
+            7 => serde_json::json!(u64::MAX),
+            _ => Value::String(ODD[rng.below(ODD.len())].to_string()),
+        }
+    };
+    /// JSON pointers to every node of `v`.
+    fn paths(v: &Value, at: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, c)| {
+                paths(
+                    c,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                )
+            }),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .for_each(|(i, c)| paths(c, format!("{at}/{i}"), out)),
+            _ => {}
+        }
+        out.push(at);
+    }
+    let (mut products, mut refused) = (0, 0);
+    for i in 0..20_000u32 {
+        let mut v = base.clone();
+        for _ in 0..rng.below(4) + 1 {
+            let mut all = Vec::new();
+            paths(&v, String::new(), &mut all);
+            let at = all[rng.below(all.len())].clone();
+            let new = odd_value(&mut rng);
+            if let Some(node) = v.pointer_mut(&at) {
+                *node = new;
+            }
+        }
+        let mut text = v.to_string().into_bytes();
+        if i % 4 == 0 && !text.is_empty() {
+            let at = rng.below(text.len());
+            text[at] = rng.next() as u8;
+        }
+        let Ok(json) = serde_json::from_slice::<Value>(&text) else {
+            continue;
+        };
+        if let Ok(page) = serde_json::from_value::<WirePage>(json.clone()) {
+            for entry in page.value {
+                match to_product(entry, &url) {
+                    Ok(_) => products += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        let _ = to_product(json.clone(), &url);
+        if let Some(s) = json.as_str() {
+            let _ = normalise(s);
+        }
+    }
+    // Both outcomes were exercised, not only the first parse failing.
+    assert!(
+        products > 1000 && refused > 1000,
+        "{products} products, {refused} refused"
+    );
+    for _ in 0..20_000 {
+        let n = rng.below(40);
+        let s: String = (0..n)
+            .map(|_| {
+                let c = b"0123456789-T:.Z+ \xc3"[rng.below(17)];
+                c as char
+            })
+            .collect();
+        let _ = parse_iso8601(&s);
+        let _ = normalise(&s);
+    }
+}
