@@ -240,7 +240,7 @@ fn no_secret_in_any_output_at_any_verbosity() {
             }
         }
         for run in six_digit_runs(line) {
-            if codes.iter().any(|c| *c == run) {
+            if codes.contains(&run) {
                 hits.push(format!("a TOTP code: {line}"));
             }
         }
