@@ -320,6 +320,8 @@ fn named_queries_are_directories_and_the_status_file_reports() {
     assert!(field("cache.bytes_fetched") >= bytes.len() as u64);
     assert!(field("token.access_expires_in_secs") > 0);
     assert_eq!(field("fs.reads_in_flight"), 0);
+    assert_eq!(field("query.one.products"), 1);
+    assert_eq!(field("query.none.products"), 0);
     assert!(status.contains("last_error: none"), "{status}");
 }
 

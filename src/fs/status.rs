@@ -89,14 +89,28 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             .filter(|h| matches!(***h, Open::Product { .. }))
             .count();
         let last_error = self.last_error.lock().unwrap().clone();
-        render(
+        let mut text = render(
             self.created,
             &self.stats,
             open_files,
             self.cache.stats(),
             last_error.as_ref(),
             &extra,
-        )
+        );
+        // Query directories, by name (`/` for the root's): what they list and how old it is.
+        let mut queries: Vec<_> = self.queries.values().collect();
+        queries.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        for dir in queries {
+            let name = dir.spec.name.as_deref().unwrap_or("/");
+            // A listing being refetched right now is reported on the next read.
+            if let Ok(l) = dir.listing.try_lock() {
+                let _ = writeln!(text, "query.{name}.products: {}", l.entries.len());
+                if let Some(t) = l.fetched_at {
+                    let _ = writeln!(text, "query.{name}.age_secs: {}", t.elapsed().as_secs());
+                }
+            }
+        }
+        text
     }
 
     /// The status file's attributes: the size of a report rendered now (read with direct I/O,
