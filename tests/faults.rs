@@ -216,21 +216,20 @@ fn one_in_ten_bodies_cut_is_resumed() {
 fn bursts_of_429_with_retry_after_are_waited_out() {
     let products = products(2, BIG_MIB);
     let mut cfg = double_config(Some(&products));
-    cfg.faults.bandwidth_per_conn = Some(8_000_000);
+    cfg.faults.bandwidth_per_conn = Some(16_000_000);
     cfg.faults.rate_limit_burst = 10;
     let (double, _, _) = copy_under(&products, cfg, &[], |d| {
-        for _ in 0..3 {
-            std::thread::sleep(Duration::from_secs(2));
-            let f = d.faults();
-            d.set_faults(Faults {
-                rate_limit_burst: f.rate_limit_burst + 10,
-                ..f
-            });
-        }
+        // A second burst while the copy runs.
+        std::thread::sleep(Duration::from_millis(1500));
+        let f = d.faults();
+        d.set_faults(Faults {
+            rate_limit_burst: f.rate_limit_burst + 10,
+            ..f
+        });
     });
     let n = outcomes(&double, "429");
     eprintln!("{n} answers 429");
-    assert!(n >= 20);
+    assert!(n >= 15, "{n} answers 429");
 }
 
 #[test]
