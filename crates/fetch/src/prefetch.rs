@@ -59,9 +59,13 @@ pub const DEFAULT_MAX_WINDOW: u64 = 32 << 20;
 /// cache's own per-request cap, [`crate::cache::MAX_REQUEST_BYTES`], for the same reasons).
 pub const DEFAULT_MAX_REQUEST: u64 = crate::cache::MAX_REQUEST_BYTES;
 
-/// 1 MiB back still counts as a stream: the kernel's out-of-order async reads reach back at most
-/// its readahead size (1 MiB when raised), and zip readers step back over a local header.
-pub const DEFAULT_BACKWARD_SEEK: u64 = 1 << 20;
+/// 4 MiB back still counts as a stream: the kernel's async reads (1 MiB each with its readahead
+/// raised) can arrive swapped, and this is measured from where the latest read *ended*, so the
+/// late one starts a read size plus the gap back (2 MiB for two swapped reads; more when several
+/// are in flight); zip readers also step back over a local header. At 1 MiB, swapped reads were
+/// classified random and dropped the window mid-stream: scripts/bench P2 (1 GiB over the WAN
+/// double) then fell back to 1 MiB requests while it regrew, 63-66 MB/s; at 4 MiB, 72 MB/s.
+pub const DEFAULT_BACKWARD_SEEK: u64 = 4 << 20;
 
 /// 2 MiB forward (or anywhere inside what read-ahead already requested) still counts as a
 /// stream: out-of-order async reads reach up to 1 MiB ahead, and a reader skipping a small

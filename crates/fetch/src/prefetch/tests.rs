@@ -208,6 +208,23 @@ async fn prefetch_classifies_accesses() {
 }
 
 #[tokio::test]
+async fn prefetch_swapped_kernel_reads_keep_the_window() {
+    // The kernel's async read-ahead sends 1 MiB reads that can arrive swapped: the late one
+    // starts 2 MiB before where the other ended. That is still the stream, not a seek.
+    let size = 64 * MIB;
+    let (_src, cache, _) = setup(size, CacheConfig::default());
+    let reader = Prefetcher::new(cache, "p", size, PrefetchConfig::default());
+    reader.read(0, MIB).await.unwrap();
+    reader.read(MIB, MIB).await.unwrap();
+    let window = reader.window_bytes();
+    assert!(window > 0);
+    reader.read(3 * MIB, MIB).await.unwrap();
+    reader.read(2 * MIB, MIB).await.unwrap();
+    assert_eq!(reader.last_access(), Some(Access::NearSequential));
+    assert!(reader.window_bytes() >= window);
+}
+
+#[tokio::test]
 async fn prefetch_small_member_inside_one_block_fetches_only_that_block() {
     // GDAL reading a 400 KiB GeoTIFF stored near the start of a zip, through the kernel's
     // growing reads (which run past the member's end): one block, no read-ahead after it.
