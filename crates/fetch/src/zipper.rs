@@ -439,6 +439,7 @@ impl<T: TokenSource> Inner<T> {
         // Blocks are MiBs; a huge range grows the buffer as bytes come, not all up front.
         const MAX_PREALLOC: u64 = 64 << 20;
         let mut buf = BytesMut::with_capacity((end - start).min(MAX_PREALLOC) as usize);
+        huge_pages_for(&mut buf);
         let mut retry = RetryState::new();
         let mut pos = start;
         while pos < end {
@@ -584,5 +585,32 @@ impl<T: TokenSource> RangeSource for Zipper<T> {
 
     async fn get_range(&self, id: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
         self.inner.get_range(id, range).await
+    }
+}
+
+/// Asks the kernel to back a big, fresh response buffer with transparent huge pages (the whole
+/// 2 MiB pages inside it; a no-op where THP is off). Every body byte lands in freshly mapped
+/// memory (buffers of 1 MiB and more are mapped on their own, see `stack.rs` in the binary), and
+/// with 4 KiB pages faulting it in was about half of the mount's CPU in a loopback `cp`
+/// (scripts/bench P1 profile): 285k page faults per GiB, 88k with this.
+fn huge_pages_for(buf: &mut BytesMut) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let spare = buf.spare_capacity_mut();
+        let start = spare.as_mut_ptr() as usize;
+        let first = start.next_multiple_of(HUGE);
+        let last = (start + spare.len()) / HUGE * HUGE;
+        if last > first {
+            // SAFETY: advice on whole pages inside this buffer's own allocation; MADV_HUGEPAGE
+            // changes how they are backed, never their contents.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
     }
 }
