@@ -20,10 +20,6 @@ fn cdse_double() -> (std::path::PathBuf, fake_creodias::Double) {
     (products, double)
 }
 
-fn product_file(products: &std::path::Path, i: usize) -> std::path::PathBuf {
-    products.join(index(products)[i]["file"].as_str().unwrap())
-}
-
 /// Every download went through the redirect and was answered with a Bearer token.
 fn assert_bearer_through_redirect(log: &[LogEntry]) {
     let gets = zipper_gets(log);

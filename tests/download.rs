@@ -10,10 +10,6 @@ use support::*;
 
 const SIZE_MIB: u64 = 48;
 
-fn product_file(products: &std::path::Path, i: usize) -> std::path::PathBuf {
-    products.join(index(products)[i]["file"].as_str().unwrap())
-}
-
 #[test]
 fn two_products_in_parallel_through_expiring_tokens() {
     let products = products(2, SIZE_MIB);

@@ -11,23 +11,8 @@ use support::*;
 /// Size of the products the mount tests read (the acceptance size).
 const SIZE_MIB: u64 = 200;
 
-fn product_file(products: &std::path::Path, i: usize) -> std::path::PathBuf {
-    products.join(index(products)[i]["file"].as_str().unwrap())
-}
-
 fn name(products: &std::path::Path, i: usize) -> String {
     index(products)[i]["Name"].as_str().unwrap().to_string()
-}
-
-/// The GeoTIFF member inside the generated product.
-fn tif_member(zip: &std::path::Path) -> String {
-    let out = sh(Command::new("unzip").arg("-Z1").arg(zip));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .find(|l| l.ends_with(".tif"))
-        .expect("a .tif in the product")
-        .to_string()
 }
 
 #[test]
@@ -88,20 +73,13 @@ fn tools_read_identical_bytes_through_the_mount() {
     )));
 
     let member = tif_member(&local);
-    let gdal = |zip: &std::path::Path| {
-        let out = sh(Command::new("gdalinfo")
-            .arg("-checksum")
-            .arg(format!("/vsizip/{}/{member}", zip.display())));
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("Checksum="))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let through_mount = gdal(&file);
+    let through_mount = gdal_checksums(&file, &member);
     assert!(!through_mount.is_empty());
-    assert_eq!(through_mount, gdal(&local), "gdalinfo -checksum");
+    assert_eq!(
+        through_mount,
+        gdal_checksums(&local, &member),
+        "gdalinfo -checksum"
+    );
     let stderr = mount.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -17,28 +17,6 @@ fn local_file(products: &Path) -> std::path::PathBuf {
     products.join(index(products)[0]["file"].as_str().unwrap())
 }
 
-fn tif_member(zip: &Path) -> String {
-    let out = sh(Command::new("unzip").arg("-Z1").arg(zip));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .find(|l| l.ends_with(".tif"))
-        .expect("a .tif in the product")
-        .to_string()
-}
-
-fn gdal_checksums(zip: &Path, member: &str) -> String {
-    let out = sh(Command::new("gdalinfo")
-        .arg("-checksum")
-        .arg(format!("/vsizip/{}/{member}", zip.display())));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("Checksum="))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Zipper GETs that delivered the whole product.
 fn full_gets(log: &[LogEntry], size: u64) -> usize {
     zipper_gets(log)

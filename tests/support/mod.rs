@@ -49,6 +49,35 @@ pub fn index(dir: &Path) -> Vec<serde_json::Value> {
     v["products"].as_array().expect("products").clone()
 }
 
+/// The zip of product `i` in a generated store.
+pub fn product_file(products: &Path, i: usize) -> PathBuf {
+    products.join(index(products)[i]["file"].as_str().unwrap())
+}
+
+/// The GeoTIFF member inside a generated product.
+pub fn tif_member(zip: &Path) -> String {
+    let out = sh(Command::new("unzip").arg("-Z1").arg(zip));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find(|l| l.ends_with(".tif"))
+        .expect("a .tif in the product")
+        .to_string()
+}
+
+/// The `Checksum=` lines of `gdalinfo -checksum /vsizip/ZIP/MEMBER`.
+pub fn gdal_checksums(zip: &Path, member: &str) -> String {
+    let out = sh(Command::new("gdalinfo")
+        .arg("-checksum")
+        .arg(format!("/vsizip/{}/{member}", zip.display())));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("Checksum="))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn file_sha256(path: &Path) -> String {
     let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut h = Sha256::new();
