@@ -32,7 +32,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-pub use control::FaultsDoc;
 pub use log::LogEntry;
 
 /// The client id of CREODIAS's public OpenID client (protocol.md, "Identity").
@@ -83,8 +82,10 @@ impl User {
 }
 
 /// Fault switches. All of them can be changed while the double runs ([`Double::set_faults`]);
-/// each request reads the switches current when it starts.
-#[derive(Clone, Debug, Default)]
+/// each request reads the switches current when it starts. The control endpoint reads and writes
+/// them as JSON with these field names (`latency` as `latency_ms`); absent fields are off.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Fraction (0..=1) of zipper GETs answered 503 with a DAT-ZIP error body.
     pub fail_rate: f64,
@@ -92,6 +93,7 @@ pub struct Faults {
     /// connection is aborted, so the client sees a short body.
     pub cut_rate: f64,
     /// Added before every answer, on all services.
+    #[serde(rename = "latency_ms", with = "millis")]
     pub latency: Duration,
     /// Bytes per second per response body (zipper and files).
     pub bandwidth_per_conn: Option<u64>,
@@ -408,5 +410,20 @@ mod tests {
         fn send_sync<T: Send + Sync + Clone + 'static>() {}
         send_sync::<super::Double>();
         send_sync::<super::Faults>();
+    }
+}
+
+/// A [`Duration`] as whole milliseconds in JSON.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
     }
 }

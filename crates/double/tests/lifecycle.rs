@@ -207,6 +207,24 @@ async fn control_endpoints_flip_faults_of_a_running_process() {
     assert_eq!(r.status(), 200);
     let r = c.get(format!("{base}/download/{ID}")).send().await.unwrap();
     assert_eq!(r.status(), 503);
+    // Latency travels as whole milliseconds under `latency_ms`.
+    let r = c
+        .put(format!("{base}/_double/faults"))
+        .body(r#"{"latency_ms": 250}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let faults: serde_json::Value = c
+        .get(format!("{base}/_double/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(faults["latency_ms"], 250);
+    assert_eq!(faults["fail_rate"], 0.0, "absent switches are off");
     let r = c
         .put(format!("{base}/_double/faults"))
         .body(r#"{"bogus": 1}"#)
