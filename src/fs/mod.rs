@@ -293,14 +293,25 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         }
     }
 
+    /// The product at inode `ino`, if it is one.
+    fn node(&self, ino: u64) -> Option<Arc<ProductNode>> {
+        self.inodes.lock().unwrap().product(ino)
+    }
+
+    /// The error for using `ino` as a directory when it is not the root or a query directory.
+    fn not_a_directory(&self, ino: u64) -> FsError {
+        if self.node(ino).is_some() {
+            FsError::NotADirectory
+        } else {
+            FsError::NotFound
+        }
+    }
+
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         if let Some(dir) = self.queries.get(&parent) {
             let entries = self.listing(dir, false).await?;
-            if let Some(node) = entries
-                .get(name)
-                .and_then(|ino| self.inodes.lock().unwrap().product(*ino))
-            {
+            if let Some(node) = entries.get(name).and_then(|ino| self.node(*ino)) {
                 return Ok(self.file_attr(&node));
             }
         }
@@ -308,11 +319,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             if self.queries.contains_key(&parent) {
                 return Err(FsError::NotFound);
             }
-            return Err(if self.inodes.lock().unwrap().product(parent).is_some() {
-                FsError::NotADirectory
-            } else {
-                FsError::NotFound
-            });
+            return Err(self.not_a_directory(parent));
         }
         if name == STATUS_FILE {
             return Ok(self.status_attr());
@@ -383,7 +390,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         if self.queries.contains_key(&ino) {
             return Ok(self.dir_attr(ino));
         }
-        let node = self.inodes.lock().unwrap().product(ino);
+        let node = self.node(ino);
         node.map(|n| self.file_attr(&n)).ok_or(FsError::NotFound)
     }
 
@@ -399,11 +406,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
                     .map(|(k, v)| (k.clone(), *v)),
             );
         } else if ino != ROOT_INO {
-            return Err(if self.inodes.lock().unwrap().product(ino).is_some() {
-                FsError::NotADirectory
-            } else {
-                FsError::NotFound
-            });
+            return Err(self.not_a_directory(ino));
         }
         if ino == ROOT_INO {
             names.extend(self.query_names.iter().map(|(k, v)| (k.clone(), *v)));
@@ -442,7 +445,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             let attr = if *ino == ROOT_INO || self.queries.contains_key(ino) {
                 self.dir_attr(*ino)
             } else {
-                match self.inodes.lock().unwrap().product(*ino) {
+                match self.node(*ino) {
                     Some(node) => self.file_attr(&node),
                     None => continue,
                 }
@@ -485,12 +488,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
                 .insert(fh, Arc::new(Open::Status(text)));
             return Ok(fh);
         }
-        let node = self
-            .inodes
-            .lock()
-            .unwrap()
-            .product(ino)
-            .ok_or(FsError::NotFound)?;
+        let node = self.node(ino).ok_or(FsError::NotFound)?;
         if !node.meta.online {
             let msg = format!(
                 "{} is offline (cold storage); it cannot be read until the provider restores it",
@@ -608,12 +606,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         if ino == ROOT_INO || ino == STATUS_INO || self.queries.contains_key(&ino) {
             return Ok(Vec::new());
         }
-        let node = self
-            .inodes
-            .lock()
-            .unwrap()
-            .product(ino)
-            .ok_or(FsError::NotFound)?;
+        let node = self.node(ino).ok_or(FsError::NotFound)?;
         Ok(node.xattrs().into_iter().map(|(k, _)| k).collect())
     }
 
@@ -625,12 +618,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             }
             return Err(FsError::NoAttribute);
         }
-        let node = self
-            .inodes
-            .lock()
-            .unwrap()
-            .product(ino)
-            .ok_or(FsError::NoAttribute)?;
+        let node = self.node(ino).ok_or(FsError::NoAttribute)?;
         node.xattrs()
             .into_iter()
             .find(|(k, _)| k == name)
