@@ -20,6 +20,7 @@ pub mod generate;
 mod jwt;
 mod keycloak;
 mod log;
+mod reorder;
 mod server;
 mod state;
 mod store;
@@ -83,8 +84,10 @@ impl User {
 
 /// Fault switches. All of them can be changed while the double runs ([`Double::set_faults`]);
 /// each request reads the switches current when it starts. The control endpoint reads and writes
-/// them as JSON with these field names (`latency` as `latency_ms`); absent fields are off.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+/// them as JSON with these field names (`latency` as `latency_ms`); absent fields are off, except
+/// `no_range`, which is on: the real zipper ignores Range (docs/protocol.md), so that is what
+/// every test meets unless it asks for a Range-honouring server with `no_range: false`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Fraction (0..=1) of zipper GETs answered 503 with a DAT-ZIP error body.
@@ -92,6 +95,8 @@ pub struct Faults {
     /// Fraction (0..=1) of zipper bodies cut mid-way: about half the body is sent, then the
     /// connection is aborted, so the client sees a short body.
     pub cut_rate: f64,
+    /// The next N zipper bodies are cut half-way, like `cut_rate` but certain (counts down).
+    pub cut_next: u32,
     /// Added before every answer, on all services.
     #[serde(rename = "latency_ms", with = "millis")]
     pub latency: Duration,
@@ -99,8 +104,13 @@ pub struct Faults {
     pub bandwidth_per_conn: Option<u64>,
     /// Zipper bodies streaming at once per user; over it: 429 DAT-ZIP-100 + Retry-After.
     pub max_connections_per_user: Option<usize>,
-    /// Ignore Range headers: 200 and the whole body, like zippers reported not to honour ranges.
+    /// Ignore Range headers: 200 and the whole body, as every public report says the real
+    /// zipper does. On by default; `false` plays a server that honours Range (206).
     pub no_range: bool,
+    /// Serve each product's members in another order every other GET (same size, same
+    /// members, other bytes at most offsets): a zipper that builds its zips afresh per request
+    /// without stable bytes, so a client splicing two answers would serve a mix.
+    pub reorder_members: bool,
     /// The next N zipper requests get 429 with `Retry-After: 1` (counts down as they are served).
     pub rate_limit_burst: u32,
     /// Every refresh_token grant is refused ("Token is not active"), forcing password logins.
@@ -121,6 +131,29 @@ pub struct Faults {
     /// catalogue host redirecting to the download host. Clients that drop `Authorization` on a
     /// cross-host redirect then meet 401 "Token not found", as in the field; `?token=` survives.
     pub redirect_downloads: bool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            fail_rate: 0.0,
+            cut_rate: 0.0,
+            cut_next: 0,
+            latency: Duration::ZERO,
+            bandwidth_per_conn: None,
+            max_connections_per_user: None,
+            no_range: true,
+            reorder_members: false,
+            rate_limit_burst: 0,
+            refuse_refresh: false,
+            tamper: false,
+            garbage_token: false,
+            garbage_catalogue: false,
+            garbage_zipper_errors: false,
+            no_auth: false,
+            redirect_downloads: false,
+        }
+    }
 }
 
 /// How to start a double. `Config::default()` has no users and no products.

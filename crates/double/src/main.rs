@@ -81,9 +81,16 @@ struct ServeArgs {
     /// Fraction of zipper bodies cut half-way.
     #[arg(long, default_value_t = 0.0)]
     cut_rate: f64,
-    /// Ignore Range headers (200 and the whole body).
+    /// Honour Range headers (206). By default they are ignored (200 and the whole body), as
+    /// the real zipper does.
+    #[arg(long, conflicts_with = "no_range")]
+    range: bool,
+    /// Ignore Range headers (the default; kept so older scripts still parse).
     #[arg(long)]
     no_range: bool,
+    /// Serve members in another order every other GET (bytes not stable across requests).
+    #[arg(long)]
+    reorder_members: bool,
     /// No token needed; also serve /files/ (HTML index) for rclone/httpdirfs.
     #[arg(long)]
     no_auth: bool,
@@ -164,10 +171,12 @@ fn config(a: ServeArgs) -> anyhow::Result<Config> {
         faults: Faults {
             fail_rate: a.fail_rate,
             cut_rate: a.cut_rate,
+            cut_next: 0,
             latency: Duration::from_millis(a.latency_ms),
             bandwidth_per_conn: a.bandwidth,
             max_connections_per_user: a.max_connections,
-            no_range: a.no_range,
+            no_range: !a.range,
+            reorder_members: a.reorder_members,
             no_auth: a.no_auth,
             tamper: a.tamper,
             refuse_refresh: a.refuse_refresh,

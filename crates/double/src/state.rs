@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     clock_skew: AtomicI64,
     /// Whether `/_double/` control endpoints answer.
     control: AtomicBool,
+    /// Zipper GETs served so far, for `reorder_members` (odd ones get the reordered zip).
+    pub gets: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -53,6 +55,7 @@ impl Shared {
             active: Mutex::new(HashMap::new()),
             clock_skew: AtomicI64::new(0),
             control: AtomicBool::new(false),
+            gets: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

@@ -250,7 +250,21 @@ async fn serve_product(
         );
         return Answer::done(r, entry);
     }
-    let path = product.file.clone().expect("checked by caller");
+    let mut path = product.file.clone().expect("checked by caller");
+    if faults.reorder_members && *method == Method::GET {
+        let n = shared
+            .gets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % 2 == 1 {
+            match crate::reorder::reordered(&path) {
+                Ok(twin) => {
+                    entry.outcome = "reordered".into();
+                    path = twin;
+                }
+                Err(e) => tracing::warn!("cannot reorder {}: {e:#}", path.display()),
+            }
+        }
+    }
     let meta = match tokio::fs::metadata(&path).await {
         Ok(m) => m,
         Err(_) => {
@@ -323,7 +337,13 @@ async fn serve_product(
         entry.outcome = "max_connections".into();
         return Answer::done(too_many(shared), entry);
     };
-    let cut_after = shared.roll(faults.cut_rate).then_some(len / 2);
+    let cut_next = {
+        let mut f = shared.faults.lock().unwrap();
+        let hit = f.cut_next > 0;
+        f.cut_next = f.cut_next.saturating_sub(1);
+        hit
+    };
+    let cut_after = (shared.roll(faults.cut_rate) || cut_next).then_some(len / 2);
     let tamper_at =
         (faults.tamper && len > 0).then(|| shared.rng.lock().unwrap().random_range(0..len));
     if tamper_at.is_some() {

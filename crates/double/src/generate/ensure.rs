@@ -17,7 +17,7 @@ use super::{generate, GenerateOptions};
 
 /// Bumped whenever the bytes generated for given options change, so that [`ensure`] regenerates
 /// directories stamped by an older generator instead of serving stale products.
-const GENERATOR_VERSION: u32 = 2;
+const GENERATOR_VERSION: u32 = 3;
 /// Written last into a generated directory: the options it was made with (see [`ensure`]).
 pub(super) const STAMP_FILE: &str = ".generate-stamp.json";
 /// How long [`ensure`] waits for another generator holding the lock before generating anyway

@@ -1,6 +1,6 @@
 //! The SAFE zip: member paths of a product ([`layout`]) and the bytes of its zip.
 //!
-//! A product is a real zip with a SAFE-like tree: directory entries, small deflated XMLs
+//! A product is a real zip with a SAFE-like tree: directory entries, small XMLs
 //! (manifest, product and tile metadata, QI reports), the stored GeoTIFF when asked for, and one
 //! stored incompressible filler last, sized so the whole zip lands on the requested size (zip64
 //! only when the filler needs it). Timestamps and filler come from the product, so the bytes are
@@ -67,7 +67,7 @@ pub fn layout(name: &str) -> Result<Layout> {
         top,
     })
 }
-/// Writes the zip of one product. Small deflated XMLs and the stored GeoTIFF come first, the
+/// Writes the zip of one product. Small XMLs and the stored GeoTIFF come first, the
 /// stored filler last, sized so that the whole zip lands on `spec.size`.
 pub(super) fn write_product(
     path: &Path,
@@ -92,10 +92,11 @@ pub(super) fn write_product(
     let time =
         DateTime::from_date_and_time(y as u16, mo as u8, d as u8, h as u8, mi as u8, s as u8)
             .map_err(|e| anyhow::anyhow!("zip timestamp for {}: {e}", spec.name))?;
-    let deflated = SimpleFileOptions::default()
-        .compression_method(CompressionMethod::Deflated)
+    // Every member stored, as the real zipper serves its zips ("zero compression",
+    // docs/protocol.md): a member's bytes sit in the zip as they are in the product.
+    let stored = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
         .last_modified_time(time);
-    let stored = deflated.compression_method(CompressionMethod::Stored);
 
     // Directory entries too, as archivers write them: some readers list folders only from these.
     let dirs = [
@@ -107,7 +108,7 @@ pub(super) fn write_product(
     ];
     let mut members: Vec<&str> = Vec::new();
     for dir in &dirs {
-        zip.add_directory(dir.as_str(), deflated)?;
+        zip.add_directory(dir.as_str(), stored)?;
         members.push(dir);
     }
     let texts = [
@@ -118,7 +119,7 @@ pub(super) fn write_product(
         (&l.qi[1], qi_xml(spec, "GENERAL_QUALITY")),
     ];
     for (name, text) in &texts {
-        zip.start_file(name.as_str(), deflated)?;
+        zip.start_file(name.as_str(), stored)?;
         zip.write_all(text.as_bytes())?;
         members.push(name);
     }
