@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::spool::BlockSink;
+use crate::spool::{BlockSink, StreamClaim};
 use crate::{FetchError, ObjectInfo, RangeSource, RangeSupport};
 
 /// Block size on disk: the block cache's (1 MiB), so its aligned requests map onto whole
@@ -61,6 +61,9 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
 const MAGIC: &[u8; 8] = b"EOBLK01\n";
+/// In a product's directory: held (`flock`) by the process streaming the product whole, so
+/// every other process sharing the cache reads the blocks it lands instead of a second stream.
+const STREAM_LOCK: &str = "stream.lock";
 const HEADER: usize = 24;
 /// Layout version: a changed format goes to a new directory instead of misreading old files.
 const LAYOUT: &str = "v1";
@@ -433,6 +436,69 @@ impl BlockSink for DiskStore {
     }
     fn has_block(&self, id: &str, index: u64) -> bool {
         self.block_path(id, index).exists()
+    }
+    fn get_block(&self, id: &str, size: u64, index: u64) -> Option<Bytes> {
+        let bs = DISK_BLOCK_SIZE;
+        let len = bs.min(size.checked_sub(index.checked_mul(bs)?)?);
+        self.get(id, index, len)
+    }
+    fn claim_stream(&self, id: &str) -> Option<StreamClaim> {
+        self.claim(id)
+    }
+    fn forget(&self, id: &str) {
+        self.remove_product(id);
+    }
+}
+
+impl DiskStore {
+    /// `flock(LOCK_EX | LOCK_NB)` on `<product>/stream.lock`: `None` while another process
+    /// (or another claim here) holds it. When the lock cannot be had for another reason (a
+    /// filesystem without locks), streaming here is still right: a claim without a file.
+    fn claim(&self, id: &str) -> Option<StreamClaim> {
+        use std::os::fd::AsRawFd;
+        let dir = self.product_dir(id);
+        let file = std::fs::create_dir_all(&dir).and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(STREAM_LOCK))
+        });
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(id, error = %e, "no stream lock in the disk cache; streaming here");
+                return Some(StreamClaim(None));
+            }
+        };
+        // SAFETY: flock on a descriptor we own; released with it.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Some(StreamClaim(Some(file)));
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EWOULDBLOCK) => None,
+            _ => Some(StreamClaim(None)),
+        }
+    }
+
+    /// Deletes the product's blocks and info (its bytes changed at the source).
+    pub fn remove_product(&self, id: &str) {
+        let dir = self.product_dir(id);
+        let Ok(files) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for f in files.flatten() {
+            let path = f.path();
+            let is_block = path.extension().is_some_and(|e| e == "blk");
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if (is_block || path.file_name().is_some_and(|n| n == "info.json"))
+                && std::fs::remove_file(&path).is_ok()
+                && is_block
+            {
+                self.sub_used(len);
+            }
+        }
+        tracing::info!(id, "dropped the product's blocks from the disk cache");
     }
 }
 

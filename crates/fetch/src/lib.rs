@@ -98,4 +98,12 @@ pub enum FetchError {
     },
     #[error("unexpected answer from the download service: {0}")]
     Protocol(String),
+    /// This machine failed: a spool or cache file could not be written or read (a full
+    /// `$TMPDIR`, a read-only cache dir), not the service.
+    #[error("local storage error: {0}")]
+    Local(String),
+    /// Two answers for one product carried different bytes (another build of its zip): what
+    /// was received cannot be continued with the new answer.
+    #[error("the download service sent other bytes for the same product: {0}")]
+    Changed(String),
 }

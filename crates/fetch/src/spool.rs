@@ -51,11 +51,14 @@ pub trait ChunkStream: Send + 'static {
 pub trait StreamSource: RangeSource {
     type Stream: ChunkStream;
     /// The product from `offset` to its end. Where the server cannot start at `offset`, the
-    /// implementation reads from 0 and drops the bytes before it.
+    /// implementation reads from 0 and drops the bytes before it. `tail` holds the caller's
+    /// bytes just before `offset`; an implementation that can check them against its source
+    /// (the zipper does) refuses to continue a product whose bytes changed.
     fn stream_from(
         &self,
         id: &str,
         offset: u64,
+        tail: Bytes,
     ) -> impl Future<Output = Result<Self::Stream, FetchError>> + Send;
 }
 
@@ -71,8 +74,9 @@ impl<T: TokenSource> StreamSource for Zipper<T> {
         &self,
         id: &str,
         offset: u64,
+        tail: Bytes,
     ) -> impl Future<Output = Result<Self::Stream, FetchError>> + Send {
-        Zipper::stream_from(self, id, offset)
+        Zipper::stream_after(self, id, offset, tail)
     }
 }
 
@@ -82,8 +86,9 @@ impl<S: StreamSource> StreamSource for Arc<S> {
         &self,
         id: &str,
         offset: u64,
+        tail: Bytes,
     ) -> impl Future<Output = Result<Self::Stream, FetchError>> + Send {
-        (**self).stream_from(id, offset)
+        (**self).stream_from(id, offset, tail)
     }
 }
 
@@ -96,7 +101,29 @@ pub trait BlockSink: Send + Sync + 'static {
     fn put_block(&self, id: &str, size: u64, index: u64, data: &[u8]);
     /// Whether block `index` is held (cheap, unverified: used only to drop the spool early).
     fn has_block(&self, id: &str, index: u64) -> bool;
+    /// Block `index` of `id` (of `size` bytes), verified, if held. Blocking.
+    fn get_block(&self, _id: &str, _size: u64, _index: u64) -> Option<Bytes> {
+        None
+    }
+    /// The right to stream `id` among every process sharing this sink: `None` while another
+    /// process holds it (that one streams; this one reads its blocks as they land). The claim
+    /// ends when the returned value is dropped, or with its process. Blocking.
+    fn claim_stream(&self, _id: &str) -> Option<StreamClaim> {
+        Some(StreamClaim::default())
+    }
+    /// Drops every block of `id`: its bytes changed at the source. Blocking.
+    fn forget(&self, _id: &str) {}
 }
+
+/// Held while this process streams a product for every process sharing the sink (see
+/// [`BlockSink::claim_stream`]); for the disk cache, an open file with an exclusive `flock`,
+/// which the kernel releases whichever way the process ends.
+#[derive(Default)]
+pub struct StreamClaim(pub Option<std::fs::File>);
+
+/// How often a process waiting on another's stream looks for new blocks: each look is a few
+/// `stat`s, and a reader waits at most this long behind the bytes on disk.
+pub const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Where spool files go and where blocks are handed.
 #[derive(Clone, Default)]
@@ -127,6 +154,8 @@ struct Progress {
     error: Option<FetchError>,
     /// Streams started (the first one included).
     streams: u64,
+    /// Bytes come from another process's stream, through the sink.
+    following: bool,
 }
 
 struct Spool {
@@ -135,6 +164,26 @@ struct Spool {
     progress: watch::Sender<Progress>,
     /// Ticks of the layer's clock at the last read, for dropping the least recently used.
     last_used: AtomicU64,
+}
+
+impl Spool {
+    /// The spooled bytes just before `pos` (up to [`crate::zipper::SPLICE_CHECK`]), for the
+    /// source to check its next answer against.
+    async fn tail(&self, pos: u64) -> Result<Bytes, FetchError> {
+        let n = pos.min(crate::zipper::SPLICE_CHECK as u64) as usize;
+        if n == 0 {
+            return Ok(Bytes::new());
+        }
+        let file = Arc::clone(&self.file);
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, pos - n as u64)
+                .map(|_| Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| FetchError::Local(format!("spool task failed: {e}")))?
+        .map_err(|e| FetchError::Local(format!("cannot read the spool: {e}")))
+    }
 }
 
 /// Spools kept without a sink, besides ones still streaming: each is a whole product on disk
@@ -213,7 +262,7 @@ impl<S: StreamSource> StreamFallback<S> {
         std::fs::create_dir_all(&dir).ok();
         // Anonymous (unlinked) file: nothing is left behind, whatever way the process ends.
         let file = tempfile::tempfile_in(&dir).map_err(|e| {
-            FetchError::Server(format!(
+            FetchError::Local(format!(
                 "cannot create a spool file in {} for a server that ignores Range: {e}",
                 dir.display()
             ))
@@ -308,8 +357,8 @@ impl<S: StreamSource> StreamFallback<S> {
             Ok::<_, std::io::Error>(Bytes::from(buf))
         })
         .await
-        .map_err(|e| FetchError::Server(format!("spool read task failed: {e}")))?
-        .map_err(|e| FetchError::Server(format!("cannot read the spool of {id}: {e}")))
+        .map_err(|e| FetchError::Local(format!("spool read task failed: {e}")))?
+        .map_err(|e| FetchError::Local(format!("cannot read the spool of {id}: {e}")))
     }
 }
 
@@ -324,7 +373,7 @@ struct StreamTask<S> {
 
 impl<S: StreamSource> StreamTask<S> {
     async fn run(self, from: u64) {
-        let result = self.stream(from).await;
+        let result = self.stream_or_follow(from).await;
         let complete = self.spool.progress.borrow().frontier >= self.spool.size;
         self.spool.progress.send_modify(|p| {
             p.running = false;
@@ -333,6 +382,10 @@ impl<S: StreamSource> StreamTask<S> {
             }
         });
         match result {
+            Err(FetchError::Changed(why)) => {
+                tracing::error!(id = %self.id, why, "the product's bytes changed at the download service; dropping its cached bytes, reads fail until it is opened again");
+                self.forget();
+            }
             Err(e) => tracing::warn!(id = %self.id, error = %e, "stream of a product failed"),
             Ok(()) if complete => {
                 tracing::info!(id = %self.id, size = self.spool.size, "product spooled whole");
@@ -340,6 +393,96 @@ impl<S: StreamSource> StreamTask<S> {
             }
             Ok(()) => {}
         }
+    }
+
+    /// The product's bytes are not to be trusted: the spool goes (readers holding it get the
+    /// stream's error), and so do the sink's blocks.
+    fn forget(&self) {
+        {
+            let mut spools = self.spools.lock().unwrap_or_else(|p| p.into_inner());
+            if spools
+                .get(&self.id)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.spool))
+            {
+                spools.remove(&self.id);
+            }
+        }
+        if let Some(sink) = self.sink.clone() {
+            let id = self.id.clone();
+            tokio::task::spawn_blocking(move || sink.forget(&id));
+        }
+    }
+
+    /// Streams from the frontier, unless another process sharing the sink streams the product
+    /// already: then follows that stream through the sink's blocks, and takes over (from the
+    /// frontier) if the other stream ends before the product is whole.
+    async fn stream_or_follow(&self, mut from: u64) -> Result<(), FetchError> {
+        let size = self.spool.size;
+        let Some(sink) = self.sink.clone() else {
+            return self.stream(from).await;
+        };
+        let mut following = false;
+        loop {
+            from = self.catch_up(&sink, from).await?;
+            if from >= size {
+                return Ok(());
+            }
+            let (s, id) = (Arc::clone(&sink), self.id.clone());
+            let claim = tokio::task::spawn_blocking(move || s.claim_stream(&id))
+                .await
+                .map_err(|e| FetchError::Local(format!("stream claim task failed: {e}")))?;
+            if let Some(claim) = claim {
+                // The other process may have finished between our look and the claim.
+                from = self.catch_up(&sink, from).await?;
+                if from >= size {
+                    return Ok(());
+                }
+                if following {
+                    tracing::info!(id = %self.id, from, "the other process's stream ended; streaming the rest here");
+                }
+                let result = self.stream(from).await;
+                drop(claim);
+                return result;
+            }
+            if !following {
+                following = true;
+                tracing::info!(id = %self.id, "another process on this machine is streaming this product; reading its blocks from the disk cache as they land");
+                self.spool.progress.send_modify(|p| p.following = true);
+            }
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    }
+
+    /// Moves the frontier over the sink's blocks that follow it, copying them into the spool.
+    async fn catch_up(&self, sink: &Arc<dyn BlockSink>, from: u64) -> Result<u64, FetchError> {
+        let size = self.spool.size;
+        let bs = sink.block_size();
+        let (sink, id, file) = (
+            Arc::clone(sink),
+            self.id.clone(),
+            Arc::clone(&self.spool.file),
+        );
+        let progress = self.spool.progress.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut pos = from;
+            while pos < size {
+                let index = pos / bs;
+                if !sink.has_block(&id, index) {
+                    break;
+                }
+                let Some(block) = sink.get_block(&id, size, index) else {
+                    break;
+                };
+                let skip = (pos - index * bs) as usize;
+                file.write_all_at(&block[skip.min(block.len())..], pos)
+                    .map_err(|e| FetchError::Local(format!("cannot write the spool: {e}")))?;
+                pos = index * bs + block.len() as u64;
+                progress.send_modify(|p| p.frontier = pos);
+            }
+            Ok(pos)
+        })
+        .await
+        .map_err(|e| FetchError::Local(format!("spool task failed: {e}")))?
     }
 
     /// With every block in the sink, the spool is a second copy: drop it (readers holding it
@@ -361,7 +504,8 @@ impl<S: StreamSource> StreamTask<S> {
 
     async fn stream(&self, from: u64) -> Result<(), FetchError> {
         let size = self.spool.size;
-        let mut stream = self.inner.stream_from(&self.id, from).await?;
+        let tail = self.spool.tail(from).await?;
+        let mut stream = self.inner.stream_from(&self.id, from, tail).await?;
         let mut pos = from;
         // The block being filled for the sink: starts at its aligned offset, so after a restart
         // mid-block its head is read back from the spool.
@@ -376,8 +520,8 @@ impl<S: StreamSource> StreamTask<S> {
                     file.read_exact_at(&mut buf, head).map(|_| buf)
                 })
                 .await
-                .map_err(|e| FetchError::Server(format!("spool task failed: {e}")))?
-                .map_err(|e| FetchError::Server(format!("cannot read the spool: {e}")))?;
+                .map_err(|e| FetchError::Local(format!("spool task failed: {e}")))?
+                .map_err(|e| FetchError::Local(format!("cannot read the spool: {e}")))?;
                 block.extend_from_slice(&buf);
             }
         }
@@ -414,8 +558,8 @@ impl<S: StreamSource> StreamTask<S> {
                 Ok::<_, std::io::Error>(())
             })
             .await
-            .map_err(|e| FetchError::Server(format!("spool task failed: {e}")))?
-            .map_err(|e| FetchError::Server(format!("cannot write the spool: {e}")))?;
+            .map_err(|e| FetchError::Local(format!("spool task failed: {e}")))?
+            .map_err(|e| FetchError::Local(format!("cannot write the spool: {e}")))?;
             pos += len;
             self.spool.progress.send_modify(|p| p.frontier = pos);
         }

@@ -95,7 +95,12 @@ impl RangeSource for NoRangeServer {
 
 impl StreamSource for NoRangeServer {
     type Stream = MemStream;
-    async fn stream_from(&self, id: &str, offset: u64) -> Result<MemStream, FetchError> {
+    async fn stream_from(
+        &self,
+        id: &str,
+        offset: u64,
+        _tail: Bytes,
+    ) -> Result<MemStream, FetchError> {
         let data = self
             .data
             .get(id)

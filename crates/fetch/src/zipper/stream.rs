@@ -4,11 +4,20 @@
 //! A cut connection is resumed with `Range: bytes=pos-`; if the server answers that with the
 //! whole product (200), the bytes before `pos` are read and dropped, so the stream stays exact
 //! either way.
+//!
+//! Splicing two answers is safe only if they carry the same bytes, and whether the zipper builds
+//! a product's zip byte-identically for every request is not known (docs/protocol.md). So every
+//! splice is checked: the new answer must report the same size and, where both answers carry
+//! them, the same `ETag` and `Last-Modified`; and the [`SPLICE_CHECK`] bytes before the splice
+//! point must come again identically (a 200 delivers them among the skipped bytes; a ranged
+//! resume asks for them). A mismatch drops that answer and tries again (a server alternating
+//! between builds may return the first one); after [`MAX_SPLICE_MISMATCHES`] the stream fails
+//! with [`FetchError::Changed`], and nothing of the new answer is ever handed out.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use eodata_auth::TokenSource;
 use futures::Stream;
-use reqwest::header::CONTENT_RANGE;
+use reqwest::header::{HeaderMap, CONTENT_RANGE, ETAG, LAST_MODIFIED};
 use reqwest::{Method, Response, StatusCode};
 
 use super::budget::Permit;
@@ -16,6 +25,15 @@ use super::parse::parse_content_range;
 use super::request::{content_length, describe_reqwest, header_str, RangeSpec, RetryState};
 use super::Zipper;
 use crate::{FetchError, RangeSupport};
+
+/// Bytes before a splice point that a new answer must repeat exactly: 64 KiB holds several
+/// zip local headers of a product's small files and costs a ranged resume about nothing;
+/// a reordered or rebuilt zip differs there with near certainty.
+pub const SPLICE_CHECK: usize = 64 << 10;
+/// Answers in a row that disagree with the bytes already delivered before the stream gives
+/// up: a server alternating between two builds of a zip matches again on the next answer; one
+/// that rebuilt the product for good never will.
+pub const MAX_SPLICE_MISMATCHES: u32 = 4;
 
 /// A product's bytes from an offset, in order. Holds one connection of the budget while a
 /// connection is open.
@@ -28,20 +46,62 @@ pub struct ZipperStream<T: TokenSource> {
     size: Option<u64>,
     conn: Option<Conn>,
     retry: RetryState,
+    /// The last (up to [`SPLICE_CHECK`]) bytes before `pos`, as delivered (or as the caller
+    /// had them, for a stream opened mid-product).
+    tail: BytesMut,
+    /// What the first answer said of the product's build, for comparing later answers.
+    validators: Option<Validators>,
+    /// Answers dropped in a row for disagreeing with what was delivered.
+    mismatches: u32,
 }
 
 struct Conn {
     resp: Response,
     _permit: Permit,
     url: String,
-    /// Bytes still to drop before `pos` (a 200 answer starts at 0).
-    skip: u64,
+    /// Product offset of this answer's next body byte (0 for a 200).
+    at: u64,
+    /// Bytes `check_at..pos` as delivered before: the answer must repeat them.
+    check: Bytes,
+    check_at: u64,
     /// Bytes this connection delivered: a cut after some is resumed at once.
     received: u64,
 }
 
+/// `ETag` and `Last-Modified` of an answer: equal values mean the same build of the product.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Validators {
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+impl Validators {
+    fn of(h: &HeaderMap) -> Self {
+        Validators {
+            etag: header_str(h, ETAG).map(str::to_string),
+            last_modified: header_str(h, LAST_MODIFIED).map(str::to_string),
+        }
+    }
+
+    /// Whether two answers may be spliced: a validator both carry must agree.
+    fn compatible(&self, other: &Validators) -> bool {
+        let same = |a: &Option<String>, b: &Option<String>| match (a, b) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        same(&self.etag, &other.etag) && same(&self.last_modified, &other.last_modified)
+    }
+}
+
 impl<T: TokenSource> ZipperStream<T> {
-    pub(super) async fn open(zipper: Zipper<T>, id: &str, offset: u64) -> Result<Self, FetchError> {
+    /// `tail`: the bytes just before `offset` as the caller has them (up to [`SPLICE_CHECK`]
+    /// are checked against the server's answer; empty to check nothing).
+    pub(super) async fn open(
+        zipper: Zipper<T>,
+        id: &str,
+        offset: u64,
+        tail: Bytes,
+    ) -> Result<Self, FetchError> {
         let size = zipper.inner.known(id).size;
         if let Some(size) = size {
             if offset > size {
@@ -60,7 +120,12 @@ impl<T: TokenSource> ZipperStream<T> {
             size,
             conn: None,
             retry: RetryState::new(),
+            tail: BytesMut::new(),
+            validators: None,
+            mismatches: 0,
         };
+        let keep = tail.len().min(SPLICE_CHECK).min(offset as usize);
+        s.tail.extend_from_slice(&tail[tail.len() - keep..]);
         if s.size != Some(offset) {
             s.connect().await?;
         }
@@ -79,14 +144,25 @@ impl<T: TokenSource> ZipperStream<T> {
 
     /// Opens a connection that delivers bytes from `pos`; sets `size` and what to skip.
     async fn connect(&mut self) -> Result<(), FetchError> {
-        let z = &self.zipper.inner;
-        let range = (self.pos > 0).then_some(RangeSpec {
-            first: self.pos,
+        let zipper = self.zipper.clone();
+        let z = &zipper.inner;
+        let check_at = self.pos - self.tail.len() as u64;
+        let range = (check_at > 0).then_some(RangeSpec {
+            first: check_at,
             last: None,
         });
-        let ex = z
-            .exchange(&self.id, Method::GET, range, &mut self.retry)
-            .await?;
+        let parked = if check_at == 0 {
+            z.take_parked(&self.id)
+        } else {
+            None
+        };
+        let ex = match parked {
+            Some(ex) => ex,
+            None => {
+                z.exchange(&self.id, Method::GET, range, &mut self.retry)
+                    .await?
+            }
+        };
         let h = ex.resp.headers();
         let cr = header_str(h, CONTENT_RANGE).and_then(parse_content_range);
         let skip = match ex.resp.status() {
@@ -98,28 +174,26 @@ impl<T: TokenSource> ZipperStream<T> {
                         ex.url
                     )));
                 };
-                if first != self.pos {
+                if first != check_at {
                     return Err(FetchError::Protocol(format!(
-                        "asked {} for bytes from {} and got them from {first}",
-                        ex.url, self.pos
+                        "asked {} for bytes from {check_at} and got them from {first}",
+                        ex.url
                     )));
                 }
                 if let Some(t) = total {
-                    self.size = Some(t);
-                    z.learn_size(&self.id, t);
+                    self.same_size(t)?;
                 }
                 z.learn_ranges(&self.id, RangeSupport::Honoured);
-                0
+                first
             }
             StatusCode::OK => {
                 if let Some(len) = content_length(h) {
-                    self.size = Some(len);
-                    z.learn_size(&self.id, len);
+                    self.same_size(len)?;
                 }
                 if range.is_some() {
                     z.learn_ranges(&self.id, RangeSupport::Ignored);
                 }
-                self.pos
+                0
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 let size = cr.and_then(|c| c.total).or(self.size).unwrap_or(0);
@@ -140,14 +214,75 @@ impl<T: TokenSource> ZipperStream<T> {
                 )));
             }
         };
+        let validators = Validators::of(ex.resp.headers());
+        match &self.validators {
+            None => self.validators = Some(validators),
+            Some(first) if !first.compatible(&validators) => {
+                return self.mismatch(&ex.url, format!("{first:?} before, {validators:?} now"));
+            }
+            Some(_) => {}
+        }
         self.conn = Some(Conn {
             resp: ex.resp,
             _permit: ex.permit,
             url: ex.url,
-            skip,
+            at: skip,
+            check: Bytes::copy_from_slice(&self.tail),
+            check_at,
             received: 0,
         });
         Ok(())
+    }
+
+    /// A size said by an answer: the first one is learned; a later different one means another
+    /// build of the product.
+    fn same_size(&mut self, size: u64) -> Result<(), FetchError> {
+        match self.size {
+            Some(known) if known != size => Err(FetchError::Changed(format!(
+                "product {} was {known} bytes and is now {size}",
+                self.id
+            ))),
+            _ => {
+                self.size = Some(size);
+                self.zipper.inner.learn_size(&self.id, size);
+                Ok(())
+            }
+        }
+    }
+
+    /// An answer that cannot be spliced onto what was delivered: dropped; the caller connects
+    /// again, until [`MAX_SPLICE_MISMATCHES`] in a row.
+    fn mismatch(&mut self, url: &str, why: String) -> Result<(), FetchError> {
+        self.conn = None;
+        self.mismatches += 1;
+        tracing::warn!(
+            id = %self.id,
+            pos = self.pos,
+            url,
+            why,
+            "an answer of the download service differs from the bytes already received; not splicing it"
+        );
+        if self.mismatches >= MAX_SPLICE_MISMATCHES {
+            return Err(FetchError::Changed(format!(
+                "product {} came with other bytes in {} answers in a row ({why})",
+                self.id, self.mismatches
+            )));
+        }
+        Ok(())
+    }
+
+    /// Remembers delivered bytes for checking the next splice.
+    fn remember(&mut self, chunk: &[u8]) {
+        if chunk.len() >= SPLICE_CHECK {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&chunk[chunk.len() - SPLICE_CHECK..]);
+        } else {
+            self.tail.extend_from_slice(chunk);
+            if self.tail.len() > SPLICE_CHECK {
+                let _ = self.tail.split_to(self.tail.len() - SPLICE_CHECK);
+            }
+        }
     }
 
     /// The next bytes, `None` at the end of the product.
@@ -161,6 +296,11 @@ impl<T: TokenSource> ZipperStream<T> {
             }
             if self.conn.is_none() {
                 self.connect().await?;
+                if self.conn.is_none() && self.mismatches > 0 {
+                    let z = &self.zipper.inner;
+                    let why = FetchError::Changed(format!("answer for {} not spliceable", self.id));
+                    self.retry.failed(z, why, None).await?;
+                }
                 continue;
             }
             let z = &self.zipper.inner;
@@ -184,16 +324,33 @@ impl<T: TokenSource> ZipperStream<T> {
                 Ok(Ok(Some(mut chunk))) => {
                     z.stats.bytes.add(chunk.len() as u64);
                     conn.received += chunk.len() as u64;
-                    let skip = conn.skip.min(chunk.len() as u64) as usize;
-                    conn.skip -= skip as u64;
-                    let _ = chunk.split_to(skip);
+                    let at = conn.at;
+                    conn.at += chunk.len() as u64;
+                    // The part of the chunk that must repeat bytes already delivered.
+                    let (c0, c1) = (conn.check_at, conn.check_at + conn.check.len() as u64);
+                    let (o0, o1) = (at.max(c0), conn.at.min(c1));
+                    if o0 < o1 {
+                        let got = &chunk[(o0 - at) as usize..(o1 - at) as usize];
+                        let want = &conn.check[(o0 - c0) as usize..(o1 - c0) as usize];
+                        if got != want {
+                            let url = conn.url.clone();
+                            self.mismatch(&url, format!("bytes {o0}..{o1} differ"))?;
+                            continue;
+                        }
+                    }
+                    if conn.at <= self.pos {
+                        continue;
+                    }
+                    let _ = chunk.split_to(self.pos.saturating_sub(at) as usize);
                     if let Some(size) = self.size {
                         chunk.truncate(chunk.len().min((size - self.pos) as usize));
                     }
                     if chunk.is_empty() {
                         continue;
                     }
+                    self.mismatches = 0;
                     self.pos += chunk.len() as u64;
+                    self.remember(&chunk);
                     self.retry.progressed();
                     return Ok(Some(chunk));
                 }
