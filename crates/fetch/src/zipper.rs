@@ -17,13 +17,15 @@
 //! `budget` (the adaptive connection limit), `stream` (the sequential stream).
 
 mod budget;
+mod learned;
 mod parse;
 mod request;
 mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use stream::ZipperStream;
+pub use learned::PARK_FOR;
+pub use stream::{ZipperStream, MAX_SPLICE_MISMATCHES, SPLICE_CHECK};
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -193,6 +195,10 @@ pub(crate) struct Inner<T: TokenSource> {
     warned_auto_redirect: AtomicBool,
     /// The login was refused: said once in the log, since every later read fails the same way.
     warned_refused: AtomicBool,
+    /// Whether the download host honours Range (see `learned`).
+    host: learned::HostMemory,
+    /// Whole-product answers kept for the stream that will want them (see `learned`).
+    parked: Arc<learned::Parked>,
 }
 
 /// Connect timeout of [`http_client`]: a handshake slower than this is a dead route; retried.
@@ -215,6 +221,10 @@ impl<T: TokenSource> Zipper<T> {
     /// and carries a query token to any host; a warning is logged if one is detected.)
     pub fn new(cfg: ZipperConfig, tokens: T, http: reqwest::Client) -> Self {
         let budget = Budget::new(cfg.max_connections);
+        let host = url::Url::parse(&cfg.url_template.replace("{id}", "x"))
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
         Zipper {
             inner: Arc::new(Inner {
                 cfg,
@@ -226,8 +236,21 @@ impl<T: TokenSource> Zipper<T> {
                 describing: Mutex::new(HashMap::new()),
                 warned_auto_redirect: AtomicBool::new(false),
                 warned_refused: AtomicBool::new(false),
+                host: learned::HostMemory::new(host),
+                parked: Arc::default(),
             }),
         }
+    }
+
+    /// Keeps what is learned of the host's Range support in `file` (and starts from what it
+    /// says), so the next mount asks nothing it knows the answer to.
+    pub fn remember_ranges_in(&self, file: std::path::PathBuf) {
+        self.inner.host.remember_in(file);
+    }
+
+    /// Whether the download host honours Range, once an answer (or the remembered file) said.
+    pub fn host_ranges(&self) -> Option<RangeSupport> {
+        self.inner.host.ranges()
     }
 
     pub fn config(&self) -> &ZipperConfig {
@@ -252,7 +275,19 @@ impl<T: TokenSource> Zipper<T> {
     /// connections. Uses `Range: bytes=offset-` and, where the server ignores it, reads from 0
     /// and skips what is before `offset`. Holds one connection of the budget while connected.
     pub async fn stream_from(&self, id: &str, offset: u64) -> Result<ZipperStream<T>, FetchError> {
-        ZipperStream::open(self.clone(), id, offset).await
+        ZipperStream::open(self.clone(), id, offset, Bytes::new()).await
+    }
+
+    /// [`Zipper::stream_from`] for a caller that holds the bytes before `offset`: `tail` (its
+    /// last bytes, up to [`stream::SPLICE_CHECK`]) must come again identically in the server's
+    /// answer, or the answer is not used (see [`ZipperStream`]).
+    pub async fn stream_after(
+        &self,
+        id: &str,
+        offset: u64,
+        tail: Bytes,
+    ) -> Result<ZipperStream<T>, FetchError> {
+        ZipperStream::open(self.clone(), id, offset, tail).await
     }
 }
 
@@ -280,12 +315,8 @@ impl<T: TokenSource> Inner<T> {
     }
 
     fn learn_ranges(&self, id: &str, ranges: RangeSupport) {
-        self.learn(id, |k| {
-            if k.ranges != Some(ranges) && ranges == RangeSupport::Ignored {
-                tracing::info!(id, "the download service ignores Range for this product");
-            }
-            k.ranges = Some(ranges)
-        });
+        self.host.learn(ranges);
+        self.learn(id, |k| k.ranges = Some(ranges));
     }
 
     fn cached_info(&self, id: &str) -> Option<ObjectInfo> {
@@ -331,7 +362,10 @@ impl<T: TokenSource> Inner<T> {
         let mut retry = RetryState::new();
         let mut size = None;
         let mut filename = None;
-        let mut ranges = k.ranges;
+        let mut ranges = k.ranges.or(self.host.ranges());
+        if ranges == Some(RangeSupport::Ignored) {
+            return self.describe_by_stream(id, &mut retry).await;
+        }
 
         let head = self.exchange(id, Method::HEAD, None, &mut retry).await?;
         let status = head.resp.status();
@@ -360,6 +394,15 @@ impl<T: TokenSource> Inner<T> {
                 )
                 .await?;
             let h = probe.resp.headers();
+            tracing::info!(
+                url = %probe.url,
+                status = %probe.resp.status(),
+                accept_ranges = header_str(h, ACCEPT_RANGES),
+                content_range = header_str(h, CONTENT_RANGE),
+                content_length = header_str(h, reqwest::header::CONTENT_LENGTH),
+                etag = header_str(h, reqwest::header::ETAG),
+                "the download service's answer to a request for byte 0"
+            );
             filename = filename
                 .or_else(|| header_str(h, CONTENT_DISPOSITION).and_then(parse_content_disposition));
             let cr = header_str(h, CONTENT_RANGE).and_then(parse_content_range);
@@ -387,7 +430,8 @@ impl<T: TokenSource> Inner<T> {
                 s if s == StatusCode::OK => {
                     ranges = Some(RangeSupport::Ignored);
                     size = size.or_else(|| content_length(h));
-                    // Dropping the response aborts the whole-product body.
+                    // The whole product is on its way: the stream that follows takes it.
+                    self.parked.park(id, probe);
                 }
                 s => {
                     return Err(FetchError::Protocol(format!(
@@ -416,6 +460,47 @@ impl<T: TokenSource> Inner<T> {
         })
     }
 
+    /// `info` of a product on a host that ignores Range: one plain GET, whose headers say the
+    /// size and file name, and whose body is parked for the stream that follows.
+    async fn describe_by_stream(
+        &self,
+        id: &str,
+        retry: &mut RetryState,
+    ) -> Result<ObjectInfo, FetchError> {
+        let ex = self.exchange(id, Method::GET, None, retry).await?;
+        let h = ex.resp.headers();
+        if ex.resp.status() != StatusCode::OK {
+            return Err(FetchError::Protocol(format!(
+                "HTTP {} from {} to a download",
+                ex.resp.status(),
+                ex.url
+            )));
+        }
+        let size = content_length(h).ok_or_else(|| {
+            FetchError::Protocol(format!(
+                "the download service gives no size for product {id} (no Content-Length)"
+            ))
+        })?;
+        let filename = header_str(h, CONTENT_DISPOSITION).and_then(parse_content_disposition);
+        self.parked.park(id, ex);
+        self.learn_size(id, size);
+        self.learn(id, |k| {
+            k.ranges = Some(RangeSupport::Ignored);
+            k.filename = filename.clone();
+            k.described = true;
+        });
+        Ok(ObjectInfo {
+            size,
+            filename,
+            ranges: RangeSupport::Ignored,
+        })
+    }
+
+    /// The parked whole-product answer for `id`, if one waits (see `learned`).
+    pub(crate) fn take_parked(&self, id: &str) -> Option<request::Exchange> {
+        self.parked.take(id)
+    }
+
     async fn get_range(&self, id: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
         let Range { start, mut end } = range;
         if start >= end {
@@ -433,7 +518,7 @@ impl<T: TokenSource> Inner<T> {
             }
             end = end.min(size);
         }
-        if known.ranges == Some(RangeSupport::Ignored) {
+        if known.ranges.or(self.host.ranges()) == Some(RangeSupport::Ignored) {
             return Err(FetchError::RangeIgnored(id.to_string()));
         }
         // Blocks are MiBs; a huge range grows the buffer as bytes come, not all up front.
@@ -487,6 +572,10 @@ impl<T: TokenSource> Inner<T> {
                         self.learn_size(id, len);
                     }
                     self.learn_ranges(id, RangeSupport::Ignored);
+                    if pos == 0 {
+                        // The product from byte 0: the stream the layer above starts takes it.
+                        self.parked.park(id, ex);
+                    }
                     return Err(FetchError::RangeIgnored(id.to_string()));
                 }
                 StatusCode::RANGE_NOT_SATISFIABLE => {
