@@ -1,4 +1,4 @@
-//! `--cache-dir`: opening the persistent disk cache the mount's layers share, so mount.rs only
+//! The disk cache directory (`--cache-dir`, on by default under `$XDG_CACHE_HOME`): opening the persistent disk cache the mount's layers share, so mount.rs only
 //! stacks them: the block store ([`DiskStore`]) under the memory cache, and the spool of
 //! products whose server ignores Range, which goes into the same directory and hands every
 //! block it streams to the store; and the offline memory of the catalogue
@@ -16,11 +16,49 @@ use eodata_fetch::spool::{BlockSink, SpoolConfig};
 use crate::cli::MountArgs;
 use crate::fs::{FsError, ProductMeta, Resolver};
 
-/// The store of `--cache-dir`, with the budget of `--cache-dir-size`; `None` without one.
+/// Below `$XDG_CACHE_HOME` (else `~/.cache`): the disk cache when no `--cache-dir` is given.
+const DEFAULT_SUBDIR: &str = "eodata-mount";
+
+/// The default disk cache directory: `$XDG_CACHE_HOME/eodata-mount` when that is an absolute
+/// path (the XDG rule), else `$HOME/.cache/eodata-mount`; `None` without either.
+pub fn default_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = xdg.or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .map(|h| h.join(".cache"))
+    })?;
+    Some(base.join(DEFAULT_SUBDIR))
+}
+
+/// The disk cache directory this mount uses: `--cache-dir`, else the default one, unless
+/// `--no-cache-dir`.
+pub fn resolve(args: &MountArgs) -> Option<PathBuf> {
+    if args.no_cache_dir {
+        return None;
+    }
+    args.cache_dir.clone().or_else(default_dir)
+}
+
+/// The store of the cache dir, with the budget of `--cache-dir-size`; `None` without one. A
+/// default directory that cannot be made is not fatal (said once, then no disk cache); a
+/// `--cache-dir` given by the user is.
 pub fn open_store(args: &MountArgs) -> anyhow::Result<Option<Arc<DiskStore>>> {
-    let Some(dir) = &args.cache_dir else {
+    let Some(dir) = &resolve(args) else {
+        if !args.no_cache_dir {
+            tracing::warn!("no disk cache: neither XDG_CACHE_HOME nor HOME is set; give --cache-dir DIR to keep products across mounts");
+        }
         return Ok(None);
     };
+    if args.cache_dir.is_none() {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot make the default disk cache; going on without one (see --cache-dir)");
+            return Ok(None);
+        }
+    }
     let budget = match args.cache_dir_size {
         None => DiskBudget::KeepFree(KEEP_FREE),
         Some(gib) if gib.is_finite() && gib > 0.0 => {
@@ -38,11 +76,17 @@ pub fn open_store(args: &MountArgs) -> anyhow::Result<Option<Arc<DiskStore>>> {
     Ok(Some(store))
 }
 
+/// Where the zipper client remembers whether the download host honours Range, beside the
+/// store, so the next mount asks nothing it knows the answer to.
+pub fn ranges_file(store: &DiskStore) -> PathBuf {
+    store.root().join("ranges.json")
+}
+
 /// Where the spool of a no-Range product goes: into the cache dir (and its blocks into the
 /// store) when there is one, else `$TMPDIR`.
 pub fn spool_config(args: &MountArgs, store: &Option<Arc<DiskStore>>) -> SpoolConfig {
     SpoolConfig {
-        dir: args.cache_dir.as_ref().map(|d| d.join("spool")),
+        dir: store.as_ref().and(resolve(args)).map(|d| d.join("spool")),
         sink: store.clone().map(|s| s as Arc<dyn BlockSink>),
     }
 }
@@ -64,7 +108,7 @@ impl<R: Resolver> OfflineResolver<R> {
     pub fn new(inner: R, args: &MountArgs) -> Self {
         OfflineResolver {
             inner,
-            file: args.cache_dir.as_ref().map(|d| d.join(CATALOGUE_FILE)),
+            file: resolve(args).map(|d| d.join(CATALOGUE_FILE)),
         }
     }
 

@@ -134,15 +134,21 @@ pub struct MountArgs {
           value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
     pub cache_size: u64,
 
-    /// Keep product blocks on disk in DIR, across mounts (off by default; a good place is
-    /// $XDG_CACHE_HOME/eodata-mount, i.e. ~/.cache/eodata-mount). A product read whole once
-    /// reads again without a download, even offline. Several mounts may share one DIR.
+    /// Keep products on disk in DIR, across mounts and for every process of this user
+    /// (default: $XDG_CACHE_HOME/eodata-mount, else ~/.cache/eodata-mount). A product is
+    /// downloaded once per machine and then reads from disk, even offline. Several mounts may
+    /// share one DIR.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Most disk --cache-dir may use, in GiB (fractions allowed). Default: as much as leaves
+    /// No disk cache: products whose server ignores Range are spooled in $TMPDIR while the
+    /// mount runs, and downloaded again by the next mount.
+    #[arg(long, conflicts_with_all = ["cache_dir", "cache_dir_size"])]
+    pub no_cache_dir: bool,
+
+    /// Most disk the cache dir may use, in GiB (fractions allowed). Default: as much as leaves
     /// 5% of its filesystem free.
-    #[arg(long, value_name = "GIB", requires = "cache_dir")]
+    #[arg(long, value_name = "GIB")]
     pub cache_dir_size: Option<f64>,
 
     /// Let other users read the mount (needs user_allow_other in /etc/fuse.conf when not root).

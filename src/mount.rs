@@ -46,7 +46,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     // Log in before mounting: wrong credentials must fail here, with nothing mounted. With a
     // --cache-dir, an unreachable token endpoint is not fatal: cached products read offline.
     match rt.block_on(tokens.token()) {
-        Err(e @ eodata_auth::AuthError::Unavailable { .. }) if cli.mount.cache_dir.is_some() => {
+        Err(e @ eodata_auth::AuthError::Unavailable { .. })
+            if cache_dir::resolve(&cli.mount).is_some() =>
+        {
             tracing::warn!("{e}; mounting anyway: products in the disk cache read offline");
         }
         r => {
@@ -56,8 +58,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let catalogue = stack::catalogue(common, &settings)?;
     let zipper = stack::zipper(common, &settings, tokens.clone())?;
     // Servers that ignore Range are streamed once and spooled, under the block cache;
-    // --cache-dir keeps blocks (the spooled ones too) on disk across mounts.
+    // the disk cache (on by default) keeps blocks, the spooled ones too, across mounts.
     let store = cache_dir::open_store(&cli.mount)?;
+    if let Some(store) = &store {
+        zipper.remember_ranges_in(cache_dir::ranges_file(store));
+    }
     let spool = cache_dir::spool_config(&cli.mount, &store);
     let source = DiskCache::new(StreamFallback::new(zipper.clone(), spool), store);
     let cache = Arc::new(BlockCache::new(
