@@ -47,6 +47,29 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. eodata-mount man > /usr/local/share/man/man1/eodata-mount.1.
     Man,
+    /// Show or empty the disk cache (safe while mounts run: they fetch again what they miss).
+    Cache(CacheArgs),
+}
+
+/// `eodata-mount cache list|clear`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: CacheAction,
+    /// The disk cache (default: $XDG_CACHE_HOME/eodata-mount, else ~/.cache/eodata-mount).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// One line a product: UUID, bytes held of its size, whole or partial, its Name if known.
+    List,
+    /// Drop every product, or the ones named (Name or UUID).
+    Clear {
+        #[arg(value_name = "PRODUCT")]
+        products: Vec<String>,
+    },
 }
 
 /// Options of every command: credentials, services, logging.

@@ -5,11 +5,13 @@
 //! - `token`: print a valid access token;
 //! - `download`: [`download`], the tutorial's job in one command.
 //! - `completions SHELL` and `man`: generated from the clap definitions in [`cli`];
+//! - `cache list|clear`: [`cache_cmd`], the disk cache seen and emptied;
 //! - the mount helper's form (`eodata-mount SOURCE MOUNTPOINT -o ...`): rewritten by [`helper`].
 //!
 //! The stack each command needs (settings, token manager, catalogue, zipper client) is built in
 //! [`stack`].
 
+mod cache_cmd;
 mod cache_dir;
 mod cli;
 mod download;
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
             clap_complete::generate(*shell, &mut cmd, "eodata-mount", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Cache(args)) => cache_cmd::run(args),
         Some(Command::Man) => {
             match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
                 .render(&mut std::io::stdout())

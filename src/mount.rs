@@ -64,7 +64,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         zipper.remember_ranges_in(cache_dir::ranges_file(store));
     }
     let spool = cache_dir::spool_config(&cli.mount, &store);
-    let source = DiskCache::new(StreamFallback::new(zipper.clone(), spool), store);
+    let fallback = StreamFallback::new(zipper.clone(), spool);
+    let spools = fallback.monitor();
+    let disk = store.clone();
+    let source = DiskCache::new(fallback, store);
     let cache = Arc::new(BlockCache::new(
         source,
         CacheConfig {
@@ -83,7 +86,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             ..FsConfig::default()
         },
     ));
-    fs.set_status_source(status_source(tokens, zipper));
+    fs.set_status_source(status_source(tokens, zipper, spools, disk));
     let mut wanted = cli.mount.products.clone();
     if let Some(file) = &cli.mount.products_file {
         let text = std::fs::read_to_string(file)
@@ -250,7 +253,12 @@ fn query_specs(texts: &[String]) -> anyhow::Result<Vec<QuerySpec>> {
 }
 
 /// The token manager's and the download client's lines of the `.eodata-status` file.
-fn status_source(tokens: Arc<TokenManager>, zipper: Arc<stack::Client>) -> StatusSource {
+fn status_source(
+    tokens: Arc<TokenManager>,
+    zipper: Arc<stack::Client>,
+    spools: eodata_fetch::spool::SpoolMonitor,
+    disk: Option<Arc<eodata_fetch::disk::DiskStore>>,
+) -> StatusSource {
     Box::new(move || {
         use std::fmt::Write as _;
         let now = std::time::SystemTime::now();
@@ -287,6 +295,34 @@ fn status_source(tokens: Arc<TokenManager>, zipper: Arc<stack::Client>) -> Statu
         let _ = writeln!(s, "zipper.unauthorized: {}", z.unauthorized);
         let _ = writeln!(s, "zipper.throttled: {}", z.throttled);
         let _ = writeln!(s, "zipper.connection_limit: {}", z.connection_limit);
+        let ranges = match zipper.host_ranges() {
+            Some(eodata_fetch::RangeSupport::Honoured) => "honoured",
+            Some(eodata_fetch::RangeSupport::Ignored) => "ignored (products stream whole, once)",
+            None => "not known yet",
+        };
+        let _ = writeln!(s, "zipper.range: {ranges}");
+        match &disk {
+            Some(d) => {
+                let _ = writeln!(s, "disk_cache.dir: {}", d.root().display());
+                let _ = writeln!(s, "disk_cache.used_bytes: {}", d.used_bytes());
+            }
+            None => s.push_str("disk_cache.dir: none (--no-cache-dir)\n"),
+        }
+        for p in spools.progress() {
+            let what = match (p.have >= p.size, p.following, p.running) {
+                (true, _, _) => "whole",
+                (false, true, _) => "streaming whole product in another process",
+                (false, false, true) => "streaming whole product (server ignores Range)",
+                (false, false, false) => "stream stopped",
+            };
+            let _ = writeln!(
+                s,
+                "stream.{}: {what}: {} of {} MiB",
+                p.id,
+                p.have >> 20,
+                p.size >> 20
+            );
+        }
         s
     })
 }

@@ -169,3 +169,59 @@ fn an_answer_with_reordered_members_is_never_spliced() {
     );
     m.stop();
 }
+
+#[test]
+fn cache_list_shows_a_product_and_cache_clear_drops_it_while_mounted() {
+    let products = products(2, SIZE_MIB);
+    let local = product_file(&products, 0);
+    let size = std::fs::metadata(&local).unwrap().len();
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let m = Mount::start(&ws, &double, &["--product", TUTORIAL_ID]);
+    let copy = ws.path().join("copy.zip");
+    sh(Command::new("cp").arg(zip_of(&m)).arg(&copy));
+
+    let list = sh(ws.command(&double).args(["cache", "list"]));
+    let text = String::from_utf8_lossy(&list.stdout).into_owned();
+    eprintln!("{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(TUTORIAL_ID))
+        .expect("the product is listed");
+    assert!(
+        line.contains("whole") && line.contains(TUTORIAL_NAME),
+        "{line}"
+    );
+    assert!(line.contains(&format!(
+        "{:.1} of {:.1} MiB",
+        size as f64 / 1048576.0,
+        size as f64 / 1048576.0
+    )));
+
+    sh(ws.command(&double).args(["cache", "clear", TUTORIAL_NAME]));
+    let list = sh(ws.command(&double).args(["cache", "list"]));
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(TUTORIAL_ID),
+        "cleared"
+    );
+    let bad = ws
+        .command(&double)
+        .args(["cache", "clear", "S2B_NOT_THERE"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
+    m.stop();
+
+    // The next mount downloads it again, exactly.
+    let mark = double.log().len();
+    let again = Mount::start(&ws, &double, &["--product", TUTORIAL_ID]);
+    let copy2 = ws.path().join("copy2.zip");
+    sh(Command::new("cp").arg(zip_of(&again)).arg(&copy2));
+    assert_eq!(file_sha256(&copy2), file_sha256(&local));
+    assert!(
+        zipper_requests(&double.log(), mark) > 0,
+        "downloaded again after clear"
+    );
+    again.stop();
+}

@@ -450,7 +450,61 @@ impl BlockSink for DiskStore {
     }
 }
 
+/// A product held (wholly or in part) in the disk cache, for `eodata-mount cache list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedProduct {
+    pub id: String,
+    /// The download's size, when its info was saved.
+    pub size: Option<u64>,
+    /// Bytes of the product held (block payloads).
+    pub held: u64,
+    /// Every block is held.
+    pub whole: bool,
+}
+
 impl DiskStore {
+    /// Every product with a directory in the cache.
+    pub fn products(&self) -> Vec<CachedProduct> {
+        let mut out = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(&self.root) else {
+            return out;
+        };
+        for d in dirs.flatten() {
+            let dir = d.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let info = std::fs::read_to_string(dir.join("info.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+            let id = info
+                .as_ref()
+                .and_then(|v| v["id"].as_str().map(String::from))
+                .unwrap_or_else(|| d.file_name().to_string_lossy().into_owned());
+            let size = info.as_ref().and_then(|v| v["size"].as_u64());
+            let (mut held, mut blocks) = (0, 0);
+            for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if f.path().extension().is_some_and(|e| e == "blk") {
+                    held += f
+                        .metadata()
+                        .map(|m| m.len())
+                        .unwrap_or(0)
+                        .saturating_sub(HEADER as u64);
+                    blocks += 1;
+                }
+            }
+            let whole = size.is_some_and(|s| blocks == s.div_ceil(DISK_BLOCK_SIZE) && held == s);
+            out.push(CachedProduct {
+                id,
+                size,
+                held,
+                whole,
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
     /// `flock(LOCK_EX | LOCK_NB)` on `<product>/stream.lock`: `None` while another process
     /// (or another claim here) holds it. When the lock cannot be had for another reason (a
     /// filesystem without locks), streaming here is still right: a claim without a file.

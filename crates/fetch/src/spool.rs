@@ -201,7 +201,51 @@ pub struct SpoolStats {
     pub streams: u64,
 }
 
+/// Where one product's stream stands, for the status file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolProgress {
+    pub id: String,
+    /// Bytes `0..have` are here.
+    pub have: u64,
+    pub size: u64,
+    /// A stream (ours, or another process's we follow) is running.
+    pub running: bool,
+    /// The bytes come from another process's stream, through the disk cache.
+    pub following: bool,
+}
+
+/// A handle on the spools of a [`StreamFallback`], for reporting while the layer serves reads.
+#[derive(Clone)]
+pub struct SpoolMonitor(Arc<Mutex<HashMap<String, Arc<Spool>>>>);
+
+impl SpoolMonitor {
+    /// Every held spool, incomplete ones first.
+    pub fn progress(&self) -> Vec<SpoolProgress> {
+        let spools = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<SpoolProgress> = spools
+            .iter()
+            .map(|(id, s)| {
+                let p = s.progress.borrow();
+                SpoolProgress {
+                    id: id.clone(),
+                    have: p.frontier,
+                    size: s.size,
+                    running: p.running,
+                    following: p.following,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| (p.have >= p.size, p.id.clone()));
+        out
+    }
+}
+
 impl<S: StreamSource> StreamFallback<S> {
+    /// A handle for reporting progress (see [`SpoolMonitor`]).
+    pub fn monitor(&self) -> SpoolMonitor {
+        SpoolMonitor(Arc::clone(&self.spools))
+    }
+
     pub fn new(inner: S, config: SpoolConfig) -> Self {
         StreamFallback {
             inner: Arc::new(inner),
@@ -560,6 +604,15 @@ impl<S: StreamSource> StreamTask<S> {
             .await
             .map_err(|e| FetchError::Local(format!("spool task failed: {e}")))?
             .map_err(|e| FetchError::Local(format!("cannot write the spool: {e}")))?;
+            let quarter = size.div_ceil(4).max(1);
+            if pos / quarter != (pos + len) / quarter && pos + len < size {
+                tracing::info!(
+                    id = %self.id,
+                    "streaming whole product (server ignores Range): {} of {} MiB",
+                    (pos + len) >> 20,
+                    size >> 20
+                );
+            }
             pos += len;
             self.spool.progress.send_modify(|p| p.frontier = pos);
         }
