@@ -218,6 +218,7 @@ fn bursts_of_429_with_retry_after_are_waited_out() {
     let mut cfg = double_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(16_000_000);
     cfg.faults.rate_limit_burst = 10;
+    cfg.faults.retry_after_secs = Some(1);
     let (double, _, _) = copy_under(&products, cfg, &[], |d| {
         // A second burst while the copy runs.
         std::thread::sleep(Duration::from_millis(1500));

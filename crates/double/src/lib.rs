@@ -97,12 +97,26 @@ pub struct Faults {
     pub latency: Duration,
     /// Bytes per second per response body (zipper and files).
     pub bandwidth_per_conn: Option<u64>,
-    /// Zipper bodies streaming at once per user; over it: 429 DAT-ZIP-100 + Retry-After.
+    /// Zipper bodies streaming at once per user; over it: 429 DAT-ZIP-100 "Max session number
+    /// N exceeded" (with `Retry-After` only if `retry_after_secs` is set).
     pub max_connections_per_user: Option<usize>,
+    /// `Retry-After` seconds sent with the zipper's 429s. Absent by default: whether the real
+    /// zipper sends one is not known (docs/protocol.md), so clients must cope without.
+    pub retry_after_secs: Option<u64>,
     /// Ignore Range headers: 200 and the whole body, like zippers reported not to honour ranges.
     pub no_range: bool,
-    /// The next N zipper requests get 429 with `Retry-After: 1` (counts down as they are served).
+    /// The next N zipper requests get 429 (counts down as they are served).
     pub rate_limit_burst: u32,
+    /// Every access token is taken as issued to a client the zipper does not serve (as a
+    /// Sentinel Hub client's token would be): 401 DAT-ZIP-609 "Token audience not allowed".
+    pub wrong_audience: bool,
+    /// For this many milliseconds after the switches are set, every zipper request with a
+    /// valid token is refused 401 DAT-ZIP-604, as the real service is reported to do now and
+    /// then for minutes during long runs.
+    pub spurious_401_ms: u64,
+    /// Every zipper download of a valid token is refused 403 DAT-ZIP-608 "Access forbidden"
+    /// (an account not entitled, or terms not accepted).
+    pub forbidden: bool,
     /// Every refresh_token grant is refused ("Token is not active"), forcing password logins.
     pub refuse_refresh: bool,
     /// Alter one byte of every zipper/files body, for checksum tests.
@@ -328,7 +342,7 @@ impl Double {
     }
 
     pub fn set_faults(&self, f: Faults) {
-        *self.inner.shared.faults.lock().unwrap() = f;
+        self.inner.shared.set_faults(f);
     }
 
     pub fn faults(&self) -> Faults {

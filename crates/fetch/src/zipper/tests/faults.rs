@@ -104,6 +104,7 @@ async fn zipper_gives_up_on_a_failing_service_with_a_clear_error() {
 async fn zipper_honours_429_retry_after() {
     let s = setup(Faults {
         rate_limit_burst: 2,
+        retry_after_secs: Some(1),
         ..Faults::default()
     })
     .await;
@@ -175,7 +176,7 @@ async fn zipper_never_serves_wrong_bytes_when_range_is_ignored() {
     let z2 = Zipper::new(
         s.zipper.config().clone(),
         Arc::clone(&s.tokens),
-        http_client().unwrap(),
+        eodata_http::client(None).unwrap(),
     );
     assert_eq!(z2.info(id).await.unwrap().ranges, RangeSupport::Ignored);
 
