@@ -131,6 +131,11 @@ pub struct CommonArgs {
         value_name = "HOST"
     )]
     pub trusted_hosts: Vec<String>,
+
+    /// Allow a plain-http download URL to a host other than this machine. The access token
+    /// then travels in clear; without this flag such a URL is refused.
+    #[arg(long, global = true, env = "EODATA_INSECURE_HTTP")]
+    pub insecure_http: bool,
 }
 
 /// Options of the mount (the default command).

@@ -59,15 +59,10 @@ pub fn settings(common: &CommonArgs) -> anyhow::Result<Settings> {
     Ok(settings)
 }
 
-/// The HTTP client shared by every layer. Redirects are followed by the zipper client itself
-/// (it decides where a token may go), so this client follows none.
+/// The HTTP client shared by every layer: `eodata_http`'s one builder (it follows no
+/// redirects: the clients follow them, deciding where a token may go).
 pub fn http_client(common: &CommonArgs) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(common.read_timeout))
-        .user_agent(concat!("eodata-mount/", env!("CARGO_PKG_VERSION")))
-        .build()
+    eodata_http::client(Some(Duration::from_secs(common.read_timeout)))
         .context("cannot build the HTTP client")
 }
 
@@ -125,5 +120,8 @@ pub fn zipper(
     };
     cfg.trusted_hosts
         .extend(common.trusted_hosts.iter().cloned());
-    Ok(Arc::new(Zipper::new(cfg, tokens, http_client(common)?)))
+    cfg.insecure_http = common.insecure_http;
+    let zipper = Zipper::new(cfg, tokens, http_client(common)?);
+    zipper.check()?;
+    Ok(Arc::new(zipper))
 }

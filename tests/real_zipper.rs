@@ -37,7 +37,7 @@ fn zip_of(m: &Mount) -> std::path::PathBuf {
 /// No-Range double (its default) with a cap so that a product takes seconds to stream.
 fn slow_double(products: &Path) -> Double {
     let mut cfg = double_config(Some(products));
-    assert!(cfg.faults.no_range, "the double ignores Range by default");
+    assert!(!cfg.faults.range, "the double ignores Range by default");
     cfg.faults.bandwidth_per_conn = Some(24 << 20);
     start_double(cfg)
 }

@@ -1,9 +1,13 @@
 //! One GET of catalogue JSON, with what it takes to make it dependable: a timeout, retries with
 //! backoff for the failures that pass (network, 5xx, 429), redirects followed by hand (the
 //! shared HTTP client follows none, so that the download client decides where tokens go; the
-//! catalogue needs no token, so any redirect is safe to follow), and an error that names the URL.
+//! catalogue needs no token, so any redirect but a downgrade to plain http is followed), and an
+//! error that names the URL. HTTP policy itself (backoff, `Retry-After`, redirects, error text)
+//! is `eodata_http`'s.
 
 use std::time::Duration;
+
+use eodata_http::redirect::Hop;
 
 use crate::{CatalogueError, Options};
 
@@ -13,6 +17,10 @@ const MAX_REDIRECTS: usize = 5;
 /// Longest `Retry-After` honoured; a longer one is treated as this, so that a lookup from a
 /// shell fails in bounded time rather than hanging.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Longest wait between two tries of one request: a lookup from a shell should fail in
+/// seconds, not minutes.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Bytes of an error body quoted in a message: enough for an OData error's text.
 const ERROR_BODY_QUOTE: usize = 300;
@@ -48,7 +56,7 @@ pub(crate) async fn get_json(
                 tracing::debug!(%url, attempt, "catalogue request failed, retrying: {reason}");
                 retry_after
                     .map(|d| d.min(MAX_RETRY_AFTER))
-                    .unwrap_or(opts.backoff * 2u32.pow(attempt - 1))
+                    .unwrap_or_else(|| eodata_http::backoff(attempt, opts.backoff, MAX_BACKOFF))
             }
         };
         tokio::time::sleep(wait).await;
@@ -75,43 +83,32 @@ async fn once(http: &reqwest::Client, start: &url::Url, opts: &Options) -> Resul
             .send()
             .await
             .map_err(|e| Failure::Transient {
-                reason: error_chain(&e),
+                reason: eodata_http::error_chain(&e),
                 retry_after: None,
             })?;
         let status = response.status();
-        if status.is_redirection() {
-            let location = response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| url.join(l).ok());
-            match location {
-                Some(next) => {
-                    url = next;
-                    continue;
-                }
-                None => {
-                    return Err(Failure::Final(CatalogueError::Protocol {
-                        url: url.to_string(),
-                        reason: format!("HTTP {} without a usable Location", status.as_u16()),
-                    }))
-                }
+        match eodata_http::redirect::hop(&url, status, response.headers()) {
+            Ok(Hop::Stay) => {}
+            Ok(Hop::Follow { to, .. }) => {
+                url = to;
+                continue;
+            }
+            Err(reason) => {
+                return Err(Failure::Final(CatalogueError::Protocol {
+                    url: url.to_string(),
+                    reason,
+                }))
             }
         }
         if status.as_u16() == 429 || status.is_server_error() {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = eodata_http::retry_after_header(response.headers());
             return Err(Failure::Transient {
                 reason: format!("HTTP {}", status.as_u16()),
                 retry_after,
             });
         }
         let body = response.bytes().await.map_err(|e| Failure::Transient {
-            reason: format!("body cut: {}", error_chain(&e)),
+            reason: format!("body cut: {}", eodata_http::error_chain(&e)),
             retry_after: None,
         })?;
         if status.as_u16() == 404 {
@@ -150,16 +147,4 @@ fn quote_body(body: &[u8]) -> String {
     } else {
         format!("{one_line:?}")
     }
-}
-
-/// A reqwest error with its causes ("error sending request: connection refused").
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

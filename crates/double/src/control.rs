@@ -43,7 +43,7 @@ pub(crate) fn handle(
         ("GET", "faults") => json_response(StatusCode::OK, &json!(shared.faults())),
         ("PUT" | "POST", "faults") => match serde_json::from_slice::<Faults>(body) {
             Ok(doc) => {
-                *shared.faults.lock().unwrap() = doc;
+                shared.set_faults(doc);
                 ok()
             }
             Err(e) => bad(&format!("faults: {e}")),

@@ -84,10 +84,9 @@ impl User {
 
 /// Fault switches. All of them can be changed while the double runs ([`Double::set_faults`]);
 /// each request reads the switches current when it starts. The control endpoint reads and writes
-/// them as JSON with these field names (`latency` as `latency_ms`); absent fields are off, except
-/// `no_range`, which is on: the real zipper ignores Range (docs/protocol.md), so that is what
-/// every test meets unless it asks for a Range-honouring server with `no_range: false`.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+/// them as JSON with these field names (`latency` as `latency_ms`); absent fields are off (so
+/// Range is ignored, as by the real zipper, unless `range` is set).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Fraction (0..=1) of zipper GETs answered 503 with a DAT-ZIP error body.
@@ -102,17 +101,32 @@ pub struct Faults {
     pub latency: Duration,
     /// Bytes per second per response body (zipper and files).
     pub bandwidth_per_conn: Option<u64>,
-    /// Zipper bodies streaming at once per user; over it: 429 DAT-ZIP-100 + Retry-After.
+    /// Zipper bodies streaming at once per user; over it: 429 DAT-ZIP-100 "Max session number
+    /// N exceeded" (with `Retry-After` only if `retry_after_secs` is set).
     pub max_connections_per_user: Option<usize>,
-    /// Ignore Range headers: 200 and the whole body, as every public report says the real
-    /// zipper does. On by default; `false` plays a server that honours Range (206).
-    pub no_range: bool,
+    /// `Retry-After` seconds sent with the zipper's 429s. Absent by default: whether the real
+    /// zipper sends one is not known (docs/protocol.md), so clients must cope without.
+    pub retry_after_secs: Option<u64>,
+    /// Honour Range headers (206 and the bytes asked for). Off by default: every public report
+    /// says the real zipper ignores Range and sends 200 with the whole product
+    /// (docs/protocol.md), so that is what every test meets unless it asks for this.
+    pub range: bool,
     /// Serve each product's members in another order every other GET (same size, same
     /// members, other bytes at most offsets): a zipper that builds its zips afresh per request
     /// without stable bytes, so a client splicing two answers would serve a mix.
     pub reorder_members: bool,
-    /// The next N zipper requests get 429 with `Retry-After: 1` (counts down as they are served).
+    /// The next N zipper requests get 429 (counts down as they are served).
     pub rate_limit_burst: u32,
+    /// Every access token is taken as issued to a client the zipper does not serve (as a
+    /// Sentinel Hub client's token would be): 401 DAT-ZIP-609 "Token audience not allowed".
+    pub wrong_audience: bool,
+    /// For this many milliseconds after the switches are set, every zipper request with a
+    /// valid token is refused 401 DAT-ZIP-604, as the real service is reported to do now and
+    /// then for minutes during long runs.
+    pub spurious_401_ms: u64,
+    /// Every zipper download of a valid token is refused 403 DAT-ZIP-608 "Access forbidden"
+    /// (an account not entitled, or terms not accepted).
+    pub forbidden: bool,
     /// Every refresh_token grant is refused ("Token is not active"), forcing password logins.
     pub refuse_refresh: bool,
     /// Alter one byte of every zipper/files body, for checksum tests.
@@ -131,29 +145,6 @@ pub struct Faults {
     /// catalogue host redirecting to the download host. Clients that drop `Authorization` on a
     /// cross-host redirect then meet 401 "Token not found", as in the field; `?token=` survives.
     pub redirect_downloads: bool,
-}
-
-impl Default for Faults {
-    fn default() -> Self {
-        Faults {
-            fail_rate: 0.0,
-            cut_rate: 0.0,
-            cut_next: 0,
-            latency: Duration::ZERO,
-            bandwidth_per_conn: None,
-            max_connections_per_user: None,
-            no_range: true,
-            reorder_members: false,
-            rate_limit_burst: 0,
-            refuse_refresh: false,
-            tamper: false,
-            garbage_token: false,
-            garbage_catalogue: false,
-            garbage_zipper_errors: false,
-            no_auth: false,
-            redirect_downloads: false,
-        }
-    }
 }
 
 /// How to start a double. `Config::default()` has no users and no products.
@@ -361,7 +352,7 @@ impl Double {
     }
 
     pub fn set_faults(&self, f: Faults) {
-        *self.inner.shared.faults.lock().unwrap() = f;
+        self.inner.shared.set_faults(f);
     }
 
     pub fn faults(&self) -> Faults {

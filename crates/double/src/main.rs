@@ -175,7 +175,7 @@ fn config(a: ServeArgs) -> anyhow::Result<Config> {
             latency: Duration::from_millis(a.latency_ms),
             bandwidth_per_conn: a.bandwidth,
             max_connections_per_user: a.max_connections,
-            no_range: !a.range,
+            range: a.range,
             reorder_members: a.reorder_members,
             no_auth: a.no_auth,
             tamper: a.tamper,

@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub store: Store,
     pub log: Log,
     started: Instant,
+    /// When the fault switches were last set (time-limited faults count from it).
+    faults_set: Mutex<Instant>,
     outage_until: Mutex<Option<Instant>>,
     active: Mutex<HashMap<String, usize>>,
     /// Seconds the double's clock runs ahead of the machine's (negative: behind).
@@ -51,12 +53,24 @@ impl Shared {
             store,
             log,
             started: Instant::now(),
+            faults_set: Mutex::new(Instant::now()),
             outage_until: Mutex::new(None),
             active: Mutex::new(HashMap::new()),
             clock_skew: AtomicI64::new(0),
             control: AtomicBool::new(false),
             gets: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Sets the fault switches, and starts the clock of the time-limited ones.
+    pub(crate) fn set_faults(&self, f: Faults) {
+        *self.faults.lock().unwrap() = f;
+        *self.faults_set.lock().unwrap() = Instant::now();
+    }
+
+    /// How long ago the fault switches were set.
+    pub(crate) fn faults_age(&self) -> Duration {
+        self.faults_set.lock().unwrap().elapsed()
     }
 
     pub(crate) fn faults(&self) -> Faults {

@@ -2,12 +2,17 @@
 //! and, for peers that cannot log in (rclone, httpdirfs), the `/files/` index and files when the
 //! `no_auth` fault is on.
 //!
-//! A request passes, in order: token check (`?token=` or `Authorization: Bearer`; 401
-//! DAT-ZIP-604 "Token not found" for missing, unknown, expired and revoked tokens alike), the
-//! rate-limit burst (429), product lookup (404), the random 503, Range parsing (206 / 416 / 200),
-//! the per-user connection cap (429 DAT-ZIP-100), then the streamed body (see `body`).
-//! Error codes other than 604 and 100 are not documented publicly; the ones used here are
-//! plausible stand-ins in the same `{"trace-id","code","message"}` shape.
+//! A request passes, in order: the id (422 DAT-ZIP-111 unless a bare UUID), the token check
+//! (`?token=` or `Authorization: Bearer`; 401 DAT-ZIP-109 "Token is expired" for an expired
+//! token, DAT-ZIP-604 "Token not found" for a missing, unknown or revoked one, DAT-ZIP-609
+//! "Token audience not allowed" with `wrong_audience`, a spurious 604 with `spurious_401_ms`),
+//! 403 DAT-ZIP-608 with `forbidden`, the rate-limit burst (429), product lookup (404; DAT-ZIP-915
+//! "No objects to stream" for a product the catalogue knows but that has no file), the random
+//! 503, Range parsing (206 / 416 / 200), the per-user connection cap (429 DAT-ZIP-100 "Max
+//! session number N exceeded", `Retry-After` only when `retry_after_secs` is set), then the
+//! streamed body (see `body`). The codes and the `{"trace-id","code","message"}` shape are the
+//! real zipper's as public sources report them (docs/protocol.md); 404/405/416/503 codes are
+//! stand-ins.
 
 use std::sync::Arc;
 
@@ -22,8 +27,6 @@ use crate::server::{html_response, json_response, Answer};
 use crate::state::Shared;
 use crate::store::Product;
 
-/// Seconds a client is told to wait after a 429 (the rate-limit burst promises exactly 1).
-const RETRY_AFTER_SECS: &str = "1";
 /// Connection-cap accounting name for requests made without a token (`no_auth`).
 const ANONYMOUS: &str = "anonymous";
 
@@ -99,18 +102,30 @@ fn error(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Resp
     )
 }
 
-fn too_many(shared: &Shared) -> Response<Body> {
+/// 429 DAT-ZIP-100, worded as the real one ("Max session number 4 exceeded").
+fn too_many(shared: &Shared, cap: Option<usize>) -> Response<Body> {
+    let faults = shared.faults();
     let mut r = error(
         shared,
         StatusCode::TOO_MANY_REQUESTS,
         "DAT-ZIP-100",
-        "Max session number exceeded",
+        &format!("Max session number {} exceeded", cap.unwrap_or(4)),
     );
-    r.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from_static(RETRY_AFTER_SECS),
-    );
+    if let Some(secs) = faults.retry_after_secs {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     r
+}
+
+/// Whether `id` is a bare UUID (8-4-4-4-12 hex), the only key form the zipper reads.
+fn is_uuid(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 /// The access token of a request: `?token=` first, then `Authorization: Bearer`.
@@ -170,6 +185,16 @@ pub(crate) async fn download(
         );
         return Answer::done(r, entry);
     }
+    if !is_uuid(id) {
+        entry.outcome = "bad_uuid".into();
+        let r = error(
+            shared,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "DAT-ZIP-111",
+            "Invalid UUID format",
+        );
+        return Answer::done(r, entry);
+    }
     if let Some(to) = redirect_target(shared, headers, uri) {
         entry.outcome = "redirect".into();
         let mut r = Response::new(Body::empty());
@@ -197,17 +222,20 @@ pub(crate) async fn download(
             }
             Err(outcome) => {
                 entry.outcome = outcome.into();
-                let r = error(
-                    shared,
-                    StatusCode::UNAUTHORIZED,
-                    "DAT-ZIP-604",
-                    "Token not found",
-                );
+                let (code, message) = if outcome == "expired_token" {
+                    ("DAT-ZIP-109", "Token is expired")
+                } else {
+                    ("DAT-ZIP-604", "Token not found")
+                };
+                let r = error(shared, StatusCode::UNAUTHORIZED, code, message);
                 return Answer::done(r, entry);
             }
         }
     };
-    let Some(product) = shared.store.by_id(id).filter(|p| p.file.is_some()) else {
+    if let Some(r) = refusal(shared, &mut entry) {
+        return Answer::done(r, entry);
+    }
+    let Some(product) = shared.store.by_id(id) else {
         entry.outcome = "not_found".into();
         let r = error(
             shared,
@@ -217,7 +245,53 @@ pub(crate) async fn download(
         );
         return Answer::done(r, entry);
     };
+    if product.file.is_none() {
+        // Known to the catalogue, nothing to send (offline, or no data behind it).
+        entry.outcome = "no_objects".into();
+        let r = error(
+            shared,
+            StatusCode::NOT_FOUND,
+            "DAT-ZIP-915",
+            "No objects to stream",
+        );
+        return Answer::done(r, entry);
+    }
     serve_product(shared, method, headers, &product, &user, entry).await
+}
+
+/// The refusals of a valid token that the fault switches ask for: a wrong audience (final),
+/// a spurious 401 (passing), or 403 forbidden.
+fn refusal(shared: &Shared, entry: &mut LogEntry) -> Option<Response<Body>> {
+    let faults = shared.faults();
+    if faults.no_auth {
+        return None;
+    }
+    let (status, code, message, outcome) = if faults.wrong_audience {
+        (
+            StatusCode::UNAUTHORIZED,
+            "DAT-ZIP-609",
+            "Token audience not allowed",
+            "wrong_audience",
+        )
+    } else if shared.faults_age().as_millis() < u128::from(faults.spurious_401_ms) {
+        (
+            StatusCode::UNAUTHORIZED,
+            "DAT-ZIP-604",
+            "Token not found",
+            "spurious_401",
+        )
+    } else if faults.forbidden {
+        (
+            StatusCode::FORBIDDEN,
+            "DAT-ZIP-608",
+            "Access forbidden",
+            "forbidden",
+        )
+    } else {
+        return None;
+    };
+    entry.outcome = outcome.into();
+    Some(error(shared, status, code, message))
 }
 
 /// The rest of a download, shared by the zipper and `/files/`: faults, Range, headers, body.
@@ -237,7 +311,7 @@ async fn serve_product(
     };
     if burst {
         entry.outcome = "429".into();
-        return Answer::done(too_many(shared), entry);
+        return Answer::done(too_many(shared, None), entry);
     }
     let faults = shared.faults();
     if *method == Method::GET && shared.roll(faults.fail_rate) {
@@ -280,7 +354,7 @@ async fn serve_product(
     };
     let size = meta.len();
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let ask = if faults.no_range {
+    let ask = if !faults.range {
         RangeAsk::Whole
     } else {
         parse_range(range_header, size)
@@ -291,7 +365,7 @@ async fn serve_product(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/zip"),
     );
-    if !faults.no_range {
+    if faults.range {
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     if let Ok(v) =
@@ -335,7 +409,7 @@ async fn serve_product(
     }
     let Some(slot) = shared.acquire_slot(user, faults.max_connections_per_user) else {
         entry.outcome = "max_connections".into();
-        return Answer::done(too_many(shared), entry);
+        return Answer::done(too_many(shared, faults.max_connections_per_user), entry);
     };
     let cut_next = {
         let mut f = shared.faults.lock().unwrap();

@@ -255,7 +255,6 @@ async fn unknown_or_catalogue_only_products_are_404() {
 async fn no_range_fault_sends_200_and_everything() {
     let (d, c, store, token) = setup(|c| c).await;
     d.set_faults(Faults {
-        no_range: true,
         ..Faults::default()
     });
     let r = c

@@ -79,12 +79,24 @@ impl<T: RangeSource> RangeSource for Arc<T> {
 pub enum FetchError {
     #[error("product {0} not found on the download service")]
     NotFound(String),
+    /// The product exists but the service has nothing to send (zipper DAT-ZIP-915 "No objects
+    /// to stream").
+    #[error("product {0} has no data online ({1}); it cannot be downloaded now")]
+    NoData(String, String),
     #[error(transparent)]
     Auth(#[from] eodata_auth::AuthError),
-    #[error("access denied by the download service ({0}); has the account accepted the terms of service?")]
+    /// The service takes no token of this client (zipper DAT-ZIP-609): a configuration error,
+    /// final, no renewal helps.
+    #[error("the download service refuses this login's tokens ({0}): they were issued to a client it does not accept; log in with the provider's public client (CLOUDFERRO_PUBLIC on CREODIAS, cdse-public on CDSE) and your password + TOTP, not a Sentinel Hub or other OAuth client")]
+    Audience(String),
+    #[error("access denied by the download service ({0}); accept the terms in your account (log in once on the provider's web site), or send the trace-id to the provider's support")]
     Forbidden(String),
     #[error("no answer from the download service within {0:?}")]
     Timeout(std::time::Duration),
+    /// Nothing answers at the service's address (connection refused, no route, DNS failure),
+    /// after a few quick retries.
+    #[error("the download service is unreachable ({0}); check the network, or whether the service is down")]
+    Unreachable(String),
     #[error("download service error: {0}")]
     Server(String),
     #[error("the download service ignores Range requests for product {0}")]
@@ -98,12 +110,37 @@ pub enum FetchError {
     },
     #[error("unexpected answer from the download service: {0}")]
     Protocol(String),
-    /// This machine failed: a spool or cache file could not be written or read (a full
-    /// `$TMPDIR`, a read-only cache dir), not the service.
+    /// The service says our request is malformed (zipper 422 DAT-ZIP-111): a bug of ours.
+    #[error("the download service cannot read our request ({0}); our UUID encoding is wrong: this is a bug in eodata-mount, please report it")]
+    Bug(String),
+    /// A plain-http download URL to another machine: the token would travel in clear.
+    #[error("refusing plain http to {0}: the token would travel in clear; use https, or pass --insecure-http if this is really wanted")]
+    Insecure(String),
+    /// This machine failed: the spool or the disk cache could not be written or read (a full
+    /// or read-only `$TMPDIR` or cache directory), not the service.
     #[error("local storage error: {0}")]
     Local(String),
     /// Two answers for one product carried different bytes (another build of its zip): what
     /// was received cannot be continued with the new answer.
     #[error("the download service sent other bytes for the same product: {0}")]
     Changed(String),
+}
+
+impl FetchError {
+    /// The login itself was refused (wrong password, user or TOTP secret): every read fails
+    /// alike until the configuration changes.
+    pub fn is_login_refused(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Auth(eodata_auth::AuthError::Refused { .. })
+        )
+    }
+
+    /// The download layer has already said this in the log, once for every read it fails
+    /// (a refused login, a refused audience, an outage): the layers above log each read's
+    /// failure at debug only, so one cause is not buried under a line per read.
+    pub fn is_logged_once(&self) -> bool {
+        self.is_login_refused()
+            || matches!(self, FetchError::Audience(_) | FetchError::Unreachable(_))
+    }
 }

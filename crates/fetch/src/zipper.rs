@@ -5,16 +5,22 @@
 //! [`Zipper::stream_from`] for one sequential stream, for servers that ignore Range and for the
 //! download command. What it takes care of, so that the layers above need not:
 //! - the token, in the query (`?token=`, CREODIAS) or a bearer header (CDSE), renewed through
-//!   the [`TokenSource`] when the service refuses it (401, or 403 "Token not found");
+//!   the [`TokenSource`] when the service refuses it (401, or 403 "Token not found"), but not
+//!   for a token seconds old (a passing fault) nor for a wrong audience (final);
+//! - the zipper's error codes, each to its own [`FetchError`] (docs/protocol.md);
 //! - redirects, followed by hand so the credential only reaches trusted hosts;
-//! - retries of 5xx, connect errors and stalls with backoff, bounded by `max_retries` and a
-//!   deadline; bodies cut mid-way are resumed from the last byte received;
-//! - 429: `Retry-After` honoured, and fewer parallel connections (the [`budget`]);
+//! - retries of 5xx and stalls with backoff, bounded by `max_retries` and a deadline; an
+//!   unreachable service fails within seconds, once per outage; bodies cut mid-way are resumed
+//!   from the last byte received;
+//! - 429: `Retry-After` honoured, backoff up to a minute without it, and fewer parallel
+//!   connections (the [`budget`]);
 //! - servers that answer 200 to a ranged request: remembered per product, and reported as
 //!   [`FetchError::RangeIgnored`] so the layer above switches to a stream.
 //!
-//! Files: `request` (one exchange with all policies), `parse` (header and error-body parsers),
-//! `budget` (the adaptive connection limit), `stream` (the sequential stream).
+//! HTTP itself (the client, backoff, `Retry-After`, redirects, the 206/200/416 triage) is
+//! `eodata_http`'s. Files: `request` (one exchange with all policies), `parse` (error bodies
+//! and `Content-Disposition`), `budget` (the adaptive connection limit), `stream` (the
+//! sequential stream).
 
 mod budget;
 mod learned;
@@ -35,19 +41,20 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use eodata_auth::TokenSource;
+use eodata_http::answer::{content_length, header_str, triage, Answer};
 use reqwest::header::{ACCEPT_RANGES, CONTENT_DISPOSITION, CONTENT_RANGE};
 use reqwest::{Method, StatusCode};
 
 use crate::{FetchError, ObjectInfo, RangeSource, RangeSupport};
 use budget::Budget;
-use parse::{parse_content_disposition, parse_content_range};
-use request::{content_length, header_str, RangeSpec, RetryState};
+use parse::parse_content_disposition;
+use request::{RangeSpec, RetryState};
 
 /// How the access token travels with a download request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenPassing {
     /// `?token=<access_token>` in the URL (CREODIAS zipper). Survives redirects as a URL does;
-    /// the URL is only ever logged through [`eodata_auth::redact_url`].
+    /// the URL is only ever logged through [`eodata_http::redact_url`].
     Query,
     /// `Authorization: Bearer <access_token>` (CDSE).
     Bearer,
@@ -85,6 +92,9 @@ pub struct ZipperConfig {
     pub max_retries: u32,
     /// No new try after this long since the request began or last received a byte.
     pub deadline: Duration,
+    /// Allow plain-http download URLs to hosts other than this machine (the token then
+    /// travels in clear). Off: such a URL fails with [`FetchError::Insecure`].
+    pub insecure_http: bool,
 }
 
 impl ZipperConfig {
@@ -98,6 +108,7 @@ impl ZipperConfig {
             read_timeout: DEFAULT_READ_TIMEOUT,
             max_retries: DEFAULT_MAX_RETRIES,
             deadline: DEFAULT_DEADLINE,
+            insecure_http: false,
         }
     }
 }
@@ -193,31 +204,23 @@ pub(crate) struct Inner<T: TokenSource> {
     /// One `info` at a time per product; entries live while someone is asking.
     describing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     warned_auto_redirect: AtomicBool,
-    /// The login was refused: said once in the log, since every later read fails the same way.
+    /// The login or its tokens were refused for good: said once in the log, since every
+    /// later read fails the same way.
     warned_refused: AtomicBool,
     /// Whether the download host honours Range (see `learned`).
     host: learned::HostMemory,
     /// Whole-product answers kept for the stream that will want them (see `learned`).
     parked: Arc<learned::Parked>,
-}
-
-/// Connect timeout of [`http_client`]: a handshake slower than this is a dead route; retried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The HTTP client the zipper expects: it does not follow redirects (the zipper does, keeping
-/// credentials to trusted hosts), has a connect timeout and no overall timeout (a whole product
-/// can take minutes; stalls are caught by `read_timeout`).
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .user_agent(concat!("eodata-mount/", env!("CARGO_PKG_VERSION")))
-        .build()
+    /// Nothing answers at the service's address: declared (and logged) once, cleared by the
+    /// next answer. Requests meanwhile try once instead of retrying.
+    outage: AtomicBool,
+    /// When the last token was refused, and a hash of it (see `request`).
+    last_rejection: Mutex<Option<request::Rejection>>,
 }
 
 impl<T: TokenSource> Zipper<T> {
     /// `http` must not follow redirects: build it with `redirect::Policy::none()`, or use
-    /// [`http_client`]. (A client that follows them loses the bearer header on a cross-host hop
+    /// [`eodata_http::client`]. (A client that follows them loses the bearer header on a cross-host hop
     /// and carries a query token to any host; a warning is logged if one is detected.)
     pub fn new(cfg: ZipperConfig, tokens: T, http: reqwest::Client) -> Self {
         let budget = Budget::new(cfg.max_connections);
@@ -238,6 +241,8 @@ impl<T: TokenSource> Zipper<T> {
                 warned_refused: AtomicBool::new(false),
                 host: learned::HostMemory::new(host),
                 parked: Arc::default(),
+                outage: AtomicBool::new(false),
+                last_rejection: Mutex::new(None),
             }),
         }
     }
@@ -251,6 +256,14 @@ impl<T: TokenSource> Zipper<T> {
     /// Whether the download host honours Range, once an answer (or the remembered file) said.
     pub fn host_ranges(&self) -> Option<RangeSupport> {
         self.inner.host.ranges()
+    }
+
+    /// Checks the configuration before any read: the URL template gives an http(s) URL, and
+    /// not a plain-http one to another machine unless `insecure_http` says so.
+    pub fn check(&self) -> Result<(), FetchError> {
+        self.inner
+            .product_url("00000000-0000-0000-0000-000000000000")
+            .map(|_| ())
     }
 
     pub fn config(&self) -> &ZipperConfig {
@@ -405,39 +418,32 @@ impl<T: TokenSource> Inner<T> {
             );
             filename = filename
                 .or_else(|| header_str(h, CONTENT_DISPOSITION).and_then(parse_content_disposition));
-            let cr = header_str(h, CONTENT_RANGE).and_then(parse_content_range);
-            match probe.resp.status() {
-                StatusCode::PARTIAL_CONTENT => {
-                    let cr = cr.filter(|c| c.range == Some((0, 0))).ok_or_else(|| {
-                        FetchError::Protocol(format!(
-                            "206 for bytes=0-0 from {} without a matching Content-Range",
-                            probe.url
-                        ))
-                    })?;
+            let asked = RangeSpec {
+                first: 0,
+                last: Some(0),
+            };
+            let answer = triage(probe.resp.status(), h, Some(asked))
+                .map_err(|why| FetchError::Protocol(format!("{why} (from {})", probe.url)))?;
+            match answer {
+                Answer::Partial { total, .. } => {
                     ranges = Some(RangeSupport::Honoured);
                     // The download's own Content-Range is the truth, over HEAD's length.
-                    size = cr.total.or(size);
+                    size = total.or(size);
                     // Read the one byte so the connection can be reused.
                     let mut resp = probe.resp;
                     let _ = tokio::time::timeout(self.cfg.read_timeout, resp.chunk()).await;
                     self.budget.succeeded();
                 }
-                StatusCode::RANGE_NOT_SATISFIABLE => {
+                Answer::Unsatisfiable { total } => {
                     // bytes=0-0 is unsatisfiable only for an empty product.
-                    size = cr.and_then(|c| c.total).or(size);
+                    size = total.or(size);
                     ranges = ranges.or(Some(RangeSupport::Honoured));
                 }
-                s if s == StatusCode::OK => {
+                Answer::Whole { len } => {
                     ranges = Some(RangeSupport::Ignored);
-                    size = size.or_else(|| content_length(h));
+                    size = size.or(len);
                     // The whole product is on its way: the stream that follows takes it.
                     self.parked.park(id, probe);
-                }
-                s => {
-                    return Err(FetchError::Protocol(format!(
-                        "HTTP {s} from {} to a request for byte 0",
-                        probe.url
-                    )))
                 }
             }
         }
@@ -539,36 +545,23 @@ impl<T: TokenSource> Inner<T> {
                     &mut retry,
                 )
                 .await?;
-            let status = ex.resp.status();
-            let cr = header_str(ex.resp.headers(), CONTENT_RANGE).and_then(parse_content_range);
-            let last = match status {
-                StatusCode::PARTIAL_CONTENT => {
-                    let Some((first, last, total)) =
-                        cr.and_then(|c| c.range.map(|(f, l)| (f, l, c.total)))
-                    else {
-                        return Err(FetchError::Protocol(format!(
-                            "206 from {} without a usable Content-Range",
-                            ex.url
-                        )));
-                    };
+            let asked = RangeSpec {
+                first: pos,
+                last: Some(end - 1),
+            };
+            let answer = triage(ex.resp.status(), ex.resp.headers(), Some(asked))
+                .map_err(|why| FetchError::Protocol(format!("{why} (from {})", ex.url)))?;
+            let last = match answer {
+                Answer::Partial { last, total, .. } => {
                     if let Some(t) = total {
                         self.learn_size(id, t);
-                    }
-                    // Exactly what was asked, or shorter only where the product ends.
-                    let short_at_eof = last < end - 1 && total == Some(last + 1);
-                    if first != pos || (last != end - 1 && !short_at_eof) {
-                        return Err(FetchError::Protocol(format!(
-                            "asked {} for bytes {pos}-{} and got {first}-{last}",
-                            ex.url,
-                            end - 1
-                        )));
                     }
                     self.learn_ranges(id, RangeSupport::Honoured);
                     last
                 }
-                StatusCode::OK => {
+                Answer::Whole { len } => {
                     // Never the wrong bytes: the layer above switches to a stream.
-                    if let Some(len) = content_length(ex.resp.headers()) {
+                    if let Some(len) = len {
                         self.learn_size(id, len);
                     }
                     self.learn_ranges(id, RangeSupport::Ignored);
@@ -578,8 +571,7 @@ impl<T: TokenSource> Inner<T> {
                     }
                     return Err(FetchError::RangeIgnored(id.to_string()));
                 }
-                StatusCode::RANGE_NOT_SATISFIABLE => {
-                    let total = cr.and_then(|c| c.total);
+                Answer::Unsatisfiable { total } => {
                     if let Some(t) = total {
                         self.learn_size(id, t);
                     }
@@ -598,12 +590,6 @@ impl<T: TokenSource> Inner<T> {
                         end - 1
                     )));
                 }
-                s => {
-                    return Err(FetchError::Protocol(format!(
-                        "HTTP {s} from {} to a ranged GET",
-                        ex.url
-                    )))
-                }
             };
             end = last + 1;
             let request::Exchange {
@@ -611,7 +597,13 @@ impl<T: TokenSource> Inner<T> {
                 permit,
                 url,
             } = ex;
-            let want = (last + 1 - pos) as usize;
+            // `pos <= last` (triage checked the first byte), so no underflow.
+            let want = usize::try_from(last - pos + 1).map_err(|_| {
+                FetchError::Protocol(format!(
+                    "a range of {} bytes does not fit in memory",
+                    last - pos
+                ))
+            })?;
             let mut got = 0usize;
             let outcome = loop {
                 match tokio::time::timeout(self.cfg.read_timeout, resp.chunk()).await {
@@ -619,7 +611,7 @@ impl<T: TokenSource> Inner<T> {
                     Ok(Err(e)) => {
                         break Err(FetchError::Server(format!(
                             "connection to {url} cut after {got} of {want} bytes: {}",
-                            request::describe_reqwest(e)
+                            eodata_http::error_chain(&e)
                         )))
                     }
                     Ok(Ok(None)) if got < want => {

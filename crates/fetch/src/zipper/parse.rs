@@ -1,77 +1,11 @@
-//! Parsers for what the download service sends back: `Content-Range`, `Retry-After`,
-//! `Content-Disposition` and zipper's JSON error bodies.
+//! Parsers for what the download service sends back: `Content-Disposition` and zipper's JSON
+//! error bodies. (`Content-Range` and `Retry-After` are HTTP's, read in `eodata_http`.)
 //!
 //! Everything here reads untrusted server input, so every function is total: any input gives
 //! `None` or a best-effort description, never a panic. They are pure, and tested by tables and by
 //! random input.
 
-use std::time::{Duration, SystemTime};
-
-/// The parts of a `Content-Range: bytes first-last/total` header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ContentRange {
-    /// `(first, last)`, inclusive; `None` for the `bytes */total` form a 416 carries.
-    pub range: Option<(u64, u64)>,
-    /// The complete length; `None` when the server wrote `*`.
-    pub total: Option<u64>,
-}
-
-/// Only ASCII digits (`u64::from_str` would also take a leading `+`).
-fn parse_u64(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// Parses `bytes 0-99/1000`, `bytes 0-99/*` and `bytes */1000`. Rejects anything inconsistent
-/// (last before first, a range past the total), since bytes described by it cannot be trusted.
-pub(crate) fn parse_content_range(value: &str) -> Option<ContentRange> {
-    let value = value.trim();
-    let (unit, rest) = value.split_once([' ', '\t'])?;
-    if !unit.eq_ignore_ascii_case("bytes") {
-        return None;
-    }
-    let (range, total) = rest.trim().split_once('/')?;
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(parse_u64(t)?),
-    };
-    let range = match range.trim() {
-        "*" => {
-            total?;
-            None
-        }
-        r => {
-            let (first, last) = r.split_once('-')?;
-            let (first, last) = (parse_u64(first.trim())?, parse_u64(last.trim())?);
-            if last < first || total.is_some_and(|t| last >= t) {
-                return None;
-            }
-            Some((first, last))
-        }
-    };
-    Some(ContentRange { range, total })
-}
-
-/// The longest wait a `Retry-After` may ask for before it is treated as this long: past it the
-/// request's overall deadline has expired anyway, and it keeps the arithmetic far from overflow.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
-
-/// `Retry-After` as a wait from `now`: delta-seconds or an HTTP date (a date in the past means
-/// "now"). `None` when absent or unreadable, so the caller falls back to its own backoff.
-pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Some(secs) = parse_u64(value) {
-        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(now)
-            .unwrap_or(Duration::ZERO)
-            .min(MAX_RETRY_AFTER),
-    )
-}
+use reqwest::StatusCode;
 
 /// Splits header parameters on `;`, leaving `;` inside quoted strings alone.
 fn split_params(value: &str) -> Vec<&str> {
@@ -182,6 +116,32 @@ pub(crate) fn parse_content_disposition(value: &str) -> Option<String> {
 /// proxy's one-line reason, short enough for a log line.
 const BODY_EXCERPT_CHARS: usize = 200;
 
+/// What the client does about an error answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Meaning {
+    /// 401 (DAT-ZIP-604 "Token not found", DAT-ZIP-109 expired, or no code): renew the token,
+    /// unless it is seconds old. `expired` when the server says so: always worth a renewal.
+    TokenRefused { expired: bool },
+    /// 401 DAT-ZIP-609 "Token audience not allowed": the token comes from a client the service
+    /// does not take. Final: no renewal can change the audience.
+    Audience,
+    /// 403 (DAT-ZIP-608 "Access forbidden", or terms not accepted): final, the user must act.
+    Forbidden,
+    /// 404 DAT-ZIP-915 "No objects to stream": the product exists but has no data online.
+    NoData,
+    /// 404 / 410 otherwise.
+    NotFound,
+    /// 422 (DAT-ZIP-111: the id in our URL is not a UUID it reads) or 400 DAT-ZIP-104: our
+    /// request is malformed, a bug of ours.
+    BadRequest,
+    /// 429 (DAT-ZIP-100 "Max session number 4 exceeded", or a WAF's rate limit).
+    Throttled,
+    /// 5xx: passing.
+    Server,
+    /// Anything else: not understood, not retried.
+    Other,
+}
+
 /// What an error answer says: zipper's `{"trace-id", "code": "DAT-ZIP-nnn", "message"}` when the
 /// body is that JSON, otherwise an excerpt of whatever it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -229,26 +189,59 @@ impl ErrorBody {
         }
     }
 
-    /// The server says the token itself was not accepted (zipper answers some of these with
+    /// The server says the token itself was not accepted (some answers of this kind come as
     /// 403 rather than 401): worth a renewal, unlike a 403 for terms not accepted.
     pub(crate) fn says_token_refused(&self) -> bool {
-        if self.code.as_deref() == Some("DAT-ZIP-604") {
+        if matches!(self.code.as_deref(), Some("DAT-ZIP-604" | "DAT-ZIP-109")) {
             return true;
         }
-        let text = [&self.message, &self.excerpt]
-            .into_iter()
-            .flatten()
-            .map(|s| s.to_ascii_lowercase())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let text = self.text();
         text.contains("token")
             && ["not found", "expired", "invalid", "not active", "missing"]
                 .iter()
                 .any(|w| text.contains(w))
     }
 
+    /// Message and excerpt, lower case, for looking for words.
+    fn text(&self) -> String {
+        [&self.message, &self.excerpt]
+            .into_iter()
+            .flatten()
+            .map(|s| s.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// What an error answer means for the client. The codes are the real zipper's, as far as
+    /// public sources know them (docs/protocol.md, "Download errors"); where the code is
+    /// missing (an HTML page from a proxy), the status decides.
+    pub(crate) fn meaning(&self, status: StatusCode) -> Meaning {
+        let code = self.code.as_deref().unwrap_or("");
+        match status {
+            _ if code == "DAT-ZIP-609" => Meaning::Audience,
+            StatusCode::UNAUTHORIZED => Meaning::TokenRefused {
+                expired: code == "DAT-ZIP-109" || self.text().contains("expired"),
+            },
+            StatusCode::FORBIDDEN if code != "DAT-ZIP-608" && self.says_token_refused() => {
+                Meaning::TokenRefused {
+                    expired: code == "DAT-ZIP-109",
+                }
+            }
+            StatusCode::FORBIDDEN => Meaning::Forbidden,
+            StatusCode::NOT_FOUND if code == "DAT-ZIP-915" => Meaning::NoData,
+            StatusCode::NOT_FOUND | StatusCode::GONE => Meaning::NotFound,
+            StatusCode::UNPROCESSABLE_ENTITY => Meaning::BadRequest,
+            StatusCode::BAD_REQUEST if code == "DAT-ZIP-104" || code == "DAT-ZIP-111" => {
+                Meaning::BadRequest
+            }
+            StatusCode::TOO_MANY_REQUESTS => Meaning::Throttled,
+            s if s.is_server_error() => Meaning::Server,
+            _ => Meaning::Other,
+        }
+    }
+
     /// `HTTP 401 Unauthorized: DAT-ZIP-604 Token not found (trace-id abc)`.
-    pub(crate) fn describe(&self, status: reqwest::StatusCode) -> String {
+    pub(crate) fn describe(&self, status: StatusCode) -> String {
         let mut s = format!("HTTP {status}");
         let detail: Vec<&str> = [&self.code, &self.message, &self.excerpt]
             .into_iter()
@@ -269,57 +262,6 @@ impl ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_range_table() {
-        let cr = |range, total| Some(ContentRange { range, total });
-        let cases: &[(&str, Option<ContentRange>)] = &[
-            ("bytes 0-99/1000", cr(Some((0, 99)), Some(1000))),
-            ("BYTES 5-5/6", cr(Some((5, 5)), Some(6))),
-            ("  bytes  10 - 19 / * ", cr(Some((10, 19)), None)),
-            ("bytes */1000", cr(None, Some(1000))),
-            ("bytes */*", None),
-            ("bytes 0-1000/1000", None),
-            ("bytes 9-3/100", None),
-            ("bytes +1-3/100", None),
-            ("bytes -1-3/100", None),
-            ("items 0-1/2", None),
-            ("bytes 0-1", None),
-            ("bytes", None),
-            ("", None),
-            ("bytes 0-99999999999999999999999/1", None),
-            (
-                "bytes 0-18446744073709551614/18446744073709551615",
-                cr(Some((0, u64::MAX - 1)), Some(u64::MAX)),
-            ),
-        ];
-        for (input, want) in cases {
-            assert_eq!(parse_content_range(input), *want, "{input:?}");
-        }
-    }
-
-    #[test]
-    fn retry_after_table() {
-        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("99999999999999999999", now), None);
-        assert_eq!(parse_retry_after("9999999999", now), Some(MAX_RETRY_AFTER));
-        for bad in ["", "-5", "1.5", "soon", "+3"] {
-            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn content_disposition_table() {
@@ -416,7 +358,6 @@ mod tests {
             "Sun, 06 Nov 1994 08:49:37 GMT",
             "{\"code\":\"DAT-ZIP-604\",\"message\":\"x\"}",
         ];
-        let now = SystemTime::now();
         for i in 0..20_000u32 {
             let mut bytes: Vec<u8> = if i % 2 == 0 {
                 seeds[(i as usize / 2) % seeds.len()].as_bytes().to_vec()
@@ -434,12 +375,6 @@ mod tests {
                 }
             }
             let text = String::from_utf8_lossy(&bytes);
-            if let Some(cr) = parse_content_range(&text) {
-                if let (Some((a, b)), total) = (cr.range, cr.total) {
-                    assert!(a <= b && total.is_none_or(|t| b < t), "{text:?}");
-                }
-            }
-            let _ = parse_retry_after(&text, now);
             if let Some(name) = parse_content_disposition(&text) {
                 assert!(
                     !name.is_empty() && !name.contains('/') && name != "..",

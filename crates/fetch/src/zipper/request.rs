@@ -1,20 +1,28 @@
 //! One exchange with the download service, with every policy that does not depend on what the
 //! caller does with the body: the token (query or bearer), redirects followed by hand so the
-//! credential only goes to trusted hosts, the connection budget, 401 -> renew, 429 -> back off
-//! and shrink the budget, 5xx and transport errors -> retry with backoff, all within the bounds
-//! of one [`RetryState`].
+//! credential only goes to trusted hosts, the connection budget, and what each error answer
+//! means (see [`Meaning`] and `docs/protocol.md`, "Download errors"): 401 -> renew, or back off
+//! when the token is seconds old, or stop for good (wrong audience); 429 -> back off and shrink
+//! the budget; 5xx and stalls -> retry with backoff; an unreachable service -> a few quick
+//! retries, then one error for the whole outage. All within the bounds of one [`RetryState`].
 
-use std::time::{Duration, Instant, SystemTime};
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use eodata_auth::{redact_url, AccessToken, TokenSource};
-use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, LOCATION, RANGE, RETRY_AFTER};
+use eodata_auth::{AccessToken, TokenSource};
+use eodata_http::redirect::{self, Hop};
+use eodata_http::{backoff, error_chain, is_unreachable, redact_url, retry_after_header};
+use reqwest::header::{AUTHORIZATION, RANGE};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use super::budget::Permit;
-use super::parse::{parse_retry_after, ErrorBody};
+use super::parse::{ErrorBody, Meaning};
 use super::{Inner, TokenPassing};
 use crate::FetchError;
+
+pub(crate) use eodata_http::answer::Asked as RangeSpec;
 
 /// Redirect hops followed before giving up: browsers and reqwest use 10; the real services
 /// use one (catalogue host -> download host).
@@ -32,25 +40,32 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Shortest wait after a 429, even when the server says `Retry-After: 0`, so that a burst of
 /// throttled readers cannot spin.
 const MIN_THROTTLE_DELAY: Duration = Duration::from_millis(50);
+/// First wait after a 429 that says no `Retry-After` (the real zipper's "Max session number 4
+/// exceeded" is not known to send one): a connection of the user's usually ends within
+/// seconds, and the budget has already shrunk, so a second is enough to start with.
+const THROTTLE_BASE: Duration = Duration::from_secs(1);
+/// Longest such wait: the service's quota window is not published; a minute is what public
+/// clients that meet this 429 wait (CDSETool sleeps 60-75 s), and it keeps the user's other
+/// sessions from being hammered.
+const THROTTLE_MAX: Duration = Duration::from_secs(60);
+/// A 401 for a token obtained less than this long after a renewal is not the token's fault:
+/// the real service answers such spurious 401s for minutes at a time (docs/protocol.md), and
+/// renewing again would only log in again and open more sessions.
+const FRESH_TOKEN: Duration = Duration::from_secs(60);
+/// First and longest wait after such a spurious 401.
+const SPURIOUS_401_BASE: Duration = Duration::from_secs(2);
+const SPURIOUS_401_MAX: Duration = Duration::from_secs(30);
+/// How long a request keeps retrying a service that nothing answers for (connection refused,
+/// no route, DNS failure) before it says so: a restart or a blip passes within seconds, and a
+/// reader should not hang for the whole read timeout on an outage. With the backoff below
+/// that is four or five tries.
+const UNREACHABLE_BUDGET: Duration = Duration::from_secs(15);
+/// Backoff between tries at an unreachable service.
+const UNREACHABLE_BASE: Duration = Duration::from_secs(1);
+const UNREACHABLE_MAX: Duration = Duration::from_secs(5);
 /// Bytes of an error body read for its message: zipper's JSON is ~150 bytes; an HTML error
 /// page's start is enough to quote.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
-
-/// The byte range asked for: `bytes=first-last` or, with no last, `bytes=first-`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RangeSpec {
-    pub first: u64,
-    pub last: Option<u64>,
-}
-
-impl RangeSpec {
-    fn header(&self) -> String {
-        match self.last {
-            Some(last) => format!("bytes={}-{last}", self.first),
-            None => format!("bytes={}-", self.first),
-        }
-    }
-}
 
 /// A response worth reading (2xx, 416, or for HEAD 405/501), with the connection it holds.
 pub(crate) struct Exchange {
@@ -69,6 +84,10 @@ pub(crate) struct RetryState {
     failures: u32,
     throttles: u32,
     renewals: u32,
+    spurious: u32,
+    /// The first of the failures in a row that found nothing answering.
+    unreachable_since: Option<Instant>,
+    unreachable: u32,
 }
 
 impl RetryState {
@@ -78,6 +97,9 @@ impl RetryState {
             failures: 0,
             throttles: 0,
             renewals: 0,
+            spurious: 0,
+            unreachable_since: None,
+            unreachable: 0,
         }
     }
 
@@ -99,7 +121,49 @@ impl RetryState {
         if self.failures > z.cfg.max_retries {
             return Err(err);
         }
-        let delay = retry_after.unwrap_or_else(|| backoff(self.failures));
+        let delay =
+            retry_after.unwrap_or_else(|| backoff(self.failures, BACKOFF_BASE, BACKOFF_MAX));
+        self.wait(z, delay, err).await
+    }
+
+    /// Nothing answers at the service's address: a few quick tries within
+    /// [`UNREACHABLE_BUDGET`], each logged at warn, then the outage is the caller's error. While
+    /// the client knows of an outage, a request tries once: readers fail at once instead of
+    /// each waiting out the budget.
+    async fn unreachable<T: TokenSource>(
+        &mut self,
+        z: &Inner<T>,
+        err: FetchError,
+    ) -> Result<(), FetchError> {
+        if z.outage.load(Ordering::Relaxed) {
+            return Err(err);
+        }
+        let since = *self.unreachable_since.get_or_insert_with(Instant::now);
+        self.unreachable += 1;
+        self.failures += 1;
+        if self.failures > z.cfg.max_retries {
+            return Err(err);
+        }
+        let delay = backoff(self.unreachable, UNREACHABLE_BASE, UNREACHABLE_MAX);
+        if since.elapsed() + delay > UNREACHABLE_BUDGET.min(z.cfg.deadline) {
+            if !z.outage.swap(true, Ordering::Relaxed) {
+                tracing::error!("{err}; reads fail until it answers again (one line per outage)");
+            }
+            return Err(err);
+        }
+        tracing::warn!(error = %err, ?delay, "download service unreachable; retrying");
+        self.wait(z, delay, err).await
+    }
+
+    /// A 401 for a token obtained seconds after a renewal: wait for the service to come
+    /// round instead of renewing again.
+    async fn spurious_401<T: TokenSource>(
+        &mut self,
+        z: &Inner<T>,
+        err: FetchError,
+    ) -> Result<(), FetchError> {
+        self.spurious += 1;
+        let delay = backoff(self.spurious, SPURIOUS_401_BASE, SPURIOUS_401_MAX);
         self.wait(z, delay, err).await
     }
 
@@ -125,10 +189,8 @@ impl RetryState {
         self.throttles += 1;
         let delay = match retry_after {
             // Up to a fifth more, so readers told the same moment do not all come back at once.
-            Some(d) => d
-                .max(MIN_THROTTLE_DELAY)
-                .mul_f64(1.0 + rand::random_range(0.0..0.2)),
-            None => backoff(self.throttles),
+            Some(d) => eodata_http::jitter_up(d.max(MIN_THROTTLE_DELAY), 0.2),
+            None => backoff(self.throttles, THROTTLE_BASE, THROTTLE_MAX),
         };
         self.wait(z, delay, err).await
     }
@@ -149,50 +211,13 @@ impl RetryState {
     }
 }
 
-/// Exponential backoff with jitter: `BACKOFF_BASE * 2^(n-1)`, capped, then a random point in
-/// its upper half so that readers failing together do not retry together.
-fn backoff(n: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << n.saturating_sub(1).min(16));
-    let d = exp.min(BACKOFF_MAX);
-    d.mul_f64(rand::random_range(0.5..=1.0))
-}
-
 /// What went wrong sending one request.
 enum SendError {
-    /// Worth retrying (connect error, no headers within `read_timeout`, connection reset).
+    /// Worth retrying (no headers within `read_timeout`, connection reset).
     Transient(FetchError),
+    /// Nothing answers at that address (refused, no route, DNS): retried briefly.
+    Unreachable(FetchError),
     Fatal(FetchError),
-}
-
-/// The `Content-Length` header itself. `Response::content_length` is the body's size hint,
-/// which for HEAD answers is 0.
-pub(crate) fn header_u64(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<u64> {
-    let v = headers.get(name)?.to_str().ok()?.trim();
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    v.parse().ok()
-}
-
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    header_u64(headers, CONTENT_LENGTH)
-}
-
-pub(crate) fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<&str> {
-    headers.get(name)?.to_str().ok()
-}
-
-/// A reqwest error as text without its URL (which may carry the token).
-pub(crate) fn describe_reqwest(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 impl<T: TokenSource> Inner<T> {
@@ -221,34 +246,20 @@ impl<T: TokenSource> Inner<T> {
                 self.cfg.url_template
             )));
         }
+        if url.scheme() == "http" && !redirect::is_loopback(&url) && !self.cfg.insecure_http {
+            return Err(FetchError::Insecure(redact_url(url.as_str())));
+        }
         Ok(url)
     }
 
     /// Whether the credential may be sent to `url` when the request started at `origin`: the
     /// origin's host or a configured trusted host, and never over http once https was used.
     pub(super) fn trusted(&self, origin: &Url, url: &Url) -> bool {
-        if origin.scheme() == "https" && url.scheme() != "https" {
-            return false;
-        }
-        let Some(host) = url.host_str() else {
-            return false;
-        };
-        let host = host.to_ascii_lowercase();
-        if origin.host_str().map(str::to_ascii_lowercase).as_deref() == Some(host.as_str()) {
-            return true;
-        }
-        self.cfg.trusted_hosts.iter().any(|t| {
-            let t = t.trim().to_ascii_lowercase();
-            match t.strip_prefix('.') {
-                // ".example.eu" trusts every subdomain of example.eu.
-                Some(suffix) => host.ends_with(&format!(".{suffix}")),
-                None => host == t,
-            }
-        })
+        redirect::trusted(origin, url, &self.cfg.trusted_hosts)
     }
 
     /// Sends one request, following redirects by hand. The caller's client must not follow
-    /// redirects itself (see `http_client`): reqwest would drop a bearer header on a cross-host
+    /// redirects itself (see `eodata_http::client`): reqwest would drop a bearer header on a cross-host
     /// hop, and would carry a query token to any host.
     async fn send(
         &self,
@@ -295,8 +306,12 @@ impl<T: TokenSource> Inner<T> {
                 }
                 Ok(Err(e)) => {
                     let host = req_url.host_str().unwrap_or("?").to_string();
-                    let msg = format!("cannot reach {host}: {}", describe_reqwest(e));
-                    return Err(SendError::Transient(FetchError::Server(msg)));
+                    let msg = format!("cannot reach {host}: {}", error_chain(&e));
+                    return Err(if is_unreachable(&e) {
+                        SendError::Unreachable(FetchError::Unreachable(msg))
+                    } else {
+                        SendError::Transient(FetchError::Server(msg))
+                    });
                 }
                 Ok(Ok(resp)) => resp,
             };
@@ -307,35 +322,32 @@ impl<T: TokenSource> Inner<T> {
             {
                 tracing::warn!(
                     "the HTTP client given to the zipper follows redirects itself; build it with \
-                     redirect::Policy::none() (eodata_fetch::zipper::http_client does)"
+                     redirect::Policy::none() (eodata_http::client does)"
                 );
             }
             let status = resp.status();
-            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
-                let Some(loc) = header_str(resp.headers(), LOCATION) else {
-                    return Err(SendError::Fatal(FetchError::Protocol(format!(
-                        "HTTP {status} without Location from {logged}"
-                    ))));
-                };
-                let next = url.join(loc.trim()).map_err(|e| {
-                    SendError::Fatal(FetchError::Protocol(format!(
-                        "HTTP {status} from {logged} with an unreadable Location: {e}"
-                    )))
-                })?;
-                if !matches!(next.scheme(), "http" | "https") {
-                    return Err(SendError::Fatal(FetchError::Protocol(format!(
-                        "redirect from {logged} to a non-http URL"
-                    ))));
+            let next = match redirect::hop(&url, status, resp.headers()) {
+                Ok(Hop::Stay) => return Ok((resp, logged, trusted)),
+                Ok(Hop::Follow { to, see_other }) => {
+                    if see_other && method != Method::HEAD {
+                        method = Method::GET;
+                    }
+                    to
                 }
-                self.stats.redirects.inc();
-                tracing::debug!(from = %logged, to = %redact_url(next.as_str()), %status, "redirect");
-                if status == StatusCode::SEE_OTHER && method != Method::HEAD {
-                    method = Method::GET;
+                Err(why) => {
+                    return Err(SendError::Fatal(FetchError::Protocol(format!(
+                        "{why} (from {logged})"
+                    ))))
                 }
-                url = next;
-                continue;
+            };
+            if next.scheme() == "http" && !redirect::is_loopback(&next) && !self.cfg.insecure_http {
+                return Err(SendError::Fatal(FetchError::Insecure(redact_url(
+                    next.as_str(),
+                ))));
             }
-            return Ok((resp, logged, trusted));
+            self.stats.redirects.inc();
+            tracing::debug!(from = %logged, to = %redact_url(next.as_str()), %status, "redirect");
+            url = next;
         }
         Err(SendError::Fatal(FetchError::Protocol(format!(
             "more than {MAX_REDIRECTS} redirects from {}",
@@ -362,25 +374,32 @@ impl<T: TokenSource> Inner<T> {
                     // Every read from now on fails with this same refusal: the log says why
                     // once (the reader's errno alone cannot), not once per read.
                     if matches!(e, eodata_auth::AuthError::Refused { .. })
-                        && !self
-                            .warned_refused
-                            .swap(true, std::sync::atomic::Ordering::Relaxed)
+                        && !self.warned_refused.swap(true, Ordering::Relaxed)
                     {
                         tracing::error!("downloads stop: {e}");
                     }
                     return Err(e.into());
                 }
             };
+            self.note_token(&token);
             let permit = self.budget.acquire().await;
             let (resp, url, credentialed) = match self.send(&method, &origin, range, &token).await {
                 Ok(r) => r,
                 Err(SendError::Fatal(e)) => return Err(e),
                 Err(SendError::Transient(e)) => {
                     drop(permit);
+                    self.reachable();
                     retry.failed(self, e, None).await?;
                     continue;
                 }
+                Err(SendError::Unreachable(e)) => {
+                    drop(permit);
+                    retry.unreachable(self, e).await?;
+                    continue;
+                }
             };
+            self.reachable();
+            retry.unreachable_since = None;
             let status = resp.status();
             if status.is_success()
                 || status == StatusCode::RANGE_NOT_SATISFIABLE
@@ -392,8 +411,7 @@ impl<T: TokenSource> Inner<T> {
             {
                 return Ok(Exchange { resp, permit, url });
             }
-            let retry_after = header_str(resp.headers(), RETRY_AFTER)
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let retry_after = retry_after_header(resp.headers());
             let body = read_error_body(resp, self.cfg.read_timeout).await;
             let error = ErrorBody::parse(&body);
             let mut desc = error.describe(status);
@@ -403,19 +421,28 @@ impl<T: TokenSource> Inner<T> {
                 desc = desc.replace(secret, "***");
             }
             tracing::debug!(%url, %desc, "error answer");
-            let token_refused = status == StatusCode::UNAUTHORIZED
-                || (status == StatusCode::FORBIDDEN && error.says_token_refused());
-            match status {
+            match error.meaning(status) {
                 // A redirect led to a host that was not given the token: renewing cannot help.
-                _ if token_refused && !credentialed => {
+                Meaning::TokenRefused { .. } if !credentialed => {
                     return Err(FetchError::Forbidden(format!(
                         "{desc} from {url}, which was not sent the token because its host is \
                          not trusted; add it to the trusted hosts if it belongs to the provider"
                     )));
                 }
-                _ if token_refused => {
+                Meaning::TokenRefused { expired } => {
                     drop(permit);
                     self.stats.unauthorized.inc();
+                    if !expired && self.is_fresh(&token) {
+                        tracing::info!(
+                            %desc,
+                            "the download service refused a token obtained seconds ago; \
+                             taking it for a passing fault and waiting, not renewing"
+                        );
+                        retry
+                            .spurious_401(self, FetchError::Forbidden(desc))
+                            .await?;
+                        continue;
+                    }
                     retry.renewals += 1;
                     if retry.renewals > MAX_RENEWALS {
                         return Err(FetchError::Forbidden(format!(
@@ -423,13 +450,27 @@ impl<T: TokenSource> Inner<T> {
                         )));
                     }
                     tracing::info!(%desc, "token refused by the download service; renewing");
+                    self.note_rejected(&token);
                     self.tokens.rejected(&token).await;
                 }
-                StatusCode::FORBIDDEN => return Err(FetchError::Forbidden(desc)),
-                StatusCode::NOT_FOUND | StatusCode::GONE => {
-                    return Err(FetchError::NotFound(id.to_string()))
+                Meaning::Audience => {
+                    let e = FetchError::Audience(desc);
+                    if !self.warned_refused.swap(true, Ordering::Relaxed) {
+                        tracing::error!("downloads stop: {e}");
+                    }
+                    return Err(e);
                 }
-                StatusCode::TOO_MANY_REQUESTS => {
+                Meaning::Forbidden => {
+                    let e = FetchError::Forbidden(desc);
+                    tracing::warn!("{e}");
+                    return Err(e);
+                }
+                Meaning::NoData => return Err(FetchError::NoData(id.to_string(), desc)),
+                Meaning::NotFound => return Err(FetchError::NotFound(id.to_string())),
+                Meaning::BadRequest => {
+                    return Err(FetchError::Bug(format!("{desc} (from {url})")));
+                }
+                Meaning::Throttled => {
                     self.stats.throttled.inc();
                     self.budget.overloaded(&permit);
                     drop(permit);
@@ -438,16 +479,58 @@ impl<T: TokenSource> Inner<T> {
                     ));
                     retry.throttled(self, err, retry_after).await?;
                 }
-                s if s.is_server_error() => {
+                Meaning::Server => {
                     drop(permit);
                     retry
                         .failed(self, FetchError::Server(desc), retry_after)
                         .await?;
                 }
-                _ => return Err(FetchError::Protocol(desc)),
+                Meaning::Other => return Err(FetchError::Protocol(desc)),
             }
         }
     }
+
+    /// An answer came: whatever outage was declared is over.
+    fn reachable(&self) {
+        if self.outage.swap(false, Ordering::Relaxed) {
+            tracing::info!("the download service answers again");
+        }
+    }
+
+    /// Remembers that `token` was refused, so that a 401 for the token that replaces it can be
+    /// told from one for a stale token. Only a hash is kept, never the token.
+    fn note_rejected(&self, token: &AccessToken) {
+        *self
+            .last_rejection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), fingerprint(token)));
+    }
+
+    /// Whether `token` was obtained after a renewal less than [`FRESH_TOKEN`] ago.
+    fn is_fresh(&self, token: &AccessToken) -> bool {
+        let last = *self
+            .last_rejection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        last.is_some_and(|(at, old)| at.elapsed() < FRESH_TOKEN && old != fingerprint(token))
+    }
+}
+
+/// The last token refusal that led to a renewal.
+#[derive(Debug)]
+pub(crate) struct Rejection {
+    at: Instant,
+    /// Hash of the refused token.
+    refused: u64,
+    /// Hash of the first different token handed out after it.
+    successor: Option<u64>,
+}
+
+/// A hash of a token's value, to tell tokens apart without keeping one.
+fn fingerprint(token: &AccessToken) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    token.value.expose().hash(&mut h);
+    h.finish()
 }
 
 /// The start of an error answer's body, within `read_timeout` per chunk; what could not be
@@ -463,41 +546,4 @@ async fn read_error_body(mut resp: Response, read_timeout: Duration) -> Vec<u8> 
         }
     }
     body
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_caps() {
-        for n in 1..40 {
-            let d = backoff(n);
-            let full = BACKOFF_BASE
-                .saturating_mul(1 << (n - 1).min(16))
-                .min(BACKOFF_MAX);
-            assert!(d >= full / 2 && d <= full, "n={n} d={d:?}");
-        }
-        assert!(backoff(0) <= BACKOFF_BASE);
-    }
-
-    #[test]
-    fn range_header() {
-        assert_eq!(
-            RangeSpec {
-                first: 0,
-                last: Some(0)
-            }
-            .header(),
-            "bytes=0-0"
-        );
-        assert_eq!(
-            RangeSpec {
-                first: 7,
-                last: None
-            }
-            .header(),
-            "bytes=7-"
-        );
-    }
 }

@@ -16,13 +16,14 @@
 
 use bytes::{Bytes, BytesMut};
 use eodata_auth::TokenSource;
+use eodata_http::answer::header_str;
+use eodata_http::answer::{triage, Answer};
 use futures::Stream;
-use reqwest::header::{HeaderMap, CONTENT_RANGE, ETAG, LAST_MODIFIED};
-use reqwest::{Method, Response, StatusCode};
+use reqwest::header::{HeaderMap, ETAG, LAST_MODIFIED};
+use reqwest::{Method, Response};
 
 use super::budget::Permit;
-use super::parse::parse_content_range;
-use super::request::{content_length, describe_reqwest, header_str, RangeSpec, RetryState};
+use super::request::{RangeSpec, RetryState};
 use super::Zipper;
 use crate::{FetchError, RangeSupport};
 
@@ -163,31 +164,18 @@ impl<T: TokenSource> ZipperStream<T> {
                     .await?
             }
         };
-        let h = ex.resp.headers();
-        let cr = header_str(h, CONTENT_RANGE).and_then(parse_content_range);
-        let skip = match ex.resp.status() {
-            StatusCode::PARTIAL_CONTENT if range.is_some() => {
-                let Some((first, total)) = cr.and_then(|c| c.range.map(|(f, _)| (f, c.total)))
-                else {
-                    return Err(FetchError::Protocol(format!(
-                        "206 from {} without a usable Content-Range",
-                        ex.url
-                    )));
-                };
-                if first != check_at {
-                    return Err(FetchError::Protocol(format!(
-                        "asked {} for bytes from {check_at} and got them from {first}",
-                        ex.url
-                    )));
-                }
+        let answer = triage(ex.resp.status(), ex.resp.headers(), range)
+            .map_err(|why| FetchError::Protocol(format!("{why} (from {})", ex.url)))?;
+        let skip = match answer {
+            Answer::Partial { first, total, .. } => {
                 if let Some(t) = total {
                     self.same_size(t)?;
                 }
                 z.learn_ranges(&self.id, RangeSupport::Honoured);
                 first
             }
-            StatusCode::OK => {
-                if let Some(len) = content_length(h) {
+            Answer::Whole { len } => {
+                if let Some(len) = len {
                     self.same_size(len)?;
                 }
                 if range.is_some() {
@@ -195,8 +183,8 @@ impl<T: TokenSource> ZipperStream<T> {
                 }
                 0
             }
-            StatusCode::RANGE_NOT_SATISFIABLE => {
-                let size = cr.and_then(|c| c.total).or(self.size).unwrap_or(0);
+            Answer::Unsatisfiable { total } => {
+                let size = total.or(self.size).unwrap_or(0);
                 if self.pos >= size {
                     // At (or, by a changed product, past) the end: nothing more.
                     self.size = Some(self.pos);
@@ -205,12 +193,6 @@ impl<T: TokenSource> ZipperStream<T> {
                 return Err(FetchError::Protocol(format!(
                     "416 from {} for bytes from {} of a product of {size} bytes",
                     ex.url, self.pos
-                )));
-            }
-            s => {
-                return Err(FetchError::Protocol(format!(
-                    "HTTP {s} from {} to a download",
-                    ex.url
                 )));
             }
         };
@@ -311,7 +293,7 @@ impl<T: TokenSource> ZipperStream<T> {
                     "connection to {} cut at byte {}: {}",
                     conn.url,
                     self.pos,
-                    describe_reqwest(e)
+                    eodata_http::error_chain(&e)
                 )),
                 Ok(Ok(None)) => {
                     if self.size.is_none() {

@@ -161,7 +161,7 @@ async fn zipper_with_the_token_manager_across_expiry_and_revocation() {
     let zipper = Zipper::new(
         ZipperConfig::new(double.download_template(), TokenPassing::Bearer),
         Arc::new(tokens),
-        http_client().unwrap(),
+        eodata_http::client(None).unwrap(),
     );
     let (id, _, size) = BIG;
     let revoker = {

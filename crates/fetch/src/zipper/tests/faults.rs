@@ -104,6 +104,7 @@ async fn zipper_gives_up_on_a_failing_service_with_a_clear_error() {
 async fn zipper_honours_429_retry_after() {
     let s = setup(Faults {
         rate_limit_burst: 2,
+        retry_after_secs: Some(1),
         ..Faults::default()
     })
     .await;
@@ -150,7 +151,6 @@ async fn zipper_adapts_to_a_connection_cap() {
 #[tokio::test]
 async fn zipper_never_serves_wrong_bytes_when_range_is_ignored() {
     let s = setup(Faults {
-        no_range: true,
         ..Faults::default()
     })
     .await;
@@ -175,7 +175,7 @@ async fn zipper_never_serves_wrong_bytes_when_range_is_ignored() {
     let z2 = Zipper::new(
         s.zipper.config().clone(),
         Arc::clone(&s.tokens),
-        http_client().unwrap(),
+        eodata_http::client(None).unwrap(),
     );
     assert_eq!(z2.info(id).await.unwrap().ranges, RangeSupport::Ignored);
 
@@ -221,7 +221,6 @@ async fn zipper_stream_resumes_cuts() {
     // Same through a server that ignores Range: resumed by skipping.
     s.double.set_faults(Faults {
         cut_rate: 0.5,
-        no_range: true,
         ..Faults::default()
     });
     let chunks: Vec<Bytes> = s

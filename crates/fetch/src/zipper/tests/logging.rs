@@ -66,7 +66,7 @@ async fn zipper_never_logs_or_reports_the_token() {
             ..ZipperConfig::new("http://127.0.0.1:9/dl/{id}", TokenPassing::Query)
         },
         Fixed(AtomicU32::new(0)),
-        http_client().unwrap(),
+        eodata_http::client(None).unwrap(),
     );
     messages.push(dead.get_range("x", 0..1).await.unwrap_err().to_string());
 

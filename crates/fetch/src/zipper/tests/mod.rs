@@ -187,7 +187,7 @@ async fn setup_with(faults: Faults, tweak: impl FnOnce(&mut ZipperConfig, &Doubl
     // Short enough that a test of retries stays quick; the limits themselves are the defaults.
     cfg.read_timeout = Duration::from_secs(10);
     tweak(&mut cfg, &double);
-    let zipper = Zipper::new(cfg, Arc::clone(&tokens), http_client().unwrap());
+    let zipper = Zipper::new(cfg, Arc::clone(&tokens), eodata_http::client(None).unwrap());
     Setup {
         double,
         zipper,

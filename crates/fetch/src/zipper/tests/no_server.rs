@@ -22,7 +22,7 @@ async fn zipper_refused_login_fails_at_once() {
     let z = Zipper::new(
         ZipperConfig::new("http://127.0.0.1:9/x/{id}", TokenPassing::Query),
         Refused(AtomicU32::new(0)),
-        http_client().unwrap(),
+        eodata_http::client(None).unwrap(),
     );
     assert!(matches!(
         z.get_range("a", 0..10).await,

@@ -114,7 +114,11 @@ pub(super) fn scripted(
     );
     cfg.read_timeout = Duration::from_secs(2);
     tweak(&mut cfg);
-    Zipper::new(cfg, Fixed(AtomicU32::new(0)), http_client().unwrap())
+    Zipper::new(
+        cfg,
+        Fixed(AtomicU32::new(0)),
+        eodata_http::client(None).unwrap(),
+    )
 }
 
 /// Serves "0123456789" by range at /final; everything else redirects there on `localhost`
