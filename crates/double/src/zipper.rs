@@ -86,7 +86,7 @@ fn trace_id(shared: &Shared) -> String {
 }
 
 /// A zipper error in its JSON shape, or HTML when `garbage_zipper_errors` is on.
-fn error(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(crate) fn error(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Response<Body> {
     if shared.faults().garbage_zipper_errors {
         return html_response(
             status,
@@ -159,6 +159,56 @@ pub(crate) async fn download(
     mut entry: LogEntry,
 ) -> Answer {
     entry.product = Some(id.to_string());
+    let user = match admit(shared, method, headers, uri, &mut entry) {
+        Ok(user) => user,
+        Err(resp) => return Answer::done(resp, entry),
+    };
+    let Some(product) = shared.store.by_id(id).filter(|p| p.file.is_some()) else {
+        entry.outcome = "not_found".into();
+        let r = error(
+            shared,
+            StatusCode::NOT_FOUND,
+            "DAT-ZIP-404",
+            "Product not found",
+        );
+        return Answer::done(r, entry);
+    };
+    serve_product(shared, method, headers, &Served::zip(&product), &user, entry).await
+}
+
+/// What a download serves: a whole product zip, or (for OData Nodes) one member's bytes inside
+/// a file, from `offset` for `len` bytes.
+pub(crate) struct Served {
+    pub file: std::path::PathBuf,
+    pub offset: u64,
+    /// `None`: the rest of the file.
+    pub len: Option<u64>,
+    pub content_type: &'static str,
+    /// Content-Disposition's `filename=`.
+    pub filename: String,
+}
+
+impl Served {
+    fn zip(product: &Product) -> Served {
+        Served {
+            file: product.file.clone().expect("checked by caller"),
+            offset: 0,
+            len: None,
+            content_type: "application/zip",
+            filename: product.zip_name(),
+        }
+    }
+}
+
+/// The checks every zipper download passes before its product is looked up: the method, the
+/// CDSE-style redirect, the token. Returns the user to account connections to, or the answer.
+pub(crate) fn admit(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &Uri,
+    entry: &mut LogEntry,
+) -> Result<String, Response<Body>> {
     let query = uri.query();
     if method != Method::GET && method != Method::HEAD {
         entry.outcome = "method_not_allowed".into();
@@ -168,7 +218,7 @@ pub(crate) async fn download(
             "DAT-ZIP-405",
             "Method not allowed",
         );
-        return Answer::done(r, entry);
+        return Err(r);
     }
     if let Some(to) = redirect_target(shared, headers, uri) {
         entry.outcome = "redirect".into();
@@ -177,10 +227,10 @@ pub(crate) async fn download(
         r.headers_mut().insert(header::LOCATION, to);
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-        return Answer::done(r, entry);
+        return Err(r);
     }
-    let user = if shared.faults().no_auth {
-        ANONYMOUS.to_string()
+    if shared.faults().no_auth {
+        Ok(ANONYMOUS.to_string())
     } else {
         let checked = match token_and_way(headers, query) {
             None => Err("no_token"),
@@ -193,7 +243,7 @@ pub(crate) async fn download(
             Ok((user, jti)) => {
                 entry.username = Some(user.clone());
                 entry.token_id = Some(jti);
-                user
+                Ok(user)
             }
             Err(outcome) => {
                 entry.outcome = outcome.into();
@@ -203,29 +253,19 @@ pub(crate) async fn download(
                     "DAT-ZIP-604",
                     "Token not found",
                 );
-                return Answer::done(r, entry);
+                Err(r)
             }
         }
-    };
-    let Some(product) = shared.store.by_id(id).filter(|p| p.file.is_some()) else {
-        entry.outcome = "not_found".into();
-        let r = error(
-            shared,
-            StatusCode::NOT_FOUND,
-            "DAT-ZIP-404",
-            "Product not found",
-        );
-        return Answer::done(r, entry);
-    };
-    serve_product(shared, method, headers, &product, &user, entry).await
+    }
 }
 
-/// The rest of a download, shared by the zipper and `/files/`: faults, Range, headers, body.
-async fn serve_product(
+/// The rest of a download, shared by the zipper, `/files/` and node downloads: faults, Range,
+/// headers, body.
+pub(crate) async fn serve_product(
     shared: &Arc<Shared>,
     method: &Method,
     headers: &HeaderMap,
-    product: &Product,
+    served: &Served,
     user: &str,
     mut entry: LogEntry,
 ) -> Answer {
@@ -250,7 +290,7 @@ async fn serve_product(
         );
         return Answer::done(r, entry);
     }
-    let path = product.file.clone().expect("checked by caller");
+    let path = served.file.clone();
     let meta = match tokio::fs::metadata(&path).await {
         Ok(m) => m,
         Err(_) => {
@@ -264,7 +304,9 @@ async fn serve_product(
             return Answer::done(r, entry);
         }
     };
-    let size = meta.len();
+    let size = served
+        .len
+        .unwrap_or_else(|| meta.len().saturating_sub(served.offset));
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let ask = if faults.no_range {
         RangeAsk::Whole
@@ -275,13 +317,13 @@ async fn serve_product(
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/zip"),
+        HeaderValue::from_static(served.content_type),
     );
     if !faults.no_range {
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     if let Ok(v) =
-        HeaderValue::from_str(&format!("attachment; filename=\"{}\"", product.zip_name()))
+        HeaderValue::from_str(&format!("attachment; filename=\"{}\"", served.filename))
     {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
@@ -332,7 +374,7 @@ async fn serve_product(
     entry.status = status.as_u16();
     let plan = Plan {
         file: path,
-        start: first,
+        start: served.offset + first,
         len,
         cut_after,
         tamper_at,
@@ -356,7 +398,7 @@ pub(crate) async fn file(
             if shared.faults().no_auth && (*method == Method::GET || *method == Method::HEAD) =>
         {
             entry.product = Some(p.id.clone());
-            serve_product(shared, method, headers, &p, ANONYMOUS, entry).await
+            serve_product(shared, method, headers, &Served::zip(&p), ANONYMOUS, entry).await
         }
         _ => {
             entry.outcome = "not_found".into();
