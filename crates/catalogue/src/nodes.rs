@@ -53,10 +53,7 @@ impl Catalogue {
     pub async fn list_nodes(&self, id: &str, path: &[String]) -> Result<Vec<Node>, CatalogueError> {
         let url = nodes_url(&self.base, id, path);
         match http::get_json(&self.http, &url, &self.opts).await? {
-            Answer::NotFound => Err(CatalogueError::NotFound(format!(
-                "{id}/{}",
-                path.join("/")
-            ))),
+            Answer::NotFound => Err(CatalogueError::NotFound(format!("{id}/{}", path.join("/")))),
             Answer::Json(json) => parse_nodes(&json).map_err(|reason| CatalogueError::Protocol {
                 url: url.to_string(),
                 reason,
@@ -78,7 +75,11 @@ pub fn parse_nodes(json: &Value) -> Result<Vec<Node>, String> {
             None | Some(Value::Null) => Ok(0),
             Some(n) => n
                 .as_u64()
-                .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64))
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                        .map(|f| f as u64)
+                })
                 .ok_or_else(|| format!("`{key}` is not a size: {n}")),
         }
     };
@@ -134,6 +135,8 @@ mod tests {
         assert_eq!((nodes[1].size, nodes[1].is_dir), (1234, false));
         assert!(parse_nodes(&serde_json::json!({"result":[{"Name":"../x"}]})).is_err());
         assert!(parse_nodes(&serde_json::json!({"oops":1})).is_err());
-        assert!(parse_nodes(&serde_json::json!({"result":[{"Name":"a","ContentLength":-1}]})).is_err());
+        assert!(
+            parse_nodes(&serde_json::json!({"result":[{"Name":"a","ContentLength":-1}]})).is_err()
+        );
     }
 }

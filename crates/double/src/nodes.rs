@@ -130,7 +130,8 @@ fn read_tree(zip_path: &Path) -> anyhow::Result<Tree> {
             }
         }
     }
-    let counts: BTreeMap<String, usize> = folders.iter().map(|(k, v)| (k.clone(), v.len())).collect();
+    let counts: BTreeMap<String, usize> =
+        folders.iter().map(|(k, v)| (k.clone(), v.len())).collect();
     for (parent, children) in folders.iter_mut() {
         for (name, m) in children.iter_mut() {
             if m.is_dir {

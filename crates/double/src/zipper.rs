@@ -86,7 +86,12 @@ fn trace_id(shared: &Shared) -> String {
 }
 
 /// A zipper error in its JSON shape, or HTML when `garbage_zipper_errors` is on.
-pub(crate) fn error(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(crate) fn error(
+    shared: &Shared,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response<Body> {
     if shared.faults().garbage_zipper_errors {
         return html_response(
             status,
@@ -173,7 +178,15 @@ pub(crate) async fn download(
         );
         return Answer::done(r, entry);
     };
-    serve_product(shared, method, headers, &Served::zip(&product), &user, entry).await
+    serve_product(
+        shared,
+        method,
+        headers,
+        &Served::zip(&product),
+        &user,
+        entry,
+    )
+    .await
 }
 
 /// What a download serves: a whole product zip, or (for OData Nodes) one member's bytes inside
@@ -322,9 +335,7 @@ pub(crate) async fn serve_product(
     if !faults.no_range {
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
-    if let Ok(v) =
-        HeaderValue::from_str(&format!("attachment; filename=\"{}\"", served.filename))
-    {
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", served.filename)) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     if let Ok(m) = meta.modified() {

@@ -32,7 +32,10 @@ pub fn split_node_id(id: &str) -> Option<(&str, Vec<&str>)> {
         return None;
     }
     let parts: Vec<&str> = rest.split('/').collect();
-    if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
         return None;
     }
     Some((uuid, parts))

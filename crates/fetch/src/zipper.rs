@@ -482,12 +482,19 @@ impl<T: TokenSource> Inner<T> {
                     last
                 }
                 StatusCode::OK => {
-                    // Never the wrong bytes: the layer above switches to a stream.
-                    if let Some(len) = content_length(ex.resp.headers()) {
+                    let len = content_length(ex.resp.headers());
+                    if let Some(len) = len {
                         self.learn_size(id, len);
                     }
                     self.learn_ranges(id, RangeSupport::Ignored);
-                    return Err(FetchError::RangeIgnored(id.to_string()));
+                    match len {
+                        // The whole body is exactly what was asked when the ask starts at 0
+                        // and reaches past its end (the first read of a file smaller than a
+                        // block, e.g. one file of a product): read it rather than ask again.
+                        Some(len) if pos == 0 && len > 0 && len <= end => len - 1,
+                        // Never the wrong bytes: the layer above switches to a stream.
+                        _ => return Err(FetchError::RangeIgnored(id.to_string())),
+                    }
                 }
                 StatusCode::RANGE_NOT_SATISFIABLE => {
                     let total = cr.and_then(|c| c.total);
