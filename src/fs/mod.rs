@@ -47,7 +47,7 @@ use inodes::{InodeTable, ProductNode};
 pub use inodes::{ROOT_INO, STATUS_INO};
 pub use query::QuerySpec;
 use query::{Listing, QueryDir};
-pub use safe_view::{CatalogueNodes, NodeEntry, NodeLister};
+pub use safe_view::CatalogueNodes;
 pub use status::{StatusSource, STATUS_FILE};
 
 /// What the filesystem needs to know of a product, wherever it came from.

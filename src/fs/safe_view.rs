@@ -375,3 +375,245 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         Some(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::ffi::OsStr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use bytes::Bytes;
+    use eodata_fetch::cache::{BlockCache, CacheConfig};
+    use eodata_fetch::mock::MemorySource;
+
+    use super::super::{FsConfig, ProductMeta};
+    use super::*;
+
+    const ID: &str = "db0c8ef3-8ec0-5185-a537-812dad3c58f8";
+    const NAME: &str = "S2A_MSIL1C_20180927T051221_N0206_R033_T42FXL_20180927T073143.SAFE";
+
+    struct OneProduct(ProductMeta);
+
+    impl Resolver for OneProduct {
+        async fn resolve(&self, name: &str) -> Result<Option<ProductMeta>, FsError> {
+            Ok((name == self.0.name || name == self.0.id).then(|| self.0.clone()))
+        }
+        async fn query(&self, _: &str, _: usize) -> Result<Vec<ProductMeta>, FsError> {
+            Ok(vec![self.0.clone()])
+        }
+    }
+
+    /// Folders by path, counting listings.
+    #[derive(Default)]
+    struct MapLister {
+        folders: HashMap<Vec<String>, Vec<NodeEntry>>,
+        calls: AtomicUsize,
+    }
+
+    impl NodeLister for MapLister {
+        fn list(&self, _id: &str, path: &[String]) -> ListFuture {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let found = self.folders.get(path).cloned().ok_or(FsError::NotFound);
+            Box::pin(async move { found })
+        }
+    }
+
+    fn file(name: &str, size: u64) -> NodeEntry {
+        NodeEntry {
+            name: name.into(),
+            size,
+            is_dir: false,
+        }
+    }
+
+    /// A product with `IMG_DATA` holding four bands of `band` bytes, in the memory source.
+    async fn fixture(
+        online: bool,
+        band: usize,
+    ) -> (
+        Arc<Fs<OneProduct, Arc<MemorySource>>>,
+        Arc<MemorySource>,
+        Arc<MapLister>,
+    ) {
+        let source = Arc::new(MemorySource::new().with_product(ID, Bytes::from_static(b"zip")));
+        let mut lister = MapLister::default();
+        let top = vec![NAME.to_string()];
+        lister.folders.insert(
+            top.clone(),
+            vec![
+                file("manifest.safe", 5),
+                NodeEntry {
+                    name: "IMG_DATA".into(),
+                    size: 0,
+                    is_dir: true,
+                },
+            ],
+        );
+        let mut img = top.clone();
+        img.push("IMG_DATA".into());
+        let bands: Vec<NodeEntry> = (1..=4)
+            .map(|b| file(&format!("B0{b}.jp2"), band as u64))
+            .collect();
+        for (i, b) in bands.iter().enumerate() {
+            let mut path = img.clone();
+            path.push(b.name.clone());
+            source.insert(
+                eodata_fetch::nodes::node_id(ID, &path),
+                MemorySource::random_bytes(band, i as u64),
+            );
+        }
+        lister.folders.insert(img, bands);
+        let mut manifest = top.clone();
+        manifest.push("manifest.safe".into());
+        source.insert(
+            eodata_fetch::nodes::node_id(ID, &manifest),
+            Bytes::from_static(b"<xml>"),
+        );
+        let cache = Arc::new(BlockCache::new(source.clone(), CacheConfig::default()));
+        let meta = ProductMeta {
+            id: ID.into(),
+            name: NAME.into(),
+            mtime: UNIX_EPOCH,
+            online,
+            size_hint: Some(3),
+            xattrs: Vec::new(),
+        };
+        let fs = Arc::new(Fs::new(
+            OneProduct(meta),
+            cache,
+            FsConfig {
+                safe_view: true,
+                ..FsConfig::default()
+            },
+        ));
+        let lister = Arc::new(lister);
+        fs.set_node_lister(lister.clone());
+        fs.add_product(NAME).await.unwrap();
+        (fs, source, lister)
+    }
+
+    async fn walk(fs: &Fs<OneProduct, Arc<MemorySource>>, path: &[&str]) -> Attr {
+        let mut ino = ROOT_INO;
+        let mut attr = fs.getattr(ino).await.unwrap();
+        for p in path {
+            attr = fs.lookup(ino, OsStr::new(p)).await.unwrap();
+            ino = attr.ino;
+        }
+        attr
+    }
+
+    #[tokio::test]
+    async fn the_folder_sits_beside_the_zip_lists_once_and_reads_its_files() {
+        let (fs, source, lister) = fixture(true, 1000).await;
+        let root: Vec<String> = fs
+            .readdir(ROOT_INO)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(root, vec![".", "..", NAME, &format!("{NAME}.zip")]);
+        let top = walk(&fs, &[NAME]).await;
+        assert_eq!(top.kind, Kind::Directory);
+        let names: Vec<String> = fs
+            .readdir(top.ino)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec![".", "..", "IMG_DATA", "manifest.safe"]);
+        let m = walk(&fs, &[NAME, "manifest.safe"]).await;
+        assert_eq!((m.kind, m.size), (Kind::File, 5));
+        let fh = fs.open(m.ino, false).await.unwrap();
+        assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"<xml>");
+        fs.release(fh);
+        // Looked into three times, listed once; the zip itself was never read.
+        walk(&fs, &[NAME, "IMG_DATA", "B01.jp2"]).await;
+        walk(&fs, &[NAME, "IMG_DATA", "B02.jp2"]).await;
+        assert_eq!(lister.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(source.stats_for(ID).requests, 0);
+        assert!(matches!(
+            fs.lookup(top.ino, OsStr::new("nothing")).await,
+            Err(FsError::NotFound)
+        ));
+        assert!(matches!(
+            fs.opendir(m.ino).await,
+            Err(FsError::NotADirectory)
+        ));
+    }
+
+    #[tokio::test]
+    async fn files_opened_in_order_read_the_next_ones_ahead_and_one_file_alone_does_not() {
+        let (fs, source, _) = fixture(true, 3 << 20).await;
+        let band = |b: u32| {
+            eodata_fetch::nodes::node_id(
+                ID,
+                &[NAME.into(), "IMG_DATA".into(), format!("B0{b}.jp2")],
+            )
+        };
+        // One file alone (a GDAL open): nothing else is fetched.
+        let b2 = walk(&fs, &[NAME, "IMG_DATA", "B02.jp2"]).await;
+        let fh = fs.open(b2.ino, false).await.unwrap();
+        fs.read(fh, 0, 4096).await.unwrap();
+        fs.release(fh);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for b in [1, 3, 4] {
+            assert_eq!(source.stats_for(&band(b)).requests, 0, "B0{b}");
+        }
+        // B03 right after B02: B04 is fetched ahead before anyone opens it.
+        let b3 = walk(&fs, &[NAME, "IMG_DATA", "B03.jp2"]).await;
+        let fh = fs.open(b3.ino, false).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while source.stats_for(&band(4)).requests == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B04 was not read ahead"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        fs.release(fh);
+        assert_eq!(source.stats_for(&band(1)).requests, 0, "nothing behind");
+    }
+
+    #[tokio::test]
+    async fn offline_products_list_but_do_not_open_and_the_view_can_be_off() {
+        let (fs, _, _) = fixture(false, 10).await;
+        let m = walk(&fs, &[NAME, "manifest.safe"]).await;
+        assert!(matches!(
+            fs.open(m.ino, false).await,
+            Err(FsError::Offline(_))
+        ));
+
+        let (fs, _, _) = fixture(true, 10).await;
+        let fs_off = Fs::new(
+            OneProduct(
+                fs.node(
+                    fs.lookup(ROOT_INO, OsStr::new(&format!("{NAME}.zip")))
+                        .await
+                        .unwrap()
+                        .ino,
+                )
+                .unwrap()
+                .meta
+                .clone(),
+            ),
+            fs.cache.clone(),
+            FsConfig::default(),
+        );
+        fs_off.add_product(NAME).await.unwrap();
+        let root: Vec<String> = fs_off
+            .readdir(ROOT_INO)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(root, vec![".", "..", &format!("{NAME}.zip")]);
+        assert!(matches!(
+            fs_off.lookup(ROOT_INO, OsStr::new(NAME)).await,
+            Err(FsError::NotFound)
+        ));
+    }
+}

@@ -246,7 +246,7 @@ pub(crate) async fn value(
     entry.product = Some(id.to_string());
     let user = match admit(shared, method, headers, uri, &mut entry) {
         Ok(user) => user,
-        Err(resp) => return Answer::done(resp, entry),
+        Err(resp) => return Answer::done(*resp, entry),
     };
     let served = shared
         .store

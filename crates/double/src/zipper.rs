@@ -166,7 +166,7 @@ pub(crate) async fn download(
     entry.product = Some(id.to_string());
     let user = match admit(shared, method, headers, uri, &mut entry) {
         Ok(user) => user,
-        Err(resp) => return Answer::done(resp, entry),
+        Err(resp) => return Answer::done(*resp, entry),
     };
     let Some(product) = shared.store.by_id(id).filter(|p| p.file.is_some()) else {
         entry.outcome = "not_found".into();
@@ -221,7 +221,7 @@ pub(crate) fn admit(
     headers: &HeaderMap,
     uri: &Uri,
     entry: &mut LogEntry,
-) -> Result<String, Response<Body>> {
+) -> Result<String, Box<Response<Body>>> {
     let query = uri.query();
     if method != Method::GET && method != Method::HEAD {
         entry.outcome = "method_not_allowed".into();
@@ -231,7 +231,7 @@ pub(crate) fn admit(
             "DAT-ZIP-405",
             "Method not allowed",
         );
-        return Err(r);
+        return Err(Box::new(r));
     }
     if let Some(to) = redirect_target(shared, headers, uri) {
         entry.outcome = "redirect".into();
@@ -240,7 +240,7 @@ pub(crate) fn admit(
         r.headers_mut().insert(header::LOCATION, to);
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-        return Err(r);
+        return Err(Box::new(r));
     }
     if shared.faults().no_auth {
         Ok(ANONYMOUS.to_string())
@@ -266,7 +266,7 @@ pub(crate) fn admit(
                     "DAT-ZIP-604",
                     "Token not found",
                 );
-                Err(r)
+                Err(Box::new(r))
             }
         }
     }
