@@ -200,6 +200,11 @@ pub struct MountArgs {
     /// Seconds a query's listing is kept; the next ls after that fetches it again.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub listing_ttl: u64,
+
+    /// Do not show the folder <Name>/ (the product's own files, one by one) beside each
+    /// <Name>.zip.
+    #[arg(long)]
+    pub no_safe_view: bool,
 }
 
 /// Options of `download`.

@@ -23,7 +23,9 @@ use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::cache_dir;
 use crate::cli::Cli;
-use crate::fs::{Fs, FsConfig, FsError, ProductMeta, QuerySpec, Resolver, StatusSource};
+use crate::fs::{
+    CatalogueNodes, Fs, FsConfig, FsError, ProductMeta, QuerySpec, Resolver, StatusSource,
+};
 use crate::fuse::FuseAdapter;
 use crate::mountpoint;
 use crate::stack;
@@ -76,16 +78,18 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         },
     ));
     let fs = Arc::new(Fs::new(
-        cache_dir::OfflineResolver::new(CatalogueResolver(catalogue), &cli.mount),
+        cache_dir::OfflineResolver::new(CatalogueResolver(catalogue.clone()), &cli.mount),
         cache,
         FsConfig {
             max_connections: common.max_connections as usize,
             queries: query_specs(&cli.mount.queries)?,
             max_results: cli.mount.max_results as usize,
             listing_ttl: std::time::Duration::from_secs(cli.mount.listing_ttl),
+            safe_view: !cli.mount.no_safe_view,
             ..FsConfig::default()
         },
     ));
+    fs.set_node_lister(Arc::new(CatalogueNodes(catalogue)));
     fs.set_status_source(status_source(tokens, zipper, spools, disk));
     let mut wanted = cli.mount.products.clone();
     if let Some(file) = &cli.mount.products_file {

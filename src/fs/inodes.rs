@@ -151,6 +151,13 @@ impl InodeTable {
         node
     }
 
+    /// The product listed in the root under `file_name` (`<Name>.zip`), if any.
+    pub fn listed_as(&self, file_name: &str) -> Option<Arc<ProductNode>> {
+        self.listing
+            .get(file_name)
+            .and_then(|ino| self.product(*ino))
+    }
+
     /// The products listed in the root, by file name.
     pub fn listed(&self) -> Vec<Arc<ProductNode>> {
         self.listing

@@ -6,7 +6,8 @@
 //! on the first lookup of `<Name>.zip`, `<Name without .SAFE>.zip` or `<uuid>.zip`, and listed from
 //! then on. All names of one product lead to the same inode, so they are the same file.
 //! `--query` adds query directories (`query`), and the root holds an unlisted `.eodata-status`
-//! file (`status`).
+//! file (`status`). Beside every `<Name>.zip`, `<Name>/` shows the product's own files
+//! (`safe_view`).
 //!
 //! Only names ending in `.zip` are looked up in the catalogue: tools probe many names next to a
 //! file they open (`x.zip.aux.xml`, `.ovr`, `.git`), and each probe would otherwise cost a
@@ -25,6 +26,7 @@
 
 mod inodes;
 mod query;
+mod safe_view;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -45,6 +47,7 @@ use inodes::{InodeTable, ProductNode};
 pub use inodes::{ROOT_INO, STATUS_INO};
 pub use query::QuerySpec;
 use query::{Listing, QueryDir};
+pub use safe_view::CatalogueNodes;
 pub use status::{StatusSource, STATUS_FILE};
 
 /// What the filesystem needs to know of a product, wherever it came from.
@@ -168,6 +171,9 @@ pub struct FsConfig {
     pub max_results: usize,
     /// How long a query's listing is kept before the next `ls` refetches it (`--listing-ttl`).
     pub listing_ttl: Duration,
+    /// Show `<Name>/` beside every `<Name>.zip` (off with `--no-safe-view`; the mount turns it
+    /// on, and it needs a [`NodeLister`]).
+    pub safe_view: bool,
 }
 
 /// Default `--max-results`: one page of the catalogue at its largest `$top`, a listing `ls`
@@ -190,6 +196,7 @@ impl Default for FsConfig {
             queries: Vec::new(),
             max_results: DEFAULT_MAX_RESULTS,
             listing_ttl: DEFAULT_LISTING_TTL,
+            safe_view: false,
         }
     }
 }
@@ -224,6 +231,7 @@ pub struct Fs<R: Resolver, S: RangeSource> {
     pub stats: FsStats,
     last_error: Mutex<Option<(SystemTime, String)>>,
     status_source: Mutex<Option<StatusSource>>,
+    view: safe_view::SafeView,
 }
 
 /// The entries (name, inode) of one open directory.
@@ -239,6 +247,11 @@ enum Open<S: RangeSource> {
     },
     /// The status report as rendered when opened.
     Status(Bytes),
+    /// A file of the folder view.
+    Node {
+        node: Arc<safe_view::ViewNode>,
+        reader: Prefetcher<S>,
+    },
 }
 
 impl<R: Resolver, S: RangeSource> Fs<R, S> {
@@ -277,6 +290,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             stats: FsStats::default(),
             last_error: Mutex::new(None),
             status_source: Mutex::new(None),
+            view: safe_view::SafeView::default(),
         }
     }
 
@@ -300,7 +314,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
 
     /// The error for using `ino` as a directory when it is not the root or a query directory.
     fn not_a_directory(&self, ino: u64) -> FsError {
-        if self.node(ino).is_some() {
+        if self.node(ino).is_some() || self.view.node(ino).is_some() {
             FsError::NotADirectory
         } else {
             FsError::NotFound
@@ -309,11 +323,31 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
 
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
-        if let Some(dir) = self.queries.get(&parent) {
-            let entries = self.listing(dir, false).await?;
-            if let Some(node) = entries.get(name).and_then(|ino| self.node(*ino)) {
-                return Ok(self.file_attr(&node));
+        // The folder view: inside a view folder, or `<Name>` beside a listed `<Name>.zip`.
+        let zip_here = match self.queries.get(&parent) {
+            Some(dir) => {
+                let entries = self.listing(dir, false).await?;
+                if let Some(node) = entries.get(name).and_then(|ino| self.node(*ino)) {
+                    return Ok(self.file_attr(&node));
+                }
+                entries
+                    .get(&format!("{name}.zip"))
+                    .and_then(|ino| self.node(*ino))
             }
+            None => None,
+        };
+        let zip_here = zip_here.or_else(|| {
+            (parent == ROOT_INO)
+                .then(|| {
+                    self.inodes
+                        .lock()
+                        .unwrap()
+                        .listed_as(&format!("{name}.zip"))
+                })
+                .flatten()
+        });
+        if let Some(found) = self.view_lookup(parent, name, zip_here).await {
+            return found;
         }
         if parent != ROOT_INO {
             if self.queries.contains_key(&parent) {
@@ -390,6 +424,9 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         if self.queries.contains_key(&ino) {
             return Ok(self.dir_attr(ino));
         }
+        if let Some(attr) = self.view_attr(ino) {
+            return Ok(attr);
+        }
         let node = self.node(ino);
         node.map(|n| self.file_attr(&n)).ok_or(FsError::NotFound)
     }
@@ -397,6 +434,15 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
     /// Starts a listing of directory `ino`: refreshes a stale query listing and takes a
     /// snapshot of the entries for [`Fs::readdir_at`]. Returns the handle.
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        if let Some(dir) = self.view.node(ino) {
+            let entries = self.view_opendir(&dir).await?;
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            self.dir_handles
+                .lock()
+                .unwrap()
+                .insert(fh, Arc::new(entries));
+            return Ok(fh);
+        }
         let mut names: BTreeMap<String, u64> = BTreeMap::new();
         if let Some(dir) = self.queries.get(&ino) {
             names.extend(
@@ -413,6 +459,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             let nodes = self.inodes.lock().unwrap().listed();
             names.extend(nodes.iter().map(|n| (n.file_name(), n.ino)));
         }
+        self.view_add_tops(&mut names);
         let mut entries = vec![(".".to_string(), ino), ("..".to_string(), ROOT_INO)];
         entries.extend(names);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -444,6 +491,8 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         for (name, ino) in entries.iter().skip(offset).take(max) {
             let attr = if *ino == ROOT_INO || self.queries.contains_key(ino) {
                 self.dir_attr(*ino)
+            } else if let Some(attr) = self.view_attr(*ino) {
+                attr
             } else {
                 match self.node(*ino) {
                     Some(node) => self.file_attr(&node),
@@ -486,6 +535,12 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
                 .lock()
                 .unwrap()
                 .insert(fh, Arc::new(Open::Status(text)));
+            return Ok(fh);
+        }
+        if let Some(view) = self.view.node(ino) {
+            let open = self.view_open(view)?;
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            self.handles.lock().unwrap().insert(fh, Arc::new(open));
             return Ok(fh);
         }
         let node = self.node(ino).ok_or(FsError::NotFound)?;
@@ -554,15 +609,15 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)?;
-        let (node, reader) = match &*handle {
+        let (name, size, reader) = match &*handle {
             Open::Status(text) => {
                 let start = (offset as usize).min(text.len());
                 let end = (start + len as usize).min(text.len());
                 return Ok(text.slice(start..end));
             }
-            Open::Product { node, reader } => (node, reader),
+            Open::Product { node, reader } => (node.meta.name.clone(), node.size(), reader),
+            Open::Node { node, reader } => (node.path.join("/"), node.size, reader),
         };
-        let size = node.size();
         if offset >= size {
             return Ok(Bytes::new());
         }
@@ -580,10 +635,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             }
             Err(e) => {
                 self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                let msg = format!(
-                    "read of {} at {offset} (+{len}) failed: {e}",
-                    node.meta.name
-                );
+                let msg = format!("read of {name} at {offset} (+{len}) failed: {e}");
                 // A refused login fails every read alike and the zipper has said why once;
                 // a line per read would bury it (readers retry).
                 if matches!(e, FetchError::Auth(eodata_auth::AuthError::Refused { .. })) {
@@ -606,6 +658,9 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         if ino == ROOT_INO || ino == STATUS_INO || self.queries.contains_key(&ino) {
             return Ok(Vec::new());
         }
+        if let Some(x) = self.view_xattrs(ino) {
+            return Ok(x.into_iter().map(|(k, _)| k).collect());
+        }
         let node = self.node(ino).ok_or(FsError::NotFound)?;
         Ok(node.xattrs().into_iter().map(|(k, _)| k).collect())
     }
@@ -618,8 +673,11 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             }
             return Err(FsError::NoAttribute);
         }
-        let node = self.node(ino).ok_or(FsError::NoAttribute)?;
-        node.xattrs()
+        let xattrs = match self.view_xattrs(ino) {
+            Some(x) => x,
+            None => self.node(ino).ok_or(FsError::NoAttribute)?.xattrs(),
+        };
+        xattrs
             .into_iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_bytes())

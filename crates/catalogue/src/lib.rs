@@ -8,7 +8,8 @@
 //!   found are kept for half a minute, so repeated probes do not hammer the service but a
 //!   product published meanwhile shows up soon;
 //! - single flight: concurrent lookups of one name share one request;
-//! - [`Catalogue::query`], paging through search results.
+//! - [`Catalogue::query`], paging through search results;
+//! - [`Catalogue::list_nodes`], the files inside a product ([`nodes`]).
 //!
 //! Files: [`product`] (the answer and its JSON), `odata` (quoting and URLs), `http` (one GET
 //! with retries), `date` (ISO 8601), `error`.
@@ -16,6 +17,7 @@
 mod date;
 mod error;
 mod http;
+pub mod nodes;
 mod odata;
 pub mod product;
 

@@ -7,7 +7,7 @@
 //!
 //! This file owns the public face: the configuration types and the [`Double`] handle. The services
 //! live in rooms of their own: `keycloak` (token endpoint, realm, TOTP), `zipper` (downloads, and
-//! the `/files/` index for peers), `catalogue` with `filter` (OData search), `server` (accept
+//! the `/files/` index for peers), `catalogue` with `filter` (OData search), `nodes` (a product's own files, OData Nodes), `server` (accept
 //! loop, routing, latency, outage), `state` (what the services share), `store` (the product
 //! directory), `body` (streamed, throttled, cuttable response bodies), `log` (the request log),
 //! `jwt` (token strings). `generate` writes product directories for the store.
@@ -20,6 +20,7 @@ pub mod generate;
 mod jwt;
 mod keycloak;
 mod log;
+mod nodes;
 mod reorder;
 mod server;
 mod state;

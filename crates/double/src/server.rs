@@ -79,6 +79,8 @@ pub(crate) enum Route {
     Zipper(String),
     CatalogueSearch,
     CatalogueEntity(String),
+    /// `Products(<id>)/Nodes...`: a product's own files (see `nodes`).
+    Nodes(crate::nodes::NodePath),
     FilesIndex,
     File(String),
     /// `/_double/<what>` (only when control is enabled).
@@ -108,6 +110,9 @@ pub(crate) fn route(path: &str) -> Route {
     if let Some(rest) = path.strip_prefix("/odata/v1/Products(") {
         // `$` may arrive percent-encoded (%24) from clients that escape it.
         let rest = rest.replace("%24", "$");
+        if let Some(nodes) = crate::nodes::parse(&rest) {
+            return Route::Nodes(nodes);
+        }
         if let Some(id) = rest.strip_suffix(")/$value") {
             return Route::Zipper(id.trim_matches('\'').to_string());
         }
@@ -137,6 +142,9 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
             Route::Token => "token",
             Route::Zipper(_) => "zipper",
             Route::CatalogueSearch | Route::CatalogueEntity(_) => "catalogue",
+            // Listing needs no token (a catalogue answer); a file is a zipper download.
+            Route::Nodes(crate::nodes::NodePath::Value { .. }) => "zipper",
+            Route::Nodes(_) => "catalogue",
             Route::FilesIndex | Route::File(_) => "files",
             Route::Unknown | Route::Control(_) => "other",
         }
@@ -186,6 +194,23 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
                 }
                 Answer::Streaming(resp) => return Ok(dated(&shared, resp)),
             }
+        }
+        Route::Nodes(crate::nodes::NodePath::Value { id, keys }) => {
+            match crate::nodes::value(&shared, &method, &parts.headers, &uri, &id, &keys, entry)
+                .await
+            {
+                Answer::Done(resp, e) => {
+                    entry = *e;
+                    resp
+                }
+                Answer::Streaming(resp) => return Ok(dated(&shared, resp)),
+            }
+        }
+        Route::Nodes(crate::nodes::NodePath::List { id, keys }) => {
+            crate::nodes::list(&shared, &method, &id, &keys, &mut entry)
+        }
+        Route::Nodes(crate::nodes::NodePath::Malformed { id }) => {
+            crate::nodes::malformed(&shared, &id, &mut entry)
         }
         Route::File(name) => {
             match crate::zipper::file(&shared, &method, &parts.headers, &name, entry).await {
@@ -335,6 +360,14 @@ mod tests {
         assert!(matches!(
             route("/odata/v1/Products"),
             Route::CatalogueSearch
+        ));
+        assert!(matches!(
+            route("/odata/v1/Products(abc)/Nodes(X.SAFE)/Nodes"),
+            Route::Nodes(crate::nodes::NodePath::List { .. })
+        ));
+        assert!(matches!(
+            route("/odata/v1/Products(abc)/Nodes(X.SAFE)/Nodes(a.xml)/%24value"),
+            Route::Nodes(crate::nodes::NodePath::Value { .. })
         ));
         assert!(matches!(route("/files/"), Route::FilesIndex));
         assert!(matches!(route("/files/A%20B.zip"), Route::File(n) if n == "A B.zip"));

@@ -89,7 +89,12 @@ fn trace_id(shared: &Shared) -> String {
 }
 
 /// A zipper error in its JSON shape, or HTML when `garbage_zipper_errors` is on.
-fn error(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(crate) fn error(
+    shared: &Shared,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response<Body> {
     if shared.faults().garbage_zipper_errors {
         return html_response(
             status,
@@ -174,17 +179,6 @@ pub(crate) async fn download(
     mut entry: LogEntry,
 ) -> Answer {
     entry.product = Some(id.to_string());
-    let query = uri.query();
-    if method != Method::GET && method != Method::HEAD {
-        entry.outcome = "method_not_allowed".into();
-        let r = error(
-            shared,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "DAT-ZIP-405",
-            "Method not allowed",
-        );
-        return Answer::done(r, entry);
-    }
     if !is_uuid(id) {
         entry.outcome = "bad_uuid".into();
         let r = error(
@@ -195,46 +189,10 @@ pub(crate) async fn download(
         );
         return Answer::done(r, entry);
     }
-    if let Some(to) = redirect_target(shared, headers, uri) {
-        entry.outcome = "redirect".into();
-        let mut r = Response::new(Body::empty());
-        *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
-        r.headers_mut().insert(header::LOCATION, to);
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-        return Answer::done(r, entry);
-    }
-    let user = if shared.faults().no_auth {
-        ANONYMOUS.to_string()
-    } else {
-        let checked = match token_and_way(headers, query) {
-            None => Err("no_token"),
-            Some((t, way)) => {
-                entry.token_via = Some(way.to_string());
-                shared.auth.lock().unwrap().check_access(&t)
-            }
-        };
-        match checked {
-            Ok((user, jti)) => {
-                entry.username = Some(user.clone());
-                entry.token_id = Some(jti);
-                user
-            }
-            Err(outcome) => {
-                entry.outcome = outcome.into();
-                let (code, message) = if outcome == "expired_token" {
-                    ("DAT-ZIP-109", "Token is expired")
-                } else {
-                    ("DAT-ZIP-604", "Token not found")
-                };
-                let r = error(shared, StatusCode::UNAUTHORIZED, code, message);
-                return Answer::done(r, entry);
-            }
-        }
+    let user = match admit(shared, method, headers, uri, &mut entry) {
+        Ok(user) => user,
+        Err(resp) => return Answer::done(*resp, entry),
     };
-    if let Some(r) = refusal(shared, &mut entry) {
-        return Answer::done(r, entry);
-    }
     let Some(product) = shared.store.by_id(id) else {
         entry.outcome = "not_found".into();
         let r = error(
@@ -256,7 +214,105 @@ pub(crate) async fn download(
         );
         return Answer::done(r, entry);
     }
-    serve_product(shared, method, headers, &product, &user, entry).await
+    serve_product(
+        shared,
+        method,
+        headers,
+        &Served::zip(&product),
+        &user,
+        entry,
+    )
+    .await
+}
+
+/// What a download serves: a whole product zip, or (for OData Nodes) one member's bytes inside
+/// a file, from `offset` for `len` bytes.
+pub(crate) struct Served {
+    pub file: std::path::PathBuf,
+    pub offset: u64,
+    /// `None`: the rest of the file.
+    pub len: Option<u64>,
+    pub content_type: &'static str,
+    /// Content-Disposition's `filename=`.
+    pub filename: String,
+}
+
+impl Served {
+    fn zip(product: &Product) -> Served {
+        Served {
+            file: product.file.clone().expect("checked by caller"),
+            offset: 0,
+            len: None,
+            content_type: "application/zip",
+            filename: product.zip_name(),
+        }
+    }
+
+    /// The whole of a product's zip (not one member of it).
+    fn is_whole_zip(&self) -> bool {
+        self.offset == 0 && self.len.is_none()
+    }
+}
+
+/// The checks every zipper download passes before its product is looked up: the method, the
+/// CDSE-style redirect, the token, and the refusals of a valid token the fault switches ask
+/// for. Returns the user to account connections to, or the answer.
+pub(crate) fn admit(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &Uri,
+    entry: &mut LogEntry,
+) -> Result<String, Box<Response<Body>>> {
+    let query = uri.query();
+    if method != Method::GET && method != Method::HEAD {
+        entry.outcome = "method_not_allowed".into();
+        let r = error(
+            shared,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "DAT-ZIP-405",
+            "Method not allowed",
+        );
+        return Err(Box::new(r));
+    }
+    if let Some(to) = redirect_target(shared, headers, uri) {
+        entry.outcome = "redirect".into();
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+        r.headers_mut().insert(header::LOCATION, to);
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        return Err(Box::new(r));
+    }
+    if shared.faults().no_auth {
+        return Ok(ANONYMOUS.to_string());
+    }
+    let checked = match token_and_way(headers, query) {
+        None => Err("no_token"),
+        Some((t, way)) => {
+            entry.token_via = Some(way.to_string());
+            shared.auth.lock().unwrap().check_access(&t)
+        }
+    };
+    match checked {
+        Ok((user, jti)) => {
+            entry.username = Some(user.clone());
+            entry.token_id = Some(jti);
+            if let Some(r) = refusal(shared, entry) {
+                return Err(Box::new(r));
+            }
+            Ok(user)
+        }
+        Err(outcome) => {
+            entry.outcome = outcome.into();
+            let (code, message) = if outcome == "expired_token" {
+                ("DAT-ZIP-109", "Token is expired")
+            } else {
+                ("DAT-ZIP-604", "Token not found")
+            };
+            Err(Box::new(error(shared, StatusCode::UNAUTHORIZED, code, message)))
+        }
+    }
 }
 
 /// The refusals of a valid token that the fault switches ask for: a wrong audience (final),
@@ -294,12 +350,13 @@ fn refusal(shared: &Shared, entry: &mut LogEntry) -> Option<Response<Body>> {
     Some(error(shared, status, code, message))
 }
 
-/// The rest of a download, shared by the zipper and `/files/`: faults, Range, headers, body.
-async fn serve_product(
+/// The rest of a download, shared by the zipper, `/files/` and node downloads: faults, Range,
+/// headers, body.
+pub(crate) async fn serve_product(
     shared: &Arc<Shared>,
     method: &Method,
     headers: &HeaderMap,
-    product: &Product,
+    served: &Served,
     user: &str,
     mut entry: LogEntry,
 ) -> Answer {
@@ -324,8 +381,8 @@ async fn serve_product(
         );
         return Answer::done(r, entry);
     }
-    let mut path = product.file.clone().expect("checked by caller");
-    if faults.reorder_members && *method == Method::GET {
+    let mut path = served.file.clone();
+    if faults.reorder_members && *method == Method::GET && served.is_whole_zip() {
         let n = shared
             .gets
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -352,7 +409,9 @@ async fn serve_product(
             return Answer::done(r, entry);
         }
     };
-    let size = meta.len();
+    let size = served
+        .len
+        .unwrap_or_else(|| meta.len().saturating_sub(served.offset));
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let ask = if !faults.range {
         RangeAsk::Whole
@@ -363,14 +422,12 @@ async fn serve_product(
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/zip"),
+        HeaderValue::from_static(served.content_type),
     );
     if faults.range {
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
-    if let Ok(v) =
-        HeaderValue::from_str(&format!("attachment; filename=\"{}\"", product.zip_name()))
-    {
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", served.filename)) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     if let Ok(m) = meta.modified() {
@@ -426,7 +483,7 @@ async fn serve_product(
     entry.status = status.as_u16();
     let plan = Plan {
         file: path,
-        start: first,
+        start: served.offset + first,
         len,
         cut_after,
         tamper_at,
@@ -450,7 +507,7 @@ pub(crate) async fn file(
             if shared.faults().no_auth && (*method == Method::GET || *method == Method::HEAD) =>
         {
             entry.product = Some(p.id.clone());
-            serve_product(shared, method, headers, &p, ANONYMOUS, entry).await
+            serve_product(shared, method, headers, &Served::zip(&p), ANONYMOUS, entry).await
         }
         _ => {
             entry.outcome = "not_found".into();

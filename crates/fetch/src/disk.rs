@@ -111,11 +111,19 @@ fn dir_name(id: &str) -> String {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    // A directory name may hold 255 bytes; file ids inside a product (`<uuid>/<path>`, see
+    // `nodes`) hex-encode to more, so longer ones are named by their SHA-256 instead.
+    const MAX_HEX: usize = 200;
     if plain {
         id.to_string()
-    } else {
+    } else if id.len() * 2 <= MAX_HEX {
         let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
         format!("_{hex}")
+    } else {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("_h{hex}")
     }
 }
 

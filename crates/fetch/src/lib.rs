@@ -11,11 +11,13 @@
 //! - `cache`: fixed-size aligned blocks in an LRU bounded in bytes; concurrent readers of one
 //!   block share one fetch.
 //! - `prefetch`: one per open file; detects sequential reading and reads ahead in parallel.
+//! - `nodes`: files inside a product (OData Nodes) addressed as objects of their own.
 //! - `mock`: an in-memory [`RangeSource`] with fault injection, for tests of the layers above.
 
 pub mod cache;
 pub mod disk;
 pub mod mock;
+pub mod nodes;
 pub mod prefetch;
 pub mod spool;
 pub mod zipper;

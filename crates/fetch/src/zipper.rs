@@ -560,16 +560,24 @@ impl<T: TokenSource> Inner<T> {
                     last
                 }
                 Answer::Whole { len } => {
-                    // Never the wrong bytes: the layer above switches to a stream.
                     if let Some(len) = len {
                         self.learn_size(id, len);
                     }
                     self.learn_ranges(id, RangeSupport::Ignored);
-                    if pos == 0 {
-                        // The product from byte 0: the stream the layer above starts takes it.
-                        self.parked.park(id, ex);
+                    match len {
+                        // The whole body is exactly what was asked when the ask starts at 0
+                        // and reaches past its end (the first read of a file smaller than a
+                        // block, e.g. one file of a product): read it rather than ask again.
+                        Some(len) if pos == 0 && len > 0 && len <= end => len - 1,
+                        // Never the wrong bytes: the layer above switches to a stream, which
+                        // takes this answer when it starts at byte 0.
+                        _ => {
+                            if pos == 0 {
+                                self.parked.park(id, ex);
+                            }
+                            return Err(FetchError::RangeIgnored(id.to_string()));
+                        }
                     }
-                    return Err(FetchError::RangeIgnored(id.to_string()));
                 }
                 Answer::Unsatisfiable { total } => {
                     if let Some(t) = total {

@@ -223,17 +223,23 @@ enum SendError {
 impl<T: TokenSource> Inner<T> {
     /// The product's download URL, without credentials.
     pub(crate) fn product_url(&self, id: &str) -> Result<Url, FetchError> {
-        let encoded: String = id
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let raw = self.cfg.url_template.replace("{id}", &encoded);
+        // A file inside a product (`<uuid>/<path>`) has a Nodes URL of its own.
+        let raw = match crate::nodes::node_url(&self.cfg.url_template, id) {
+            Some(url) => url?,
+            None => {
+                let encoded: String = id
+                    .bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
+                self.cfg.url_template.replace("{id}", &encoded)
+            }
+        };
         let url = Url::parse(&raw).map_err(|e| {
             FetchError::Protocol(format!(
                 "download URL template {:?} does not give a URL: {e}",
