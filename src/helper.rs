@@ -39,7 +39,7 @@ const IGNORED: [&str; 14] = [
 ];
 
 /// Subcommands: a first argument naming one is never a mount helper's SOURCE.
-const COMMANDS: [&str; 5] = ["token", "download", "completions", "man", "help"];
+const COMMANDS: [&str; 6] = ["token", "download", "unmount", "completions", "man", "help"];
 
 /// Rewrites `PROG SOURCE MOUNTPOINT -o OPTS` into our flags; returns anything else unchanged.
 pub fn rewrite(args: Vec<OsString>) -> Vec<OsString> {

@@ -36,6 +36,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         bail!("no mountpoint given; usage: eodata-mount [OPTIONS] <MOUNTPOINT> (see --help)");
     };
     let mountpoint = mountpoint::prepare(mountpoint)?;
+    mountpoint::check_fuse_device()?;
     if !cli.mount.foreground {
         return spawn_background();
     }
@@ -132,9 +133,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
     }
     let mut config = Config::default();
-    config.mount_options = options;
     config.acl = acl;
     let adapter = FuseAdapter::new(fs, rt.handle().clone());
+    config.mount_options = options;
+    // As a user, fuser mounts through the setuid fusermount3; the unmount below does too.
     let session = Session::new(adapter, &mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     mountpoint::raise_read_ahead(&mountpoint);
@@ -154,7 +156,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("signal received: unmounting {}", mp.display());
         if let Err(e) = mountpoint::unmount(&mp) {
+            // A mountpoint left behind is a failure the caller (a shell, systemd) must see.
             tracing::error!("unmount of {} failed: {e}", mp.display());
+            eprintln!(
+                "eodata-mount: unmount of {} failed: {e}; unmount it with: eodata-mount unmount {}",
+                mp.display(),
+                mp.display()
+            );
+            std::process::exit(1);
         }
         // Readers of a detached mount get an error once /dev/fuse closes, instead of hanging.
         std::process::exit(0);
@@ -163,6 +172,27 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     tracing::info!("unmounted {}", mountpoint.display());
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result.context("the FUSE session ended with an error")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `eodata-mount unmount MOUNTPOINT`: unmount one of our mounts, as root or as its user,
+/// including a stale one whose process died.
+pub fn unmount_command(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let abs =
+        std::path::absolute(path).with_context(|| format!("mountpoint {}", path.display()))?;
+    // canonicalize asks the mount itself, which fails on a dead one: then the path as given.
+    let abs = abs.canonicalize().unwrap_or(abs);
+    let Some(m) = mountpoint::mount_at(&abs) else {
+        bail!("{} is not mounted", path.display());
+    };
+    if !(m.fstype.starts_with("fuse") && m.source == mountpoint::FS_NAME) {
+        bail!(
+            "{} is not an eodata-mount mount ({}); use umount",
+            path.display(),
+            m.fstype
+        );
+    }
+    mountpoint::unmount(&abs).with_context(|| format!("cannot unmount {}", path.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -177,6 +207,11 @@ fn parse_mount_option(opt: &str) -> MountOption {
         "noatime" => MountOption::NoAtime,
         other => MountOption::CUSTOM(other.to_string()),
     }
+}
+
+/// Whether this process is the background mount started by [`spawn_background`].
+pub fn is_background_child() -> bool {
+    std::env::var_os(NOTIFY_ENV).is_some()
 }
 
 /// Re-run ourselves in the foreground, detached, and wait for it to say the mount is live.
@@ -275,6 +310,7 @@ fn status_source(tokens: Arc<TokenManager>, zipper: Arc<stack::Client>) -> Statu
             }
             None => s.push_str("token.refused: no\n"),
         }
+        let _ = writeln!(s, "log: {}", crate::logging::destination());
         let _ = writeln!(s, "zipper.requests: {}", z.requests);
         let _ = writeln!(s, "zipper.bytes: {}", z.bytes);
         let _ = writeln!(s, "zipper.retries: {}", z.retries);
