@@ -142,6 +142,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "FILE")]
     pub products_file: Option<PathBuf>,
 
+    /// Only products listed by --product, --products-file or --query can be opened: a lookup of
+    /// any other <Name>.zip or <uuid>.zip fails (ENOENT) without a request. Use it with
+    /// --allow-other, or every local user can download anything on your account.
+    #[arg(long)]
+    pub listed_only: bool,
+
     /// Memory for the block cache, in MiB.
     #[arg(long, default_value_t = 256, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(16..=1_048_576))]

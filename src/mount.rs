@@ -76,6 +76,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             queries: query_specs(&cli.mount.queries)?,
             max_results: cli.mount.max_results as usize,
             listing_ttl: std::time::Duration::from_secs(cli.mount.listing_ttl),
+            listed_only: cli.mount.listed_only,
             ..FsConfig::default()
         },
     ));

@@ -283,3 +283,33 @@ fn a_stale_mount_of_ours_is_cleaned_and_remounted() {
     drop(again);
     drop(mount);
 }
+
+/// `--listed-only`: the listed product opens; an unlisted `<uuid>.zip` or `<Name>.zip` is
+/// ENOENT and costs no request at all, neither to the catalogue nor to zipper.
+#[test]
+fn listed_only_makes_no_request_for_an_unlisted_name() {
+    let products = products(2, 48);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let m = Mount::start(&ws, &double, &["--listed-only", "--product", TUTORIAL_ID]);
+    let other = index(&products)[1].clone();
+    let requests = |d: &fake_creodias::Double| {
+        d.log()
+            .iter()
+            .filter(|e| e.service == "zipper" || e.service == "catalogue")
+            .count()
+    };
+    let before = requests(&double);
+    for unlisted in [
+        format!("{}.zip", other["Id"].as_str().unwrap()),
+        format!("{}.zip", other["Name"].as_str().unwrap()),
+    ] {
+        let err = std::fs::metadata(m.path(&unlisted)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{unlisted}");
+    }
+    assert_eq!(requests(&double), before, "no request for unlisted names");
+    assert_eq!(
+        file_sha256(&m.path(&format!("{TUTORIAL_NAME}.zip"))),
+        file_sha256(&product_file(&products, 0))
+    );
+}
