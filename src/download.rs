@@ -282,9 +282,9 @@ async fn one(
     drop(file);
     let secs = start.elapsed().as_secs_f64().max(1e-3);
     progress.line(format!(
-        "{}: {} MiB in {:.1} s ({:.1} MB/s){}",
+        "{}: {:.1} MB in {:.1} s ({:.1} MB/s){}",
         file_name,
-        (info.size - resumed_from) >> 20,
+        (info.size - resumed_from) as f64 / 1e6,
         secs,
         (info.size - resumed_from) as f64 / secs / 1e6,
         if resumed_from > 0 {
@@ -456,6 +456,21 @@ fn file_md5(path: &Path) -> anyhow::Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// "12.3 MB/s eta 1m05s" for `done` bytes in `secs` with `left` to go; "-" before any byte.
+fn rate_text(done: u64, left: u64, secs: f64) -> String {
+    if done == 0 || secs <= 0.0 {
+        return "- MB/s".to_string();
+    }
+    let rate = done as f64 / secs;
+    let eta = (left as f64 / rate).round() as u64;
+    let eta = match eta {
+        0..=59 => format!("{eta}s"),
+        60..=3599 => format!("{}m{:02}s", eta / 60, eta % 60),
+        _ => format!("{}h{:02}m", eta / 3600, eta % 3600 / 60),
+    };
+    format!("{:.1} MB/s eta {eta}", rate / 1e6)
+}
+
 /// Progress bars on a terminal; plain lines otherwise; nothing with `-q`.
 struct Progress {
     quiet: bool,
@@ -474,11 +489,24 @@ impl Progress {
             return ProgressBar::hidden();
         };
         let bar = multi.add(ProgressBar::new(size));
+        // The rate is this run's bytes over this run's time, shown from the first bytes on, in
+        // the same units (MB, MB/s) as the summary line; indicatif's own estimate starts at
+        // "0 B/s" and lags by several chunks.
         bar.set_style(
             ProgressStyle::with_template(
-                "{msg:40!} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                "{msg:40!} {bar:30} {decimal_bytes}/{decimal_total_bytes} {rate}",
             )
-            .expect("static template"),
+            .expect("static template")
+            .with_key(
+                "rate",
+                move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&rate_text(
+                        s.pos().saturating_sub(at),
+                        s.len().unwrap_or(0).saturating_sub(s.pos()),
+                        s.elapsed().as_secs_f64(),
+                    ));
+                },
+            ),
         );
         bar.set_message(name.to_string());
         bar.set_position(at);
@@ -523,6 +551,21 @@ mod tests {
             assert!(!safe_file_name(bad), "{bad:?}");
         }
         assert!(safe_file_name("S2A_MSIL1C.SAFE.zip"));
+    }
+
+    #[test]
+    fn the_rate_is_true_from_the_first_bytes_in_mb() {
+        assert_eq!(rate_text(0, 100, 1.0), "- MB/s");
+        // 1 MB in the first half second: 2 MB/s at once, not "0 B/s".
+        assert_eq!(rate_text(1_000_000, 9_000_000, 0.5), "2.0 MB/s eta 5s");
+        assert_eq!(
+            rate_text(20_000_000, 1_200_000_000, 1.0),
+            "20.0 MB/s eta 1m00s"
+        );
+        assert_eq!(
+            rate_text(1_000_000, 7_200_000_000, 1.0),
+            "1.0 MB/s eta 2h00m"
+        );
     }
 
     #[test]

@@ -113,7 +113,14 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let text = e.render().to_string();
     let first = text.lines().next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("eodata-mount: {first} (see eodata-mount --help)");
+    // clap's "did you mean" is its tip line: kept, on the same line.
+    match text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("tip: "))
+    {
+        Some(tip) => eprintln!("eodata-mount: {first}; {tip} (see eodata-mount --help)"),
+        None => eprintln!("eodata-mount: {first} (see eodata-mount --help)"),
+    }
     ExitCode::from(2)
 }
 

@@ -35,7 +35,24 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let Some(mountpoint) = cli.mount.mountpoint.as_deref() else {
         bail!("no mountpoint given; usage: eodata-mount [OPTIONS] <MOUNTPOINT> (see --help)");
     };
-    let mountpoint = mountpoint::prepare(mountpoint)?;
+    let mountpoint = match mountpoint::prepare(mountpoint) {
+        Err(mountpoint::MountpointError::Missing(word)) => {
+            bail!("{}", not_a_command(&word))
+        }
+        r => r?,
+    };
+    let consents_nonempty = cli
+        .mount
+        .options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .any(|o| o == "nonempty");
+    if !consents_nonempty && mountpoint::is_nonempty(&mountpoint)? {
+        bail!(
+            "mountpoint {} is not empty: its files would be hidden while mounted; use an empty directory, or -o nonempty to mount over them",
+            mountpoint.display()
+        );
+    }
     mountpoint::check_fuse_device()?;
     if !cli.mount.foreground {
         return spawn_background();
@@ -81,7 +98,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         },
     ));
     fs.set_status_source(status_source(tokens, zipper));
-    let mut wanted = cli.mount.products.clone();
+    // --product names are typed by hand: an unknown one fails the mount. A products file may
+    // hold hundreds, looked up LOOKUPS_AT_ONCE at a time; an unknown one there is a warning.
+    let mut wanted: Vec<(String, bool)> = cli
+        .mount
+        .products
+        .iter()
+        .map(|n| (n.clone(), true))
+        .collect();
     if let Some(file) = &cli.mount.products_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read products file {}", file.display()))?;
@@ -89,15 +113,37 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             text.lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from),
+                .map(|l| (l.to_string(), false)),
         );
     }
     rt.block_on(async {
-        for name in &wanted {
-            fs.add_product(name).await.map_err(|e| match e {
-                FsError::NotFound => anyhow::anyhow!("product {name} not found in the catalogue"),
-                e => anyhow::anyhow!("product {name}: {e}"),
-            })?;
+        use futures::StreamExt;
+        let results: Vec<_> = futures::stream::iter(&wanted)
+            .map(|(name, required)| {
+                let fs = &fs;
+                async move { (name, *required, fs.add_product(name).await) }
+            })
+            .buffer_unordered(LOOKUPS_AT_ONCE)
+            .collect()
+            .await;
+        let mut unknown = Vec::new();
+        for (name, required, result) in results {
+            match result {
+                Ok(_) => {}
+                Err(FsError::NotFound) if !required => unknown.push(name.as_str()),
+                Err(FsError::NotFound) => {
+                    bail!("product {name} not found in the catalogue")
+                }
+                Err(e) => bail!("product {name}: {e}"),
+            }
+        }
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            warn_user(&format!(
+                "{} of the products file's names not found in the catalogue, so not listed: {}",
+                unknown.len(),
+                unknown.join(", ")
+            ));
         }
         // Fetch every query's listing now: a filter the catalogue refuses fails here, with
         // nothing mounted, and the first `ls` finds its listing ready.
@@ -130,6 +176,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             // fuser expresses these as the session's access list, not as mount options.
             "allow_other" => acl = SessionACL::All,
             "allow_root" => acl = SessionACL::RootAndOwner,
+            // Consent checked above; the kernel and fusermount3 know no such option.
+            "nonempty" => {}
             other => options.push(parse_mount_option(other)),
         }
     }
@@ -207,6 +255,61 @@ fn parse_mount_option(opt: &str) -> MountOption {
         "noexec" => MountOption::NoExec,
         "noatime" => MountOption::NoAtime,
         other => MountOption::CUSTOM(other.to_string()),
+    }
+}
+
+/// Catalogue lookups at once for a products file: 8 turns 500 names from half a minute
+/// (one at a time) into a few seconds without a burst the catalogue would throttle.
+const LOOKUPS_AT_ONCE: usize = 8;
+
+/// A warning the user must see when mounting: in the log, and on the terminal too when the
+/// log goes elsewhere (printed once either way).
+fn warn_user(msg: &str) {
+    tracing::warn!("{msg}");
+    if crate::logging::destination() != crate::logging::Destination::Stderr {
+        eprintln!("eodata-mount: warning: {msg}");
+    }
+}
+
+/// A missing mountpoint that is a bare word may be a command the user meant: say which, or
+/// list the commands, along with how to make the directory.
+fn not_a_command(word: &str) -> String {
+    use clap::CommandFactory;
+    let missing = mountpoint::MountpointError::Missing(word.to_string()).to_string();
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '-' || c == '_');
+    if !plain {
+        return missing;
+    }
+    let cmd = crate::cli::Cli::command();
+    let names: Vec<&str> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name())
+        .filter(|n| *n != "help")
+        .collect();
+    let hint = match word {
+        "status" | "stat" | "info" => {
+            Some("a mount's status is a file: cat MOUNTPOINT/.eodata-status".to_string())
+        }
+        "ls" | "list" => Some("list a mount's products with: ls MOUNTPOINT".to_string()),
+        "umount" | "stop" => Some("unmount with: eodata-mount unmount MOUNTPOINT".to_string()),
+        "mount" => Some("mount with: eodata-mount MOUNTPOINT".to_string()),
+        "login" | "auth" => Some("check the login with: eodata-mount token".to_string()),
+        _ => names
+            .iter()
+            .map(|n| (strsim::jaro(word, n), *n))
+            .filter(|(score, _)| *score > 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, n)| format!("did you mean: eodata-mount {n}")),
+    };
+    match hint {
+        Some(hint) => format!("'{word}' is not a command; {hint}; to mount on a directory named {word}: mkdir {word}"),
+        None => format!(
+            "'{word}' is neither a command ({}) nor an existing mountpoint; to mount there: mkdir {word}",
+            names.join(", ")
+        ),
     }
 }
 

@@ -127,6 +127,16 @@ pub fn prepare(path: &Path) -> Result<PathBuf, MountpointError> {
     Ok(abs)
 }
 
+/// Whether the directory holds anything: mounting over it would hide its files, which FUSE
+/// refuses without `-o nonempty`.
+pub fn is_nonempty(dir: &Path) -> Result<bool, MountpointError> {
+    let mut entries = std::fs::read_dir(dir).map_err(|source| MountpointError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    Ok(entries.next().is_some())
+}
+
 /// A mount at `abs` whose daemon died: detach it if it is ours (nobody can be using it, since
 /// every access fails), else say how to clean it.
 fn clean_stale(abs: &Path, shown: &str) -> Result<(), MountpointError> {
