@@ -39,6 +39,13 @@ pub enum Command {
     Token,
     /// Download products (by Name, Name without .SAFE, or UUID) as <Name>.zip.
     Download(DownloadArgs),
+    /// Unmount an eodata-mount mount (also as a user, and a stale one left by a process that
+    /// died): what fusermount3 -u or umount does, for our mounts only.
+    Unmount {
+        /// The mountpoint.
+        #[arg(value_name = "MOUNTPOINT")]
+        mountpoint: PathBuf,
+    },
     /// Print a shell completion script, e.g. eodata-mount completions bash >
     /// /etc/bash_completion.d/eodata-mount.
     Completions {
@@ -117,9 +124,15 @@ pub struct CommonArgs {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// Write logs to this file instead of standard error.
+    /// Write logs to this file instead of standard error (created 0600, rotated to FILE.1 past
+    /// 10 MiB). A background mount without it logs to
+    /// $XDG_STATE_HOME/eodata-mount/<mountpoint>.log (else ~/.local/state/eodata-mount/).
     #[arg(long, global = true, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Write logs to syslog (the journal under systemd: journalctl -t eodata-mount).
+    #[arg(long, global = true, conflicts_with = "log_file")]
+    pub syslog: bool,
 
     /// A host a download redirect may carry the Bearer token to, besides the provider's own
     /// domain (a name, or .example.eu for its subdomains); repeatable or comma-separated.
@@ -156,6 +169,12 @@ pub struct MountArgs {
     /// A file with one product (Name or UUID) a line, listed in the root.
     #[arg(long, value_name = "FILE")]
     pub products_file: Option<PathBuf>,
+
+    /// Only products listed by --product, --products-file or --query can be opened: a lookup of
+    /// any other <Name>.zip or <uuid>.zip fails (ENOENT) without a request. Use it with
+    /// --allow-other, or every local user can download anything on your account.
+    #[arg(long)]
+    pub listed_only: bool,
 
     /// Memory for the block cache, in MiB.
     #[arg(long, default_value_t = 256, value_name = "MIB",

@@ -1,12 +1,18 @@
 //! `eodata-mount download`: the tutorial's whole job, in one command that resumes and checks.
 //!
-//! Each product is fetched with parallel ranged requests (or, from a server that ignores Range,
+//! Products are fetched in parallel, as many at once as `--max-connections`. Each product is
+//! fetched with parallel ranged requests (or, from a server that ignores Range,
 //! one stream from the end of the `.part`) through the same zipper client the
 //! mount uses (token renewal, retries, resume of cut bodies, back-off on 429), into
 //! `<file>.part`, then renamed. Chunks are fetched in parallel but written in order, so the
 //! `.part` file is always a correct prefix of the product: after Ctrl-C or SIGKILL the next run
 //! continues from its length. The catalogue's MD5, when it has one, is checked before the rename:
 //! nothing ever appears under the final name unless it is complete and verified.
+//!
+//! Two downloads of the same product at once (overlapping cron runs) must not both append to
+//! one `.part`: each `.part` is held under an exclusive `flock(2)` from before the first byte
+//! until after the rename. The second download waits for the lock (saying so), then finds the
+//! complete file and skips it.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -27,15 +33,16 @@ use eodata_fetch::{FetchError, RangeSource, RangeSupport};
 /// 20 MB/s the overhead is under 10%) while `max_connections` of them in memory stay small.
 const CHUNK: u64 = 8 << 20;
 
-/// Products fetched at the same time; the connections below them are shared and capped anyway,
-/// so two keep the pipe full without splitting the bandwidth over many half-done files.
-const PARALLEL_PRODUCTS: usize = 2;
-
 pub async fn run(common: &CommonArgs, args: &DownloadArgs) -> anyhow::Result<ExitCode> {
     let mut names = args.products.clone();
     if let Some(file) = &args.from_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
+        // `-` is standard input: `eodata-mount search ... | eodata-mount download --from-file -`.
+        let text = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+        } else {
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?
+        };
         names.extend(
             text.lines()
                 .map(str::trim)
@@ -52,17 +59,27 @@ pub async fn run(common: &CommonArgs, args: &DownloadArgs) -> anyhow::Result<Exi
     let catalogue = stack::catalogue(common, &settings)?;
     let zipper = stack::zipper(common, &settings, tokens)?;
     let progress = Progress::new(args.quiet);
+    // As many products at once as connections: a server that ignores Range gives each product
+    // one stream, so fewer products would leave connections unused. Where ranges work, the
+    // connections are shared out so that no more than --max-connections chunks are in flight
+    // (and in memory) at once.
+    let connections = zipper_parallelism(&zipper);
+    let parallel_products = connections.min(names.len()).max(1);
+    let window = (connections / parallel_products).max(1);
 
     let results: Vec<(String, anyhow::Result<Outcome>)> = futures::stream::iter(names)
         .map(|name| {
             let (catalogue, zipper, target, progress) =
                 (catalogue.clone(), zipper.clone(), &target, &progress);
             async move {
-                let r = one(&name, &catalogue, &zipper, target, args.force, progress).await;
+                let r = one(
+                    &name, &catalogue, &zipper, target, args.force, window, progress,
+                )
+                .await;
                 (name, r)
             }
         })
-        .buffer_unordered(PARALLEL_PRODUCTS)
+        .buffer_unordered(parallel_products)
         .collect()
         .await;
 
@@ -106,17 +123,28 @@ enum Target {
 }
 
 impl Target {
+    /// The `-o` rule: an existing directory, a path ending in `/` or one not ending in `.zip`
+    /// is a directory (created when missing); a `.zip` path is one file, so one product.
     fn new(output: Option<&Path>, count: usize) -> anyhow::Result<Target> {
         let Some(out) = output else {
             return Ok(Target::Dir(PathBuf::from(".")));
         };
-        if out.is_dir() {
-            return Ok(Target::Dir(out.to_path_buf()));
-        }
-        if count > 1 || out.as_os_str().to_string_lossy().ends_with('/') {
+        let text = out.as_os_str().to_string_lossy();
+        let is_zip = !text.ends_with('/')
+            && out
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
+        if out.is_dir() || !is_zip {
             std::fs::create_dir_all(out)
                 .with_context(|| format!("cannot create directory {}", out.display()))?;
             return Ok(Target::Dir(out.to_path_buf()));
+        }
+        if count > 1 {
+            bail!(
+                "-o {} names one file, but {count} products were given; give a directory instead (e.g. -o {}/)",
+                out.display(),
+                text.trim_end_matches(".zip").trim_end_matches(".ZIP")
+            );
         }
         Ok(Target::File(out.to_path_buf()))
     }
@@ -135,6 +163,7 @@ async fn one(
     zipper: &Arc<Client>,
     target: &Target,
     force: bool,
+    window: usize,
     progress: &Progress,
 ) -> anyhow::Result<Outcome> {
     let product = catalogue.resolve(name).await?;
@@ -144,11 +173,26 @@ async fn one(
         .as_deref()
         .filter(|f| safe_file_name(f))
         .map(String::from)
-        .unwrap_or_else(|| format!("{}.zip", product.name));
+        .unwrap_or_else(|| format!("{}.zip", file_stem(&product.name, &product.id)));
     let dest = target.path_for(&file_name);
     let md5 = product.md5.as_deref().map(str::to_ascii_lowercase);
 
-    if dest.exists() && !force {
+    let part = PathBuf::from(format!("{}.part", dest.display()));
+    // One writer per product: the .part is locked for the whole download and the rename, and
+    // whether a complete file is already there is decided under the lock.
+    let mut file = loop {
+        let Some(file) = lock_part(&part, &file_name, progress).await? else {
+            // The .part waited on was renamed (the other download finished) or removed.
+            continue;
+        };
+        if !dest.exists() || force {
+            break file;
+        }
+        if file.metadata()?.len() == 0 {
+            // Made by us just now; nobody else can be writing it while we hold the lock.
+            let _ = std::fs::remove_file(&part);
+        }
+        drop(file);
         let len = std::fs::metadata(&dest)?.len();
         let same = len == info.size
             && match &md5 {
@@ -162,15 +206,7 @@ async fn one(
             "{} exists and is not this product's complete download; use --force to replace it",
             dest.display()
         );
-    }
-
-    let part = PathBuf::from(format!("{}.part", dest.display()));
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(&part)
-        .with_context(|| format!("cannot write {}", part.display()))?;
+    };
     let mut have = file.metadata()?.len();
     if have > info.size {
         // Not a prefix of this product (another version, or garbage): start over.
@@ -198,7 +234,7 @@ async fn one(
                 let (zipper, id) = (zipper.clone(), id.clone());
                 async move { zipper.get_range(&id, r).await }
             })
-            .buffered(zipper_parallelism(zipper));
+            .buffered(window);
         while let Some(chunk) = stream.next().await {
             let bytes = match chunk {
                 Err(FetchError::RangeIgnored(_)) => {
@@ -223,7 +259,6 @@ async fn one(
         }
     }
     file.sync_all()?;
-    drop(file);
     bar.finish_and_clear();
     if have != info.size {
         bail!(
@@ -242,11 +277,14 @@ async fn one(
     }
     std::fs::rename(&part, &dest)
         .with_context(|| format!("cannot rename {} to {}", part.display(), dest.display()))?;
+    // The lock goes only now: a download waiting on it then sees the .part gone and the
+    // complete file in its place.
+    drop(file);
     let secs = start.elapsed().as_secs_f64().max(1e-3);
     progress.line(format!(
-        "{}: {} MiB in {:.1} s ({:.1} MB/s){}",
+        "{}: {:.1} MB in {:.1} s ({:.1} MB/s){}",
         file_name,
-        (info.size - resumed_from) >> 20,
+        (info.size - resumed_from) as f64 / 1e6,
         secs,
         (info.size - resumed_from) as f64 / secs / 1e6,
         if resumed_from > 0 {
@@ -256,6 +294,82 @@ async fn one(
         }
     ));
     Ok(Outcome::Downloaded(dest))
+}
+
+/// How often a download waiting for another one's lock on a `.part` tries again, in
+/// milliseconds: often enough that the wait ends soon after the other finishes, rarely enough to
+/// cost nothing.
+const LOCK_POLL_MS: u64 = 250;
+
+/// How long, in seconds, a waiting download lets the `.part` it waits on stay the same size
+/// before it gives up. The holder writes as bytes arrive, so stillness means it is stuck; but a
+/// holder resuming from a server that ignores Range re-reads the whole prefix from byte 0
+/// without writing (10 GiB at 20 MB/s is about 9 minutes), hence half an hour.
+const LOCK_STALL_SECS: u64 = 30 * 60;
+
+/// Opens `part` (never through a symlink) and takes an exclusive `flock(2)` on it, waiting
+/// while another process holds it (a second `download` of the same product: overlapping cron
+/// runs, xargs). The kernel drops the lock when its holder exits, however it exits.
+///
+/// Returns `None` when the file locked is no longer the one named `part` (the holder renamed
+/// it to its final name, or removed it after a failed check): the caller looks again.
+async fn lock_part(
+    part: &Path,
+    file_name: &str,
+    progress: &Progress,
+) -> anyhow::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(part)
+        .with_context(|| format!("cannot write {}", part.display()))?;
+    let mut waiting = false;
+    let mut seen_len = 0;
+    let mut still_since = Instant::now();
+    loop {
+        // SAFETY: flock(2) on a descriptor we own, kept open by `file` for the whole call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err).with_context(|| format!("cannot lock {}", part.display()));
+        }
+        if !waiting {
+            waiting = true;
+            tracing::info!(part = %part.display(), "waiting for another download of this product");
+            progress.line(format!(
+                "{file_name}: another download of this product is running ({} is locked); waiting for it to finish",
+                part.display()
+            ));
+        }
+        let len = file.metadata()?.len();
+        if len != seen_len {
+            seen_len = len;
+            still_since = Instant::now();
+        } else if still_since.elapsed().as_secs() >= LOCK_STALL_SECS {
+            bail!(
+                "another process has held {} for {} minutes without writing to it; if it is stuck, stop it (fuser -v {}) and run the command again",
+                part.display(),
+                LOCK_STALL_SECS / 60,
+                part.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(LOCK_POLL_MS)).await;
+    }
+    if waiting {
+        tracing::info!(part = %part.display(), "the other download let go of the lock");
+    }
+    let ours = file.metadata()?;
+    match std::fs::symlink_metadata(part) {
+        Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => Ok(Some(file)),
+        _ => Ok(None),
+    }
 }
 
 /// Appends bytes to the .part file and the running MD5.
@@ -275,9 +389,53 @@ fn zipper_parallelism(zipper: &Client) -> usize {
     zipper.config().max_connections.max(1)
 }
 
-/// A server-given file name is used only if it cannot leave the target directory.
+/// Longest file stem taken from a catalogue Name, in bytes: file names may have 255 bytes, and
+/// `.zip.part` must still fit.
+const MAX_STEM: usize = 240;
+
+/// A server-given file name is used only if it is a plain name that stays in the target
+/// directory: no separator, no NUL or control character, not hidden, not too long.
 fn safe_file_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/') && !name.contains('\\') && name != "." && name != ".."
+    !name.is_empty()
+        && name.len() <= MAX_STEM
+        && !name.starts_with('.')
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+/// The catalogue's Name as a file stem that stays inside the output directory: separators,
+/// NUL and control characters become `_`, leading dots too (no `..`, no hidden file), and it
+/// is cut to [`MAX_STEM`] bytes. A Name with nothing left falls back to the product's UUID.
+fn file_stem(name: &str, id: &str) -> String {
+    let mut stem: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let dots = stem.len() - stem.trim_start_matches('.').len();
+    stem.replace_range(..dots, &"_".repeat(dots));
+    while stem.len() > MAX_STEM {
+        stem.pop();
+    }
+    if stem.trim_matches('_').is_empty() {
+        let id = file_stem_of_id(id);
+        return if id.is_empty() { "product".into() } else { id };
+    }
+    stem
+}
+
+/// The UUID as a file stem (it is the server's, so it is cleaned too).
+fn file_stem_of_id(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect()
 }
 
 fn hash_prefix(path: &Path, len: u64, hasher: &mut Md5) -> anyhow::Result<()> {
@@ -298,6 +456,21 @@ fn file_md5(path: &Path) -> anyhow::Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// "12.3 MB/s eta 1m05s" for `done` bytes in `secs` with `left` to go; "-" before any byte.
+fn rate_text(done: u64, left: u64, secs: f64) -> String {
+    if done == 0 || secs <= 0.0 {
+        return "- MB/s".to_string();
+    }
+    let rate = done as f64 / secs;
+    let eta = (left as f64 / rate).round() as u64;
+    let eta = match eta {
+        0..=59 => format!("{eta}s"),
+        60..=3599 => format!("{}m{:02}s", eta / 60, eta % 60),
+        _ => format!("{}h{:02}m", eta / 3600, eta % 3600 / 60),
+    };
+    format!("{:.1} MB/s eta {eta}", rate / 1e6)
+}
+
 /// Progress bars on a terminal; plain lines otherwise; nothing with `-q`.
 struct Progress {
     quiet: bool,
@@ -316,11 +489,24 @@ impl Progress {
             return ProgressBar::hidden();
         };
         let bar = multi.add(ProgressBar::new(size));
+        // The rate is this run's bytes over this run's time, shown from the first bytes on, in
+        // the same units (MB, MB/s) as the summary line; indicatif's own estimate starts at
+        // "0 B/s" and lags by several chunks.
         bar.set_style(
             ProgressStyle::with_template(
-                "{msg:40!} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                "{msg:40!} {bar:30} {decimal_bytes}/{decimal_total_bytes} {rate}",
             )
-            .expect("static template"),
+            .expect("static template")
+            .with_key(
+                "rate",
+                move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&rate_text(
+                        s.pos().saturating_sub(at),
+                        s.len().unwrap_or(0).saturating_sub(s.pos()),
+                        s.elapsed().as_secs_f64(),
+                    ));
+                },
+            ),
         );
         bar.set_message(name.to_string());
         bar.set_position(at);
@@ -337,5 +523,72 @@ impl Progress {
             }
             None => eprintln!("{text}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_names_become_plain_file_names() {
+        assert_eq!(file_stem("../../x", "id"), "___.._x");
+        assert_eq!(file_stem("/etc/passwd", "id"), "_etc_passwd");
+        assert_eq!(file_stem("a\0b/c", "id"), "a_b_c");
+        assert_eq!(file_stem("..", "abc-1"), "abc-1");
+        assert_eq!(file_stem("", "../x"), "x");
+        assert_eq!(file_stem("S2A_MSIL1C.SAFE", "id"), "S2A_MSIL1C.SAFE");
+        assert!(file_stem(&"é".repeat(300), "id").len() <= MAX_STEM);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x.zip",
+            "a/b.zip",
+            ".hidden.zip",
+            "a\0.zip",
+        ] {
+            assert!(!safe_file_name(bad), "{bad:?}");
+        }
+        assert!(safe_file_name("S2A_MSIL1C.SAFE.zip"));
+    }
+
+    #[test]
+    fn the_rate_is_true_from_the_first_bytes_in_mb() {
+        assert_eq!(rate_text(0, 100, 1.0), "- MB/s");
+        // 1 MB in the first half second: 2 MB/s at once, not "0 B/s".
+        assert_eq!(rate_text(1_000_000, 9_000_000, 0.5), "2.0 MB/s eta 5s");
+        assert_eq!(
+            rate_text(20_000_000, 1_200_000_000, 1.0),
+            "20.0 MB/s eta 1m00s"
+        );
+        assert_eq!(
+            rate_text(1_000_000, 7_200_000_000, 1.0),
+            "1.0 MB/s eta 2h00m"
+        );
+    }
+
+    #[test]
+    fn output_rule_directory_or_one_zip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = |s: &str| tmp.path().join(s);
+        assert!(matches!(
+            Target::new(Some(&p("newdir")), 1).unwrap(),
+            Target::Dir(_)
+        ));
+        assert!(p("newdir").is_dir());
+        let slash = PathBuf::from(format!("{}/", p("d.zip").display()));
+        assert!(matches!(
+            Target::new(Some(&slash), 1).unwrap(),
+            Target::Dir(_)
+        ));
+        assert!(matches!(
+            Target::new(Some(&p("one.zip")), 1).unwrap(),
+            Target::File(_)
+        ));
+        assert!(!p("one.zip").exists());
+        let err = Target::new(Some(&p("x.zip")), 2).err().unwrap().to_string();
+        assert!(err.contains("names one file"), "{err}");
+        assert!(!p("x.zip").exists());
     }
 }

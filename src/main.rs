@@ -3,7 +3,8 @@
 //! This file only dispatches commands; each lives in its own module:
 //! - the mount (default command): [`mount`] over [`fs`] and the [`fuse`] adapter;
 //! - `token`: print a valid access token;
-//! - `download`: [`download`], the tutorial's job in one command.
+//! - `download`: [`download`], the tutorial's job in one command;
+//! - `unmount MOUNTPOINT`: [`mount::unmount_command`], as root or as the mount's user;
 //! - `completions SHELL` and `man`: generated from the clap definitions in [`cli`];
 //! - `cache list|clear`: [`cache_cmd`], the disk cache seen and emptied;
 //! - the mount helper's form (`eodata-mount SOURCE MOUNTPOINT -o ...`): rewritten by [`helper`].
@@ -35,7 +36,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    if let Err(e) = logging::init(cli.common.verbose, cli.common.log_file.as_deref()) {
+    let destination = log_destination(&cli);
+    let to_file = destination != logging::Destination::Stderr;
+    if let Err(e) = logging::init(cli.common.verbose, destination) {
         eprintln!("eodata-mount: {e:#}");
         return ExitCode::from(2);
     }
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Some(Command::Download(args)) => {
             stack::runtime().and_then(|rt| rt.block_on(download::run(&cli.common, args)))
         }
+        Some(Command::Unmount { mountpoint }) => mount::unmount_command(mountpoint),
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "eodata-mount", &mut std::io::stdout());
@@ -64,11 +68,37 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // One line: the chain of causes joined, as every error says what to do.
+            // One line: the chain of causes joined, as every error says what to do. A log
+            // kept elsewhere gets it too, so it says why the mount ended.
+            if to_file {
+                tracing::error!("{e:#}");
+            }
             eprintln!("eodata-mount: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--log-file`, `--syslog`, or for the mount's background process (it has no terminal) its
+/// own file under `$XDG_STATE_HOME/eodata-mount/`; standard error otherwise.
+fn log_destination(cli: &Cli) -> logging::Destination {
+    if let Some(path) = &cli.common.log_file {
+        return logging::Destination::File(path.clone());
+    }
+    if cli.common.syslog {
+        return logging::Destination::Syslog;
+    }
+    if cli.command.is_none() && mount::is_background_child() {
+        if let Some(path) = cli
+            .mount
+            .mountpoint
+            .as_deref()
+            .and_then(logging::default_log_file)
+        {
+            return logging::Destination::File(path);
+        }
+    }
+    logging::Destination::Stderr
 }
 
 /// clap's errors in one line (its own format spans three); help and version as clap prints them.
@@ -86,7 +116,14 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let text = e.render().to_string();
     let first = text.lines().next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("eodata-mount: {first} (see eodata-mount --help)");
+    // clap's "did you mean" is its tip line: kept, on the same line.
+    match text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("tip: "))
+    {
+        Some(tip) => eprintln!("eodata-mount: {first}; {tip} (see eodata-mount --help)"),
+        None => eprintln!("eodata-mount: {first} (see eodata-mount --help)"),
+    }
     ExitCode::from(2)
 }
 

@@ -37,7 +37,25 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let Some(mountpoint) = cli.mount.mountpoint.as_deref() else {
         bail!("no mountpoint given; usage: eodata-mount [OPTIONS] <MOUNTPOINT> (see --help)");
     };
-    let mountpoint = mountpoint::prepare(mountpoint)?;
+    let mountpoint = match mountpoint::prepare(mountpoint) {
+        Err(mountpoint::MountpointError::Missing(word)) => {
+            bail!("{}", not_a_command(&word))
+        }
+        r => r?,
+    };
+    let consents_nonempty = cli
+        .mount
+        .options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .any(|o| o == "nonempty");
+    if !consents_nonempty && mountpoint::is_nonempty(&mountpoint)? {
+        bail!(
+            "mountpoint {} is not empty: its files would be hidden while mounted; use an empty directory, or -o nonempty to mount over them",
+            mountpoint.display()
+        );
+    }
+    mountpoint::check_fuse_device()?;
     if !cli.mount.foreground {
         return spawn_background();
     }
@@ -86,12 +104,20 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             max_results: cli.mount.max_results as usize,
             listing_ttl: std::time::Duration::from_secs(cli.mount.listing_ttl),
             safe_view: !cli.mount.no_safe_view,
+            listed_only: cli.mount.listed_only,
             ..FsConfig::default()
         },
     ));
     fs.set_node_lister(Arc::new(CatalogueNodes(catalogue)));
     fs.set_status_source(status_source(tokens, zipper, spools, disk));
-    let mut wanted = cli.mount.products.clone();
+    // --product names are typed by hand: an unknown one fails the mount. A products file may
+    // hold hundreds, looked up LOOKUPS_AT_ONCE at a time; an unknown one there is a warning.
+    let mut wanted: Vec<(String, bool)> = cli
+        .mount
+        .products
+        .iter()
+        .map(|n| (n.clone(), true))
+        .collect();
     if let Some(file) = &cli.mount.products_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read products file {}", file.display()))?;
@@ -99,15 +125,37 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             text.lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from),
+                .map(|l| (l.to_string(), false)),
         );
     }
     rt.block_on(async {
-        for name in &wanted {
-            fs.add_product(name).await.map_err(|e| match e {
-                FsError::NotFound => anyhow::anyhow!("product {name} not found in the catalogue"),
-                e => anyhow::anyhow!("product {name}: {e}"),
-            })?;
+        use futures::StreamExt;
+        let results: Vec<_> = futures::stream::iter(&wanted)
+            .map(|(name, required)| {
+                let fs = &fs;
+                async move { (name, *required, fs.add_product(name).await) }
+            })
+            .buffer_unordered(LOOKUPS_AT_ONCE)
+            .collect()
+            .await;
+        let mut unknown = Vec::new();
+        for (name, required, result) in results {
+            match result {
+                Ok(_) => {}
+                Err(FsError::NotFound) if !required => unknown.push(name.as_str()),
+                Err(FsError::NotFound) => {
+                    bail!("product {name} not found in the catalogue")
+                }
+                Err(e) => bail!("product {name}: {e}"),
+            }
+        }
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            warn_user(&format!(
+                "{} of the products file's names not found in the catalogue, so not listed: {}",
+                unknown.len(),
+                unknown.join(", ")
+            ));
         }
         // Fetch every query's listing now: a filter the catalogue refuses fails here, with
         // nothing mounted, and the first `ls` finds its listing ready.
@@ -140,13 +188,16 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             // fuser expresses these as the session's access list, not as mount options.
             "allow_other" => acl = SessionACL::All,
             "allow_root" => acl = SessionACL::RootAndOwner,
+            // Consent checked above; the kernel and fusermount3 know no such option.
+            "nonempty" => {}
             other => options.push(parse_mount_option(other)),
         }
     }
     let mut config = Config::default();
-    config.mount_options = options;
     config.acl = acl;
     let adapter = FuseAdapter::new(fs, rt.handle().clone());
+    config.mount_options = options;
+    // As a user, fuser mounts through the setuid fusermount3; the unmount below does too.
     let session = Session::new(adapter, &mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     mountpoint::raise_read_ahead(&mountpoint);
@@ -166,7 +217,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("signal received: unmounting {}", mp.display());
         if let Err(e) = mountpoint::unmount(&mp) {
+            // A mountpoint left behind is a failure the caller (a shell, systemd) must see.
             tracing::error!("unmount of {} failed: {e}", mp.display());
+            eprintln!(
+                "eodata-mount: unmount of {} failed: {e}; unmount it with: eodata-mount unmount {}",
+                mp.display(),
+                mp.display()
+            );
+            std::process::exit(1);
         }
         // Readers of a detached mount get an error once /dev/fuse closes, instead of hanging.
         std::process::exit(0);
@@ -175,6 +233,27 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     tracing::info!("unmounted {}", mountpoint.display());
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result.context("the FUSE session ended with an error")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `eodata-mount unmount MOUNTPOINT`: unmount one of our mounts, as root or as its user,
+/// including a stale one whose process died.
+pub fn unmount_command(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let abs =
+        std::path::absolute(path).with_context(|| format!("mountpoint {}", path.display()))?;
+    // canonicalize asks the mount itself, which fails on a dead one: then the path as given.
+    let abs = abs.canonicalize().unwrap_or(abs);
+    let Some(m) = mountpoint::mount_at(&abs) else {
+        bail!("{} is not mounted", path.display());
+    };
+    if !(m.fstype.starts_with("fuse") && m.source == mountpoint::FS_NAME) {
+        bail!(
+            "{} is not an eodata-mount mount ({}); use umount",
+            path.display(),
+            m.fstype
+        );
+    }
+    mountpoint::unmount(&abs).with_context(|| format!("cannot unmount {}", path.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -189,6 +268,66 @@ fn parse_mount_option(opt: &str) -> MountOption {
         "noatime" => MountOption::NoAtime,
         other => MountOption::CUSTOM(other.to_string()),
     }
+}
+
+/// Catalogue lookups at once for a products file: 8 turns 500 names from half a minute
+/// (one at a time) into a few seconds without a burst the catalogue would throttle.
+const LOOKUPS_AT_ONCE: usize = 8;
+
+/// A warning the user must see when mounting: in the log, and on the terminal too when the
+/// log goes elsewhere (printed once either way).
+fn warn_user(msg: &str) {
+    tracing::warn!("{msg}");
+    if crate::logging::destination() != crate::logging::Destination::Stderr {
+        eprintln!("eodata-mount: warning: {msg}");
+    }
+}
+
+/// A missing mountpoint that is a bare word may be a command the user meant: say which, or
+/// list the commands, along with how to make the directory.
+fn not_a_command(word: &str) -> String {
+    use clap::CommandFactory;
+    let missing = mountpoint::MountpointError::Missing(word.to_string()).to_string();
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '-' || c == '_');
+    if !plain {
+        return missing;
+    }
+    let cmd = crate::cli::Cli::command();
+    let names: Vec<&str> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name())
+        .filter(|n| *n != "help")
+        .collect();
+    let hint = match word {
+        "status" | "stat" | "info" => {
+            Some("a mount's status is a file: cat MOUNTPOINT/.eodata-status".to_string())
+        }
+        "ls" | "list" => Some("list a mount's products with: ls MOUNTPOINT".to_string()),
+        "umount" | "stop" => Some("unmount with: eodata-mount unmount MOUNTPOINT".to_string()),
+        "mount" => Some("mount with: eodata-mount MOUNTPOINT".to_string()),
+        "login" | "auth" => Some("check the login with: eodata-mount token".to_string()),
+        _ => names
+            .iter()
+            .map(|n| (strsim::jaro(word, n), *n))
+            .filter(|(score, _)| *score > 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, n)| format!("did you mean: eodata-mount {n}")),
+    };
+    match hint {
+        Some(hint) => format!("'{word}' is not a command; {hint}; to mount on a directory named {word}: mkdir {word}"),
+        None => format!(
+            "'{word}' is neither a command ({}) nor an existing mountpoint; to mount there: mkdir {word}",
+            names.join(", ")
+        ),
+    }
+}
+
+/// Whether this process is the background mount started by [`spawn_background`].
+pub fn is_background_child() -> bool {
+    std::env::var_os(NOTIFY_ENV).is_some()
 }
 
 /// Re-run ourselves in the foreground, detached, and wait for it to say the mount is live.
@@ -292,6 +431,7 @@ fn status_source(
             }
             None => s.push_str("token.refused: no\n"),
         }
+        let _ = writeln!(s, "log: {}", crate::logging::destination());
         let _ = writeln!(s, "zipper.requests: {}", z.requests);
         let _ = writeln!(s, "zipper.bytes: {}", z.bytes);
         let _ = writeln!(s, "zipper.retries: {}", z.retries);

@@ -1,6 +1,6 @@
 //! Everything about the mountpoint that is not FUSE itself: checking it before mounting,
-//! recognising a stale mount left by a killed process, unmounting on a signal, and raising the
-//! kernel's read-ahead on the mount.
+//! recognising a stale mount left by a killed process, unmounting on a signal (as a user
+//! through the setuid `fusermount3`), and raising the kernel's read-ahead on the mount.
 //!
 //! The rule is "nothing mounted half-way, no stale mountpoint left": every check happens before
 //! mount(2), and a mount of ours whose process died is cleaned (it cannot be in use by anyone:
@@ -127,6 +127,16 @@ pub fn prepare(path: &Path) -> Result<PathBuf, MountpointError> {
     Ok(abs)
 }
 
+/// Whether the directory holds anything: mounting over it would hide its files, which FUSE
+/// refuses without `-o nonempty`.
+pub fn is_nonempty(dir: &Path) -> Result<bool, MountpointError> {
+    let mut entries = std::fs::read_dir(dir).map_err(|source| MountpointError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    Ok(entries.next().is_some())
+}
+
 /// A mount at `abs` whose daemon died: detach it if it is ours (nobody can be using it, since
 /// every access fails), else say how to clean it.
 fn clean_stale(abs: &Path, shown: &str) -> Result<(), MountpointError> {
@@ -154,9 +164,49 @@ pub fn lazy_unmount(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The FUSE device: a mount needs it open for reading and writing (as a user too, since
+/// fusermount3 opens it with the user's rights).
+const FUSE_DEVICE: &str = "/dev/fuse";
+
+/// Check, before logging in, that this user can use FUSE at all, so that a closed /dev/fuse
+/// reads as what it is rather than "cannot mount on MNT: Permission denied".
+pub fn check_fuse_device() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(FUSE_DEVICE)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => anyhow::bail!(
+            "{FUSE_DEVICE} does not exist: load the fuse module (modprobe fuse), or in a container pass the device (docker run --device /dev/fuse)"
+        ),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let mode = std::fs::metadata(FUSE_DEVICE)
+                .map(|m| format!("{:o}", m.permissions().mode() & 0o777))
+                .unwrap_or_else(|_| "unknown".into());
+            anyhow::bail!(
+                "{FUSE_DEVICE} is not open to this user (mode {mode}; distributions make it 0666): ask the administrator to allow FUSE for users, or mount as root"
+            )
+        }
+        Err(e) => anyhow::bail!("cannot open {FUSE_DEVICE}: {e}"),
+    }
+}
+
+/// Whether this process mounts and unmounts with mount(2)/umount2(2) itself. Any other user
+/// goes through the setuid `fusermount3`, as libfuse does.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Unmount on shutdown: a plain unmount when nothing is open, else detach (readers of open
-/// files then get an error when this process exits, instead of hanging).
+/// files then get an error when this process exits, instead of hanging). As a user, through
+/// `fusermount3 -u` (and `-z` to detach): umount2(2) always refuses a non-root caller.
 pub fn unmount(path: &Path) -> io::Result<()> {
+    if !is_root() {
+        return fusermount_unmount(path);
+    }
     let c = c_path(path)?;
     // SAFETY: as above.
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
@@ -167,6 +217,50 @@ pub fn unmount(path: &Path) -> io::Result<()> {
         Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(()), // already gone
         _ => lazy_unmount(path),
     }
+}
+
+/// `fusermount3 -u PATH`, then `-u -z` if the mount is busy. An error carries fusermount's
+/// own words.
+fn fusermount_unmount(path: &Path) -> io::Result<()> {
+    let mut last = String::new();
+    for lazy in [false, true] {
+        let mut cmd = fusermount_command()?;
+        cmd.arg("-u").arg("-q");
+        if lazy {
+            cmd.arg("-z");
+        }
+        let out = cmd.arg("--").arg(path).output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if mount_at(path).is_none() {
+            return Ok(()); // gone meanwhile
+        }
+        last = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    }
+    Err(io::Error::other(if last.is_empty() {
+        "fusermount3 -u failed".to_string()
+    } else {
+        last
+    }))
+}
+
+/// The setuid helper that mounts and unmounts FUSE for users: `fusermount3`, or the older
+/// `fusermount`, from PATH.
+fn fusermount_command() -> io::Result<std::process::Command> {
+    for name in ["fusermount3", "fusermount"] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()));
+        if found {
+            let mut cmd = std::process::Command::new(name);
+            cmd.stdin(std::process::Stdio::null());
+            return Ok(cmd);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "fusermount3 not found: install fuse3 (it provides the setuid fusermount3 that lets users mount FUSE)",
+    ))
 }
 
 /// The kernel's read-ahead for a FUSE mount defaults to 128 KiB, which caps each read request

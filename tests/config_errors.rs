@@ -191,3 +191,41 @@ fn unknown_products_and_garbage_from_each_service() {
         &["503"],
     );
 }
+
+#[test]
+fn misspellings_and_command_words_get_a_suggestion() {
+    let double = start_double(double_config(None));
+    let ws = Workspace::new();
+    // clap's "did you mean", kept on our one line.
+    fails_with(&ws, &double, &["mnt", "--foregound"], &["--foreground"]);
+    // Words that look like commands are not "mountpoint does not exist".
+    fails_with(&ws, &double, &["status"], &[".eodata-status"]);
+    fails_with(&ws, &double, &["ls"], &["ls MOUNTPOINT"]);
+    fails_with(&ws, &double, &["unmout"], &["eodata-mount unmount"]);
+    fails_with(
+        &ws,
+        &double,
+        &["frobnicate"],
+        &["neither a command", "download"],
+    );
+    // A path stays a path.
+    fails_with(&ws, &double, &["./status"], &["does not exist", "mkdir"]);
+    assert!(password_logins(&double.log()).is_empty());
+}
+
+#[test]
+fn a_non_empty_mountpoint_is_refused_without_consent() {
+    let double = start_double(double_config(None));
+    let ws = Workspace::new();
+    let dir = ws.path().join("full");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("mine.txt"), b"x").unwrap();
+    fails_with(
+        &ws,
+        &double,
+        &[dir.to_str().unwrap(), "--foreground"],
+        &["not empty", "-o nonempty"],
+    );
+    assert!(password_logins(&double.log()).is_empty());
+    assert!(!is_mounted(&dir));
+}

@@ -287,3 +287,102 @@ fn a_stale_mount_of_ours_is_cleaned_and_remounted() {
     drop(again);
     drop(mount);
 }
+
+/// `--listed-only`: the listed product opens; an unlisted `<uuid>.zip` or `<Name>.zip` is
+/// ENOENT and costs no request at all, neither to the catalogue nor to zipper.
+#[test]
+fn listed_only_makes_no_request_for_an_unlisted_name() {
+    let products = products(2, 48);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let m = Mount::start(&ws, &double, &["--listed-only", "--product", TUTORIAL_ID]);
+    let other = index(&products)[1].clone();
+    let requests = |d: &fake_creodias::Double| {
+        d.log()
+            .iter()
+            .filter(|e| e.service == "zipper" || e.service == "catalogue")
+            .count()
+    };
+    let before = requests(&double);
+    for unlisted in [
+        format!("{}.zip", other["Id"].as_str().unwrap()),
+        format!("{}.zip", other["Name"].as_str().unwrap()),
+    ] {
+        let err = std::fs::metadata(m.path(&unlisted)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{unlisted}");
+    }
+    assert_eq!(requests(&double), before, "no request for unlisted names");
+    assert_eq!(
+        file_sha256(&m.path(&format!("{TUTORIAL_NAME}.zip"))),
+        file_sha256(&product_file(&products, 0))
+    );
+}
+
+/// `-o nonempty` is consent to mount over files (they come back after the unmount).
+#[test]
+fn nonempty_mounts_over_files_with_consent() {
+    let products = products(1, 1);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let dir = ws.path().join("full");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("mine.txt"), b"x").unwrap();
+    let m = Mount::start_at(&ws, &double, &dir, &["-o", "nonempty"]);
+    assert!(std::fs::metadata(m.path(&format!("{TUTORIAL_ID}.zip"))).is_ok());
+    assert!(!m.path("mine.txt").exists(), "hidden while mounted");
+    m.stop();
+    assert_eq!(std::fs::read(dir.join("mine.txt")).unwrap(), b"x");
+}
+
+/// A products file is looked up several names at a time, and a name the catalogue does not
+/// know is a warning, not a failed mount. Concurrency is read from the double's log: with a
+/// fixed latency L per answer, a catalogue request that ended at t was in flight over at least
+/// [t - L, t].
+#[test]
+fn a_products_file_is_looked_up_in_parallel_and_unknown_names_warn() {
+    const LATENCY_MS: u64 = 300;
+    let products = products(2, 48);
+    let mut cfg = double_config(Some(&products));
+    cfg.faults.latency = Duration::from_millis(LATENCY_MS);
+    let double = start_double(cfg);
+    let ws = Workspace::new();
+    let names: Vec<String> = (0..2).map(|i| name(&products, i)).collect();
+    let mut file = format!("# wanted\n{}\n{}\n", names[0], names[1]);
+    for i in 0..6 {
+        file.push_str(&format!(
+            "S2B_MSIL1C_2099010{i}T000000_N0000_R000_T00AAA_20990101T000000.SAFE\n"
+        ));
+    }
+    let list = ws.path().join("products.txt");
+    std::fs::write(&list, file).unwrap();
+    let m = Mount::start(&ws, &double, &["--products-file", list.to_str().unwrap()]);
+    let listed: Vec<String> = std::fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for n in &names {
+        assert!(listed.contains(&format!("{n}.zip")), "{listed:?}");
+    }
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        m.log_text()
+            .contains("6 of the products file's names not found"),
+        "{}",
+        m.log_text()
+    );
+    let spans: Vec<(u64, u64)> = double
+        .log()
+        .iter()
+        .filter(|e| e.service == "catalogue")
+        .map(|e| (e.t_ms.saturating_sub(LATENCY_MS), e.t_ms))
+        .collect();
+    let most_at_once = spans
+        .iter()
+        .map(|&(_, end)| spans.iter().filter(|&&(a, b)| a < end && end <= b).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most_at_once >= 4,
+        "at least 4 lookups at once, saw {most_at_once}: {spans:?}"
+    );
+}

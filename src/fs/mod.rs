@@ -5,6 +5,9 @@
 //! on the command line are listed from the start; any other is resolved through the catalogue
 //! on the first lookup of `<Name>.zip`, `<Name without .SAFE>.zip` or `<uuid>.zip`, and listed from
 //! then on. All names of one product lead to the same inode, so they are the same file.
+//! Under `--listed-only` no lookup resolves anything (an `--allow-other` mount must not let
+//! every local user spend the owner's account), and lookups add at most
+//! [`FsConfig::max_looked_up`] products, so the root cannot grow without bound.
 //! `--query` adds query directories (`query`), and the root holds an unlisted `.eodata-status`
 //! file (`status`). Beside every `<Name>.zip`, `<Name>/` shows the product's own files
 //! (`safe_view`).
@@ -174,7 +177,18 @@ pub struct FsConfig {
     /// Show `<Name>/` beside every `<Name>.zip` (off with `--no-safe-view`; the mount turns it
     /// on, and it needs a [`NodeLister`]).
     pub safe_view: bool,
+    /// `--listed-only`: a lookup of an unlisted `<Name>.zip` or `<uuid>.zip` is ENOENT at
+    /// once, with no request; only products given at mount time or listed by a query open.
+    pub listed_only: bool,
+    /// Most products that lookups of unlisted names may add to the root; past it such lookups
+    /// are ENOENT (see [`DEFAULT_MAX_LOOKED_UP`]).
+    pub max_looked_up: usize,
 }
+
+/// Default bound on products resolved by lookup: 10,000 is far beyond a person's or a script's
+/// working set, and keeps the root listing (and its memory, about a kilobyte a product) bounded
+/// however many names other users of an `--allow-other` mount try.
+pub const DEFAULT_MAX_LOOKED_UP: usize = 10_000;
 
 /// Default `--max-results`: one page of the catalogue at its largest `$top`, a listing `ls`
 /// shows in well under a second; more is a deliberate choice.
@@ -197,6 +211,8 @@ impl Default for FsConfig {
             max_results: DEFAULT_MAX_RESULTS,
             listing_ttl: DEFAULT_LISTING_TTL,
             safe_view: false,
+            listed_only: false,
+            max_looked_up: DEFAULT_MAX_LOOKED_UP,
         }
     }
 }
@@ -232,6 +248,15 @@ pub struct Fs<R: Resolver, S: RangeSource> {
     last_error: Mutex<Option<(SystemTime, String)>>,
     status_source: Mutex<Option<StatusSource>>,
     view: safe_view::SafeView,
+    /// Products added to the root by lookups of names not listed before.
+    looked_up: AtomicU64,
+}
+
+/// Why a product is being resolved: named at mount time, or looked up in the root.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    MountTime,
+    Lookup,
 }
 
 /// The entries (name, inode) of one open directory.
@@ -291,6 +316,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             last_error: Mutex::new(None),
             status_source: Mutex::new(None),
             view: safe_view::SafeView::default(),
+            looked_up: AtomicU64::new(0),
         }
     }
 
@@ -301,7 +327,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
 
     /// Resolve a product and list it in the root (used for `--product` at start-up).
     pub async fn add_product(&self, name: &str) -> Result<Attr, FsError> {
-        match self.find_or_resolve(name).await? {
+        match self.find_or_resolve(name, Via::MountTime).await? {
             Some(node) => Ok(self.file_attr(&node)),
             None => Err(FsError::NotFound),
         }
@@ -367,21 +393,44 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         if stem.is_empty() || stem.starts_with('.') {
             return Err(FsError::NotFound);
         }
-        match self.find_or_resolve(stem).await? {
+        match self.find_or_resolve(stem, Via::Lookup).await? {
             Some(node) => Ok(self.file_attr(&node)),
             None => Err(FsError::NotFound),
         }
     }
 
     /// A known product by any alias, or resolve it (catalogue, then the download's size).
-    /// Either way it is listed in the root from then on.
-    async fn find_or_resolve(&self, name: &str) -> Result<Option<Arc<ProductNode>>, FsError> {
+    /// Either way it is listed in the root from then on. A lookup of an unknown name resolves
+    /// nothing under `--listed-only`, nor past [`FsConfig::max_looked_up`] such products.
+    async fn find_or_resolve(
+        &self,
+        name: &str,
+        via: Via,
+    ) -> Result<Option<Arc<ProductNode>>, FsError> {
         let name = name.strip_suffix(".zip").unwrap_or(name);
         {
             let mut table = self.inodes.lock().unwrap();
             if let Some(node) = table.by_alias(name) {
                 table.list_in_root(&node);
                 return Ok(Some(node));
+            }
+        }
+        if via == Via::Lookup {
+            if self.config.listed_only {
+                return Ok(None);
+            }
+            if self.looked_up.load(Ordering::Relaxed) >= self.config.max_looked_up as u64 {
+                let msg = format!(
+                    "{name}: not looked up: {} products were already added by lookups (remount to start afresh)",
+                    self.config.max_looked_up
+                );
+                if self.looked_up.fetch_add(1, Ordering::Relaxed)
+                    == self.config.max_looked_up as u64
+                {
+                    tracing::warn!("{msg}");
+                }
+                self.note_error(&msg);
+                return Ok(None);
             }
         }
         let meta = match self.resolver.resolve(name).await {
@@ -411,6 +460,9 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         let mut table = self.inodes.lock().unwrap();
         let node = table.insert(meta, size, name);
         table.list_in_root(&node);
+        if via == Via::Lookup {
+            self.looked_up.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Some(node))
     }
 

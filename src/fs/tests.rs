@@ -321,3 +321,76 @@ async fn a_listing_being_read_does_not_change_under_the_reader() {
     let text = fs.read(sfh, 0, 1 << 16).await.unwrap();
     assert!(std::str::from_utf8(&text).unwrap().contains("fs.opens: "));
 }
+
+#[tokio::test]
+async fn listed_only_resolves_no_unlisted_name() {
+    let data = MemorySource::random_bytes(1 << 16, 9);
+    let source = Arc::new(MemorySource::new().with_product(ID, data));
+    let resolver = Arc::new(MapResolver {
+        products: vec![
+            meta(ID, NAME, true),
+            meta("other-1", "S2B_OTHER.SAFE", true),
+        ],
+        calls: AtomicUsize::new(0),
+    });
+    let cache = Arc::new(BlockCache::new(source, CacheConfig::default()));
+    let config = FsConfig {
+        listed_only: true,
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(resolver.clone(), cache, config);
+    fs.add_product(NAME).await.unwrap();
+    let calls = resolver.calls.load(Ordering::SeqCst);
+    // The listed product, by any of its names.
+    for name in [format!("{NAME}.zip"), format!("{ID}.zip")] {
+        fs.lookup(ROOT_INO, OsStr::new(&name)).await.unwrap();
+    }
+    // An unlisted one: ENOENT, and nothing asked of the resolver.
+    for name in ["S2B_OTHER.SAFE.zip", "other-1.zip"] {
+        assert!(matches!(
+            fs.lookup(ROOT_INO, OsStr::new(name)).await,
+            Err(FsError::NotFound)
+        ));
+    }
+    assert_eq!(resolver.calls.load(Ordering::SeqCst), calls);
+}
+
+#[tokio::test]
+async fn lookups_add_a_bounded_number_of_products() {
+    let products: Vec<ProductMeta> = (0..5)
+        .map(|i| meta(&format!("id-{i}"), &format!("P{i}.SAFE"), false))
+        .collect();
+    let resolver = Arc::new(MapResolver {
+        products,
+        calls: AtomicUsize::new(0),
+    });
+    let cache = Arc::new(BlockCache::new(
+        Arc::new(MemorySource::new()),
+        CacheConfig::default(),
+    ));
+    let config = FsConfig {
+        max_looked_up: 3,
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(resolver.clone(), cache, config);
+    for i in 0..3 {
+        fs.lookup(ROOT_INO, OsStr::new(&format!("P{i}.SAFE.zip")))
+            .await
+            .unwrap();
+    }
+    let calls = resolver.calls.load(Ordering::SeqCst);
+    assert!(matches!(
+        fs.lookup(ROOT_INO, OsStr::new("P3.SAFE.zip")).await,
+        Err(FsError::NotFound)
+    ));
+    assert_eq!(
+        resolver.calls.load(Ordering::SeqCst),
+        calls,
+        "no request past the bound"
+    );
+    // The ones already there still open.
+    fs.lookup(ROOT_INO, OsStr::new("P0.SAFE.zip"))
+        .await
+        .unwrap();
+    assert_eq!(fs.readdir(ROOT_INO).await.unwrap().len(), 3 + 2);
+}
