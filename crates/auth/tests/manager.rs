@@ -533,9 +533,9 @@ async fn callers_with_a_valid_token_do_not_wait_for_a_renewal() {
     let mini = Mini::start().await;
     let m = Arc::new(mini.manager(None));
     let first = m.token().await.unwrap();
-    // Renewal due (75 s margin), 70 s of validity left; the server takes 500 ms to answer.
+    // Renewal due (75 s margin), 70 s of validity left; the server takes 300 ms to answer.
     mini.clock.advance(Duration::from_secs(230));
-    mini.with(|s| s.delay = Duration::from_millis(500));
+    mini.with(|s| s.delay = Duration::from_millis(300));
     let leader = {
         let m = m.clone();
         tokio::spawn(async move { m.token().await.unwrap() })

@@ -66,15 +66,14 @@ const FAILURE_COOLDOWN: Duration = Duration::from_secs(5);
 /// a Keycloak outage must not stall readers while their token still works.
 const SERVE_SAFETY: Duration = Duration::from_millis(500);
 
-/// The caller that starts a renewal waits this long for it at most (while its held token
-/// lives): a refresh answers in milliseconds, and its caller then gets the new token; a
-/// renewal that takes longer (a TOTP step to wait for, an outage) carries on in the
-/// background while the held token serves.
-const STARTER_PATIENCE: Duration = Duration::from_secs(2);
+/// A caller waits this long at most for a renewal (while its held token lives): a refresh answers in tens of milliseconds, and its caller then gets the new token;
+/// a renewal that takes longer (a TOTP step to wait for, an outage) carries on in the
+/// background while the held token serves, so no read stalls for more than this.
+const STARTER_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Callers that find a renewal already running get the held token at once when it has more
 /// than this left (a reader's request reaches the server within a second or two); with less,
-/// they wait for the renewal as long as the token allows.
+/// they wait for the renewal as briefly as its starter does.
 const SERVE_DURING_RENEWAL: Duration = Duration::from_secs(10);
 
 /// A session is renewed by a password login, rather than by refresh, once its refresh token
@@ -467,12 +466,10 @@ impl TokenManager {
                         .expires_at
                         .duration_since(inner.clock.now())
                         .unwrap_or_default();
-                    let patience = if started {
-                        STARTER_PATIENCE
-                    } else if left > SERVE_DURING_RENEWAL {
+                    let patience = if !started && left > SERVE_DURING_RENEWAL {
                         Duration::ZERO
                     } else {
-                        left
+                        STARTER_PATIENCE
                     };
                     let patience = patience.min(left.saturating_sub(SERVE_SAFETY));
                     if tokio::time::timeout(patience, renewed).await.is_err() {
