@@ -156,7 +156,8 @@ impl Inner {
             Ok(granted) => Ok(self.store(granted, &mut disk, true)),
             Err(e) => {
                 if let AuthError::Refused { reason, .. } = &e {
-                    tracing::warn!("{e}");
+                    // The caller reports the error itself (once); this records it for `-v`.
+                    tracing::info!("{e}");
                     self.lock_state().refused = Some(e.clone());
                     disk.refusal = Some(Refusal {
                         fingerprint: self.fingerprint(&disk),
