@@ -83,7 +83,10 @@ pub fn token_manager(
         totp_secret: settings.totp_secret.clone(),
         cache_dir,
     };
-    Ok(Arc::new(TokenManager::new(cfg, http_client(common)?)?))
+    Ok(Arc::new(
+        TokenManager::new(cfg, http_client(common)?)?
+            .with_client_secret(settings.endpoints.client_secret.clone()),
+    ))
 }
 
 pub fn catalogue(common: &CommonArgs, settings: &Settings) -> anyhow::Result<Arc<Catalogue>> {

@@ -146,3 +146,49 @@ fn the_tutorials_python_client_is_accepted_by_the_double() {
     assert_eq!(password_logins(&log).len(), 1);
     assert!(log.iter().any(|e| e.service == "zipper" && e.status == 200));
 }
+
+/// A WAF or proxy answering the password grant with an HTML 403: a refusal, latched and
+/// shared, so that five runs of `token` make at most two password attempts (not one login a
+/// run, or a loop).
+#[test]
+fn an_html_403_on_the_password_grant_is_a_shared_refusal() {
+    let double = start_double(double_config(None));
+    let mut page = fake_creodias::TokenFault::new(403, None);
+    page.html = true;
+    double.set_token_fault(Some(page));
+    let ws = Workspace::new();
+    for run in 0..5 {
+        let started = Instant::now();
+        let out = ws.run(&double, &["token"]);
+        assert!(!out.status.success(), "run {run}");
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains("HTTP 403"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "run {run} took {:?}",
+            started.elapsed()
+        );
+    }
+    let attempts = password_logins(&double.log()).len();
+    assert!((1..=2).contains(&attempts), "{attempts} password attempts");
+}
+
+/// Another local user created the runtime directory first: `token` warns and works without
+/// the shared cache instead of failing.
+#[test]
+fn a_squatted_runtime_dir_does_not_stop_token() {
+    let double = start_double(double_config(None));
+    let ws = Workspace::new();
+    let squatted = ws.path().join("run").join("eodata-mount");
+    std::fs::create_dir_all(&squatted).unwrap();
+    // uid/gid 65534: nobody, as `setpriv --reuid=nobody mkdir` would leave it.
+    std::os::unix::fs::chown(&squatted, Some(65534), Some(65534)).unwrap();
+    let out = ws.run(&double, &["token"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
+    assert!(err.contains("without the shared token cache"), "{err}");
+    assert_eq!(std::fs::read_dir(&squatted).unwrap().count(), 0);
+}

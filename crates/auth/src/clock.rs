@@ -103,6 +103,14 @@ impl ServerOffset {
         self.millis
     }
 
+    /// This offset bounded to `max` either way.
+    pub fn clamp(self, max: Duration) -> Self {
+        let max = i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
+        ServerOffset {
+            millis: self.millis.clamp(-max, max),
+        }
+    }
+
     /// Estimates the offset from an answer's `Date` header. `sent` and `received` are local
     /// times around the request. `Date` is truncated to the second, so the server's time when it
     /// answered lies in `[date, date + 1 s)`: its middle, `date + 0.5 s`, is compared with the
@@ -190,6 +198,25 @@ mod tests {
             ServerOffset::estimate(&date, at(1_700_000_200, 400), at(1_700_000_200, 600)).unwrap();
         assert_eq!(o.as_millis(), -100_000);
         assert_eq!(o.to_server(at(200, 0)), at(100, 0));
+    }
+
+    #[test]
+    fn offsets_are_clamped_both_ways() {
+        let max = Duration::from_secs(300);
+        assert_eq!(
+            ServerOffset::from_millis(10_000_000).clamp(max).as_millis(),
+            300_000
+        );
+        assert_eq!(
+            ServerOffset::from_millis(-10_000_000)
+                .clamp(max)
+                .as_millis(),
+            -300_000
+        );
+        assert_eq!(
+            ServerOffset::from_millis(-1_000).clamp(max).as_millis(),
+            -1_000
+        );
     }
 
     #[test]

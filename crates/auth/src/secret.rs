@@ -2,7 +2,9 @@
 //!
 //! Every password, TOTP secret, TOTP code and token in this workspace lives in a [`Secret`]: its
 //! `Debug` and `Display` print `***`, so a stray `{:?}` in a log line cannot leak it. URLs that may
-//! carry a `token=` query parameter go through [`redact_url`] before they are logged.
+//! carry a `token=` query parameter go through [`redact_url`] before they are logged. A
+//! [`Secret`]'s memory is overwritten with zeros when it is dropped (`zeroize`), so a freed
+//! password does not linger in the heap for a core dump or swap to find.
 
 use std::fmt;
 
@@ -22,6 +24,12 @@ impl Secret {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -165,6 +165,12 @@ pub struct Totp {
     key: Vec<u8>,
 }
 
+impl Drop for Totp {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 impl fmt::Debug for Totp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Totp(***)")

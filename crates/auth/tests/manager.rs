@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eodata_auth::{AuthError, Clock, Secret, TokenSource};
+use eodata_auth::{AuthError, Clock, RetryPolicy, Secret, TokenSource};
 use support::{cache_dir, Canned, Mini};
 
 #[tokio::test]
@@ -470,28 +470,53 @@ async fn refresh_outage_keeps_serving_the_valid_token_and_retries_later() {
     let first = m.token().await.unwrap();
     // 300 s lifetime, 75 s margin: at +230 s renewal is due, 70 s of validity left.
     mini.clock.advance(Duration::from_secs(230));
+    // Twelve 503s: twice what a password login would be allowed.
+    mini.with(|s| {
+        for _ in 0..12 {
+            s.canned.push_back(Canned::new(503, ""));
+        }
+    });
+    let t0 = mini.clock.now();
+    let renewed = m.token().await.unwrap();
+    assert_ne!(renewed, first, "the refresh got through in the end");
+    let spent = mini.clock.now().duration_since(t0).unwrap();
+    assert!(
+        spent < Duration::from_secs(70),
+        "retries land before the held token expires: {spent:?}"
+    );
+    let refreshes = mini.grants("refresh_token");
+    assert_eq!(refreshes.len(), 13, "refresh needs no TOTP: every attempt");
+    assert_eq!(refreshes.last().unwrap().outcome, "ok");
+    assert_eq!(
+        mini.grants("password").len(),
+        1,
+        "no password login during an outage"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_refresh_outage_keeps_serving_the_valid_token() {
+    let mini = Mini::start().await;
+    let m = mini.manager(None).with_refresh_retry_policy(RetryPolicy {
+        attempts: 6,
+        first_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(8),
+        budget: Duration::from_secs(30),
+    });
+    let first = m.token().await.unwrap();
+    mini.clock.advance(Duration::from_secs(230));
     mini.with(|s| {
         for _ in 0..20 {
             s.canned.push_back(Canned::new(503, ""));
         }
     });
-    let t0 = mini.clock.now();
     assert_eq!(
         m.token().await.unwrap(),
         first,
         "still valid: keep serving it"
     );
-    let spent = mini.clock.now().duration_since(t0).unwrap();
-    assert!(spent <= Duration::from_secs(30), "{spent:?}");
-    assert_eq!(
-        mini.grants("refresh_token").len(),
-        6,
-        "refresh needs no TOTP: all six attempts"
-    );
-    assert!(
-        mini.grants("password").len() == 1,
-        "no password login during an outage"
-    );
+    assert_eq!(mini.grants("refresh_token").len(), 6);
+    assert_eq!(mini.grants("password").len(), 1);
     // Right after a failed renewal, callers get the outcome at once.
     let n = mini.seen().len();
     assert_eq!(m.token().await.unwrap(), first);
@@ -508,9 +533,9 @@ async fn callers_with_a_valid_token_do_not_wait_for_a_renewal() {
     let mini = Mini::start().await;
     let m = Arc::new(mini.manager(None));
     let first = m.token().await.unwrap();
-    // Renewal due (75 s margin), 70 s of validity left; the server takes 500 ms to answer.
+    // Renewal due (75 s margin), 70 s of validity left; the server takes 300 ms to answer.
     mini.clock.advance(Duration::from_secs(230));
-    mini.with(|s| s.delay = Duration::from_millis(500));
+    mini.with(|s| s.delay = Duration::from_millis(300));
     let leader = {
         let m = m.clone();
         tokio::spawn(async move { m.token().await.unwrap() })
@@ -656,4 +681,165 @@ async fn usable_through_the_token_source_trait() {
     let m = Arc::new(mini.manager(None));
     via_trait(m.clone()).await;
     assert_eq!(mini.grants("refresh_token").len(), 1);
+}
+
+#[tokio::test]
+async fn password_attempts_are_spaced_and_the_second_follows_within_seconds() {
+    let mini = Mini::start().await;
+    let mut cfg = mini.config(None);
+    cfg.password = Secret::new("wrong");
+    let m = mini.manager_for(cfg);
+    m.token().await.unwrap_err();
+    let logins = mini.grants("password");
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    let gap = logins[1].at.duration_since(logins[0].at).unwrap();
+    assert!(
+        gap >= eodata_auth::token::PASSWORD_SPACING,
+        "two password attempts {gap:?} apart"
+    );
+    // The second attempt takes the next step's code at once instead of waiting up to 30 s.
+    assert!(gap < Duration::from_secs(9), "{gap:?}");
+    assert_eq!(logins[1].step, logins[0].step.map(|s| s + 1));
+}
+
+#[tokio::test]
+async fn a_4xx_page_on_a_password_grant_latches_and_is_shared() {
+    let mini = Mini::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut page = Canned::new(403, "<html><body>Request blocked by WAF</body></html>");
+    page.headers
+        .push(("Content-Type".into(), "text/html".into()));
+    mini.with(|s| {
+        for _ in 0..10 {
+            s.canned.push_back(page.clone());
+        }
+    });
+    let m = mini.manager(Some(cache_dir(&tmp)));
+    let e = m.token().await.unwrap_err();
+    assert!(matches!(e, AuthError::Refused { .. }), "{e}");
+    assert!(e.to_string().contains("HTTP 403"), "{e}");
+    assert!(e.to_string().contains("proxy or firewall"), "{e}");
+    assert_eq!(mini.grants("password").len(), 1, "no second attempt");
+    m.token().await.unwrap_err();
+    // Another process, with the user name in another case: refused from the shared file.
+    let mut cfg = mini.config(Some(cache_dir(&tmp)));
+    cfg.user = cfg.user.to_uppercase();
+    let other = mini.manager_for(cfg);
+    let e2 = other.token().await.unwrap_err();
+    assert!(e2.to_string().contains("another process"), "{e2}");
+    assert_eq!(mini.grants("password").len(), 1);
+}
+
+#[tokio::test]
+async fn too_many_sessions_is_final_with_its_own_message() {
+    let mini = Mini::start().await;
+    mini.with(|s| {
+        s.canned.push_back(Canned::new(
+            403,
+            "<html><p class=\"instruction\">There are too many sessions</p></html>",
+        ))
+    });
+    let m = mini.manager(None);
+    let e = m.token().await.unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "too many sessions (the account's limit of active sessions); log out other sessions or wait"
+        ),
+        "{e}"
+    );
+    assert_eq!(mini.grants("password").len(), 1);
+    m.token().await.unwrap_err();
+    assert_eq!(mini.grants("password").len(), 1, "no retry loop");
+}
+
+#[tokio::test]
+async fn invalid_client_names_the_client_id_and_secret() {
+    let mini = Mini::start().await;
+    mini.with(|s| {
+        s.canned.push_back(Canned::new(
+            401,
+            r#"{"error":"invalid_client","error_description":"Invalid client or Invalid client credentials"}"#,
+        ))
+    });
+    let m = mini
+        .manager(None)
+        .with_client_secret(Some(Secret::new("wrong-secret")));
+    let e = m.token().await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("client id/secret refused by the realm"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("wrong-secret"), "{e}");
+    let body = &mini.grants("password")[0].body;
+    assert!(body.contains("client_secret=wrong-secret"), "{body}");
+}
+
+#[tokio::test]
+async fn a_cached_token_does_not_hide_a_changed_password() {
+    let mini = Mini::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = mini.manager(Some(cache_dir(&tmp)));
+    a.token().await.unwrap();
+    // The same credentials adopt the cached token: no request.
+    let same = mini.manager(Some(cache_dir(&tmp)));
+    same.token().await.unwrap();
+    assert_eq!(mini.grants("password").len(), 1);
+    // The password in secrets.conf changed: the cached token is not used, a login is made.
+    let mut cfg = mini.config(Some(cache_dir(&tmp)));
+    cfg.password = Secret::new("a new, wrong password");
+    let changed = mini.manager_for(cfg);
+    let e = changed.token().await.unwrap_err();
+    assert!(matches!(e, AuthError::Refused { .. }), "{e}");
+    assert!(mini.grants("password").len() > 1);
+    // Nothing of the password is in the file.
+    let text = std::fs::read_to_string(a.state_file().unwrap()).unwrap();
+    assert!(!text.contains(support::PASSWORD), "{text}");
+    assert!(!text.contains("a new, wrong password"), "{text}");
+    assert!(text.contains("\"credentials\""), "{text}");
+}
+
+#[tokio::test]
+async fn a_bogus_future_step_is_corrected_in_the_file() {
+    let mini = Mini::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = mini.manager(Some(cache_dir(&tmp)));
+    let now_step = 1_700_000_020 / 30;
+    std::fs::write(
+        m.state_file().unwrap(),
+        format!(r#"{{"version":1,"last_totp_step":{}}}"#, now_step + 1_000),
+    )
+    .unwrap();
+    m.token().await.unwrap();
+    let used = mini.grants("password")[0].step.unwrap();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.state_file().unwrap()).unwrap()).unwrap();
+    assert_eq!(file["last_totp_step"], used, "{file}");
+    // A second process is not misled by the old record either.
+    m.invalidate_all();
+    let other = mini.manager(Some(cache_dir(&tmp)));
+    let t0 = mini.clock.now();
+    other.token().await.unwrap();
+    assert!(mini.clock.now().duration_since(t0).unwrap() < Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn a_squatted_cache_directory_is_warned_about_and_skipped() {
+    let mini = Mini::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = cache_dir(&tmp);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Another user's directory (as root in tests: owned by nobody).
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let m = mini.manager(Some(dir.clone()));
+    assert!(
+        m.state_file().is_none(),
+        "no shared cache in a squatted dir"
+    );
+    m.token().await.unwrap();
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing written there"
+    );
 }

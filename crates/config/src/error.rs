@@ -49,7 +49,7 @@ fn paths(list: &[PathBuf]) -> String {
 /// Why no valid settings could be built. `Display` is one line meant for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no secrets file found (looked in: {}) and EODATA_USER, EODATA_PASSWORD and EODATA_TOTP_SECRET are not all set; create one of those files with a [login] section holding user, password and totp_secret, or name one with --config", paths(.looked))]
+    #[error("no secrets file found (looked in: {}) and EODATA_USER and EODATA_PASSWORD (with EODATA_TOTP_SECRET for two-factor login) are not both set; create one of those files with a [login] section holding user, password and totp_secret (left out without two-factor login), or name one with --config", paths(.looked))]
     NoFile { looked: Vec<PathBuf> },
 
     #[error("config file {} named by {named_by} does not exist; fix the path or drop the {named_by}", .path.display())]

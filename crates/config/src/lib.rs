@@ -5,9 +5,10 @@
 //! Precedence, for every setting: flag > environment > file > provider default.
 //!
 //! Files: the `[login]` section holds `user`, `password` and `totp_secret`, exactly as the
-//! CREODIAS tutorial writes them (read with Python's configparser semantics, see [`ini`]). An
-//! optional `[endpoints]` section may hold `token_url`, `client_id`, `download_url`,
-//! `catalogue_url` and `provider`.
+//! CREODIAS tutorial writes them (read with Python's configparser semantics, see [`ini`]);
+//! `totp_secret` may be left out for an account without two-factor login. An optional
+//! `[endpoints]` section may hold `token_url`, `client_id`, `client_secret` (a confidential
+//! client; also `EODATA_CLIENT_SECRET`), `download_url`, `catalogue_url` and `provider`.
 //!
 //! Everything is checked here, once, so that later layers can trust what they get: a typo in the
 //! TOTP secret or a URL is reported before any request, naming where it was written.
@@ -49,7 +50,8 @@ pub struct Settings {
     /// The account's e-mail address.
     pub user: String,
     pub password: Secret,
-    /// Normalised base32: upper case, no blanks, no `=` padding.
+    /// Normalised base32: upper case, no blanks, no `=` padding. Empty when the account has no
+    /// two-factor login (no `totp_secret` given).
     pub totp_secret: Secret,
     /// Where the services are, and what the user should know about the configuration.
     pub endpoints: Endpoints,
@@ -64,6 +66,9 @@ pub struct Endpoints {
     pub token_passing: TokenPassing,
     pub token_url: url::Url,
     pub client_id: String,
+    /// The OpenID client's secret, for a confidential client; the providers' clients are
+    /// public and need none. Never printed (`Secret`).
+    pub client_secret: Option<Secret>,
     /// A template containing `{id}` (see [`Endpoints::download_url_for`]); checked to give an
     /// http(s) URL once a UUID is put in.
     pub download_url: String,
@@ -127,7 +132,8 @@ fn load_from(
     cwd: &Path,
 ) -> Result<Settings, ConfigError> {
     let env = |k: &str| env(k).filter(|v| !v.is_empty());
-    let credentials_in_env = ["EODATA_USER", "EODATA_PASSWORD", "EODATA_TOTP_SECRET"]
+    // The TOTP secret is optional (accounts without two-factor login).
+    let credentials_in_env = ["EODATA_USER", "EODATA_PASSWORD"]
         .iter()
         .all(|k| env(k).is_some());
     let file = match find_file(overrides, &env, cwd)? {
@@ -139,12 +145,21 @@ fn load_from(
     };
     let user = credential(&file, &env, "user", "EODATA_USER")?;
     let password = credential(&file, &env, "password", "EODATA_PASSWORD")?;
-    let totp = credential(&file, &env, "totp_secret", "EODATA_TOTP_SECRET")?;
-    let totp_secret =
-        normalize_totp_secret(&totp.0).map_err(|problem| ConfigError::BadTotpSecret {
-            origin: totp.1,
-            problem,
-        })?;
+    let totp = match credential(&file, &env, "totp_secret", "EODATA_TOTP_SECRET") {
+        Ok(found) => Some(found),
+        // No two-factor login on this account: logins send no code.
+        Err(ConfigError::MissingKey { .. } | ConfigError::NoFile { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let totp_secret = match totp {
+        Some(totp) => {
+            normalize_totp_secret(&totp.0).map_err(|problem| ConfigError::BadTotpSecret {
+                origin: totp.1,
+                problem,
+            })?
+        }
+        None => String::new(),
+    };
     Ok(Settings {
         user: user.0,
         password: Secret::new(password.0),
@@ -246,9 +261,10 @@ fn read_file(path: PathBuf) -> Result<File, ConfigError> {
 }
 
 /// Keys the `[endpoints]` section may hold.
-const ENDPOINT_KEYS: [&str; 5] = [
+const ENDPOINT_KEYS: [&str; 6] = [
     "token_url",
     "client_id",
+    "client_secret",
     "download_url",
     "catalogue_url",
     "provider",
@@ -393,6 +409,15 @@ fn endpoints(
         )?,
         defaults.client_id,
     );
+    // No flag: a secret on the command line is visible to every local user in `ps`.
+    let client_secret = pick(
+        (&None, "--client-secret"),
+        env,
+        "EODATA_CLIENT_SECRET",
+        &file,
+        "client_secret",
+    )?
+    .map(|(v, _)| Secret::new(v.trim()));
     let download_url = or_default(
         pick(
             (&overrides.download_url, "--download-url"),
@@ -425,6 +450,7 @@ fn endpoints(
         token_passing: provider.token_passing(),
         token_url,
         client_id: client_id.0.trim().to_string(),
+        client_secret,
         download_url,
         catalogue_url,
         config_path,

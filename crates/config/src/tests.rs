@@ -204,7 +204,7 @@ fn no_file_lists_every_place_looked() {
     );
     assert!(msg.contains("EODATA_USER"), "{msg}");
     // Some credentials in the environment are not enough without a file.
-    f.set("EODATA_USER", "u").set("EODATA_PASSWORD", "p");
+    f.set("EODATA_USER", "u");
     assert!(matches!(
         f.load(&Overrides::default()),
         Err(ConfigError::NoFile { .. })
@@ -583,4 +583,36 @@ fn endpoints_only_needs_no_credentials() {
         f.endpoints(&Overrides::default()),
         Err(ConfigError::Syntax { .. })
     ));
+}
+
+#[test]
+fn totp_secret_may_be_left_out_and_client_secret_is_read_and_hidden() {
+    let mut f = Fixture::new();
+    let path = f.write(
+        "s.conf",
+        "[login]\nuser = a@example.com\npassword = qwer\n[endpoints]\nclient_secret = dc0a-s3cret\n",
+    );
+    let s = f.load(&with_config(&path)).unwrap();
+    assert!(s.totp_secret.is_empty(), "no two-factor login");
+    let secret = s.endpoints.client_secret.clone().unwrap();
+    assert_eq!(secret.expose(), "dc0a-s3cret");
+    assert!(
+        s.endpoints
+            .warnings
+            .iter()
+            .all(|w| !w.contains("client_secret")),
+        "{:?}",
+        s.endpoints.warnings
+    );
+    assert!(!format!("{s:?}").contains("dc0a-s3cret"), "never printed");
+    // The environment wins over the file.
+    f.set("EODATA_CLIENT_SECRET", "from-env");
+    let s = f.load(&with_config(&path)).unwrap();
+    assert_eq!(s.endpoints.client_secret.unwrap().expose(), "from-env");
+    // Credentials from the environment alone, without a TOTP secret.
+    let mut f = Fixture::new();
+    f.set("EODATA_USER", "u").set("EODATA_PASSWORD", "p");
+    let s = f.load(&Overrides::default()).unwrap();
+    assert!(s.totp_secret.is_empty());
+    assert!(s.endpoints.client_secret.is_none());
 }

@@ -5,7 +5,15 @@
 //! lockout, and the table of tokens it issued (the zipper asks it whether a token is good).
 //! Answers follow protocol.md: wrong user/password/code and locks all give 401 `invalid_grant`
 //! "Invalid user credentials"; a disabled account 400 "Account disabled"; refresh failures 400
-//! `invalid_grant` "Invalid refresh token" / "Token is not active".
+//! `invalid_grant` "Invalid refresh token" / "Token is not active" / "Session not active".
+//!
+//! Sessions as Keycloak keeps them (docs/protocol.md, "Identity"): each password login opens
+//! one; its refresh tokens work until the session's maximum age (`session_max`), and tokens
+//! issued near the end are capped by it (`exp`, `refresh_expires_in`). A cap on the sessions
+//! a user may hold either refuses a new login with a 403 HTML page or drops the oldest session
+//! ([`SessionLimit`]). Brute-force protection, when on, is checked before "disabled", and two
+//! failures within a second lock the account for a minute (Keycloak's quick-login rule).
+//! [`TokenFault`] makes the endpoint answer an error status (503, 429, an HTML 403) for a while.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +43,61 @@ const TOKEN_TABLE_SOFT_CAP: usize = 10_000;
 
 const INVALID_CREDENTIALS: &str = "Invalid user credentials";
 
+/// Keycloak's quick-login check (realm default `quickLoginCheckMilliSeconds`): two failures
+/// closer than this...
+const QUICK_LOGIN_CHECK: Duration = Duration::from_millis(1000);
+/// ...lock the account for this long (`minimumQuickLoginWaitSeconds`).
+const QUICK_LOGIN_WAIT: Duration = Duration::from_secs(60);
+
+/// The page Keycloak's session limiter renders when it denies a login (status 403).
+const TOO_MANY_SESSIONS_PAGE: &str = "<!DOCTYPE html><html><head><title>Sign in</title></head><body><div id=\"kc-error-message\"><p class=\"instruction\">There are too many sessions</p></div></body></html>";
+
+/// What a login over the session cap does (Keycloak's `UserSessionLimitsAuthenticator`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SessionLimit {
+    /// The login is refused: 403 with an HTML error page.
+    #[default]
+    Deny,
+    /// The oldest session is logged out (its refresh tokens answer "Session not active") and the
+    /// login goes through.
+    DropOldest,
+}
+
+/// A fault of the token endpoint: every POST answers `status` until `until` (or for good).
+#[derive(Clone, Debug)]
+pub struct TokenFault {
+    /// 503, 429, 403...
+    pub status: u16,
+    /// Sent as `Retry-After` (seconds) when set.
+    pub retry_after: Option<u64>,
+    /// An HTML page (a proxy's or a WAF's) instead of a JSON error body.
+    pub html: bool,
+    /// When the fault ends; `None`: never.
+    pub until: Option<Instant>,
+}
+
+impl TokenFault {
+    /// `status` with a JSON body for `d` (`None`: until cleared).
+    pub fn new(status: u16, d: Option<Duration>) -> TokenFault {
+        TokenFault {
+            status,
+            retry_after: None,
+            html: false,
+            until: d.map(|d| Instant::now() + d),
+        }
+    }
+}
+
+/// One server session (a password login and the refreshes that follow it).
+struct Session {
+    username: String,
+    started: Instant,
+    /// Until when its latest refresh token works (idle timeout); the session max caps it.
+    refresh_until: Instant,
+    /// Logged out (dropped for the session cap).
+    ended: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TokenKind {
     Access,
@@ -53,22 +116,63 @@ pub(crate) struct TokenRecord {
 
 struct Account {
     user: User,
-    secret: Totp,
+    /// `None`: the account has no two-factor login; a password alone logs in.
+    secret: Option<Totp>,
     failures: u32,
     locked: bool,
+    /// A temporary lock (the quick-login rule) ends then.
+    locked_until: Option<Instant>,
+    last_failure: Option<Instant>,
     used_codes: Vec<(String, Instant)>,
+}
+
+impl Account {
+    fn new(user: &User, secret: Option<Totp>) -> Account {
+        Account {
+            user: user.clone(),
+            secret,
+            failures: 0,
+            locked: false,
+            locked_until: None,
+            last_failure: None,
+            used_codes: Vec::new(),
+        }
+    }
+
+    fn is_locked(&self, now: Instant) -> bool {
+        self.locked || self.locked_until.is_some_and(|t| now < t)
+    }
 }
 
 /// Users, sessions and issued tokens.
 pub(crate) struct Realm {
     client_id: String,
     issuer: String,
+    /// A confidential client: logins and refreshes must send it as `client_secret`.
+    client_secret: Option<String>,
     access_lifetime: Duration,
     refresh_lifetime: Duration,
+    /// A session's maximum age from its login (Keycloak's SSO Session Max); `None`: unlimited.
+    session_max: Option<Duration>,
+    /// Active sessions a user may hold, and what a login over it does.
+    max_sessions: Option<(usize, SessionLimit)>,
     lockout_after: u32,
     /// Keyed by lower-cased username: Keycloak usernames are case-insensitive.
     accounts: HashMap<String, Account>,
     tokens: HashMap<String, TokenRecord>,
+    /// Keyed by session id (`sid`).
+    sessions: HashMap<String, Session>,
+    fault: Option<TokenFault>,
+}
+
+/// The TOTP of an account; an empty secret means the account has no two-factor login.
+fn account_totp(user: &User) -> anyhow::Result<Option<Totp>> {
+    if user.totp_secret.trim().is_empty() {
+        return Ok(None);
+    }
+    totp_of(&user.totp_secret)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("user {}: {e}", user.username))
 }
 
 /// `secret` as pyotp reads it: spaces dropped, case and `=` padding ignored.
@@ -122,18 +226,7 @@ impl Realm {
     pub(crate) fn new(config: &Config, base_url: &str) -> anyhow::Result<Realm> {
         let mut accounts = HashMap::new();
         for u in &config.users {
-            let secret =
-                totp_of(&u.totp_secret).map_err(|e| anyhow::anyhow!("user {}: {e}", u.username))?;
-            accounts.insert(
-                u.username.to_lowercase(),
-                Account {
-                    user: u.clone(),
-                    secret,
-                    failures: 0,
-                    locked: false,
-                    used_codes: Vec::new(),
-                },
-            );
+            accounts.insert(u.username.to_lowercase(), Account::new(u, account_totp(u)?));
         }
         Ok(Realm {
             client_id: config.client_id.clone(),
@@ -141,12 +234,54 @@ impl Realm {
                 crate::Mode::Creodias => format!("{base_url}/auth/realms/Creodias-new"),
                 crate::Mode::Cdse => format!("{base_url}/auth/realms/CDSE"),
             },
+            client_secret: config.client_secret.clone(),
             access_lifetime: config.access_lifetime,
             refresh_lifetime: config.refresh_lifetime,
+            session_max: config.session_max,
+            max_sessions: config.max_sessions.map(|n| (n, config.session_limit)),
             lockout_after: config.lockout_after,
             accounts,
             tokens: HashMap::new(),
+            sessions: HashMap::new(),
+            fault: None,
         })
+    }
+
+    pub(crate) fn set_fault(&mut self, fault: Option<TokenFault>) {
+        self.fault = fault;
+    }
+
+    /// The fault in force now, if any.
+    fn current_fault(&self) -> Option<TokenFault> {
+        self.fault
+            .clone()
+            .filter(|f| f.until.is_none_or(|t| Instant::now() < t))
+    }
+
+    /// Sessions of `username` that are still active, oldest first.
+    fn active_sessions(&self, username: &str, now: Instant) -> Vec<String> {
+        let mut active: Vec<(&String, &Session)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.username.eq_ignore_ascii_case(username) && self.session_alive(s, now)
+            })
+            .collect();
+        active.sort_by_key(|(_, s)| s.started);
+        active.into_iter().map(|(sid, _)| sid.clone()).collect()
+    }
+
+    fn session_alive(&self, s: &Session, now: Instant) -> bool {
+        !s.ended
+            && now < s.refresh_until
+            && self.session_max.is_none_or(|max| now < s.started + max)
+    }
+
+    /// How long session `sid` has left before its maximum age; `None`: unlimited.
+    fn session_remaining(&self, sid: &str, now: Instant) -> Option<Duration> {
+        let max = self.session_max?;
+        let s = self.sessions.get(sid)?;
+        Some((s.started + max).saturating_duration_since(now))
     }
 
     pub(crate) fn revoke_access_tokens(&mut self) {
@@ -160,18 +295,11 @@ impl Realm {
     /// Replaces the account named `user.username` (password, TOTP secret, disabled), keeping
     /// the tokens already issued; adds it when there is none.
     pub(crate) fn update_user(&mut self, user: &User) -> anyhow::Result<()> {
-        let secret = totp_of(&user.totp_secret)
-            .map_err(|e| anyhow::anyhow!("user {}: {e}", user.username))?;
+        let secret = account_totp(user)?;
         let acct = self
             .accounts
             .entry(user.username.to_lowercase())
-            .or_insert_with(|| Account {
-                user: user.clone(),
-                secret: secret.clone(),
-                failures: 0,
-                locked: false,
-                used_codes: Vec::new(),
-            });
+            .or_insert_with(|| Account::new(user, secret.clone()));
         acct.user = user.clone();
         acct.secret = secret;
         Ok(())
@@ -185,6 +313,7 @@ impl Realm {
     pub(crate) fn unlock(&mut self, username: &str) {
         if let Some(a) = self.accounts.get_mut(&username.to_lowercase()) {
             a.locked = false;
+            a.locked_until = None;
             a.failures = 0;
         }
     }
@@ -236,11 +365,22 @@ impl Realm {
             return g;
         };
         let canonical = acct.user.username.clone();
+        let now = Instant::now();
         let fail = |acct: &mut Account, outcome: &'static str| {
             acct.failures += 1;
-            if lockout_after > 0 && acct.failures >= lockout_after {
-                acct.locked = true;
+            if lockout_after > 0 {
+                if acct.failures >= lockout_after {
+                    acct.locked = true;
+                }
+                // The quick-login rule: a second failure within a second locks for a minute.
+                if acct
+                    .last_failure
+                    .is_some_and(|t| now.duration_since(t) < QUICK_LOGIN_CHECK)
+                {
+                    acct.locked_until = Some(now + QUICK_LOGIN_WAIT);
+                }
             }
+            acct.last_failure = Some(now);
             let mut g = refused(
                 StatusCode::UNAUTHORIZED,
                 "invalid_grant",
@@ -250,7 +390,18 @@ impl Realm {
             g.username = Some(acct.user.username.clone());
             g
         };
-        // Keycloak checks "enabled" as soon as it finds the user, then the brute-force lock.
+        // Keycloak checks the brute-force lock first (ValidateUsername), then "enabled": a
+        // locked account answers like a wrong password even when it is also disabled.
+        if acct.is_locked(now) {
+            let mut g = refused(
+                StatusCode::UNAUTHORIZED,
+                "invalid_grant",
+                INVALID_CREDENTIALS,
+                "locked",
+            );
+            g.username = Some(canonical);
+            return g;
+        }
         if acct.user.disabled {
             let mut g = refused(
                 StatusCode::BAD_REQUEST,
@@ -261,45 +412,68 @@ impl Realm {
             g.username = Some(canonical);
             return g;
         }
-        if acct.locked {
-            let mut g = refused(
-                StatusCode::UNAUTHORIZED,
-                "invalid_grant",
-                INVALID_CREDENTIALS,
-                "locked",
-            );
-            g.username = Some(canonical);
-            return g;
-        }
         if form.get("password") != Some(&acct.user.password) {
             return fail(acct, "bad_password");
         }
-        // Keycloak reads `otp` first, then `totp`.
-        let code = form
-            .get("otp")
-            .filter(|c| !c.is_empty())
-            .or_else(|| form.get("totp"))
-            .filter(|c| !c.is_empty());
-        let Some(code) = code else {
-            return fail(acct, "missing_code");
-        };
-        let now = Instant::now();
-        acct.used_codes
-            .retain(|(_, at)| now.duration_since(*at) < USED_CODE_MEMORY);
-        if acct.used_codes.iter().any(|(c, _)| c == code) {
-            return fail(acct, "reused_code");
+        let mut used_step = None;
+        if let Some(secret) = &acct.secret {
+            // Keycloak reads `otp` first and `totp` only when `otp` is absent: an empty `otp`
+            // is a wrong code, not a missing one.
+            let code = form.get("otp").or_else(|| form.get("totp"));
+            let Some(code) = code.cloned() else {
+                return fail(acct, "missing_code");
+            };
+            acct.used_codes
+                .retain(|(_, at)| now.duration_since(*at) < USED_CODE_MEMORY);
+            if !code.is_empty() && acct.used_codes.iter().any(|(c, _)| *c == code) {
+                return fail(acct, "reused_code");
+            }
+            let current = now_unix / TOTP_PERIOD_SECS;
+            let step = (current.saturating_sub(TOTP_WINDOW_STEPS)..=current + TOTP_WINDOW_STEPS)
+                .find(|s| secret.generate(s * TOTP_PERIOD_SECS).to_string() == code);
+            let Some(step) = step else {
+                return fail(acct, "bad_code");
+            };
+            acct.used_codes.push((code, now));
+            used_step = Some(step);
         }
-        let current = now_unix / TOTP_PERIOD_SECS;
-        let step = (current.saturating_sub(TOTP_WINDOW_STEPS)..=current + TOTP_WINDOW_STEPS)
-            .find(|s| acct.secret.generate(s * TOTP_PERIOD_SECS).to_string() == *code);
-        let Some(step) = step else {
-            return fail(acct, "bad_code");
-        };
-        acct.used_codes.push((code.clone(), now));
         acct.failures = 0;
+        if let Some((cap, limit)) = self.max_sessions {
+            let active = self.active_sessions(&canonical, now);
+            if active.len() >= cap {
+                match limit {
+                    SessionLimit::Deny => {
+                        return Grant {
+                            status: StatusCode::FORBIDDEN,
+                            body: Value::String(TOO_MANY_SESSIONS_PAGE.into()),
+                            outcome: "too_many_sessions",
+                            username: Some(canonical),
+                            totp_step: used_step,
+                            token_id: None,
+                        };
+                    }
+                    SessionLimit::DropOldest => {
+                        for sid in &active[..=active.len() - cap] {
+                            if let Some(s) = self.sessions.get_mut(sid) {
+                                s.ended = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
         let sid = jwt::uuid(rng);
+        self.sessions.insert(
+            sid.clone(),
+            Session {
+                username: canonical.clone(),
+                started: now,
+                refresh_until: now,
+                ended: false,
+            },
+        );
         let mut g = self.issue(&canonical, &sid, now_unix, rng);
-        g.totp_step = Some(step);
+        g.totp_step = used_step;
         g
     }
 
@@ -331,6 +505,15 @@ impl Realm {
             );
         };
         let (username, sid, jti) = (rec.username.clone(), rec.sid.clone(), rec.jti.clone());
+        let now = Instant::now();
+        let session_over = self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.ended || self.session_max.is_some_and(|max| now >= s.started + max));
+        let disabled = self
+            .accounts
+            .get(&username.to_lowercase())
+            .is_some_and(|a| a.user.disabled);
         let mut g = if refuse {
             refused(
                 StatusCode::BAD_REQUEST,
@@ -338,12 +521,26 @@ impl Realm {
                 "Token is not active",
                 "refresh_refused",
             )
-        } else if Instant::now() >= rec.expires {
+        } else if session_over {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "Session not active",
+                "session_not_active",
+            )
+        } else if now >= rec.expires {
             refused(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
                 "Token is not active",
                 "expired_refresh",
+            )
+        } else if disabled {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "User disabled",
+                "disabled",
             )
         } else {
             return self.issue(&username, &sid, now_unix, rng);
@@ -367,6 +564,14 @@ impl Realm {
                 .retain(|_, t| t.expires + EXPIRED_TOKEN_MEMORY > now);
         }
         let iat = now_unix;
+        // Near the session's end both tokens are cut to what is left of it.
+        let left = self.session_remaining(sid, now);
+        let cap = |d: Duration| left.map_or(d, |l| d.min(l));
+        let (access_lifetime, refresh_lifetime) =
+            (cap(self.access_lifetime), cap(self.refresh_lifetime));
+        if let Some(s) = self.sessions.get_mut(sid) {
+            s.refresh_until = now + refresh_lifetime;
+        }
         let mut mint = |kind: TokenKind, lifetime: Duration| {
             let jti = jwt::uuid(rng);
             let token = jwt::mint(
@@ -400,14 +605,14 @@ impl Realm {
             );
             (token, jti)
         };
-        let (access, access_jti) = mint(TokenKind::Access, self.access_lifetime);
-        let (refresh, _) = mint(TokenKind::Refresh, self.refresh_lifetime);
+        let (access, access_jti) = mint(TokenKind::Access, access_lifetime);
+        let (refresh, _) = mint(TokenKind::Refresh, refresh_lifetime);
         Grant {
             status: StatusCode::OK,
             body: json!({
                 "access_token": access,
-                "expires_in": self.access_lifetime.as_secs(),
-                "refresh_expires_in": self.refresh_lifetime.as_secs(),
+                "expires_in": access_lifetime.as_secs(),
+                "refresh_expires_in": refresh_lifetime.as_secs(),
                 "refresh_token": refresh,
                 "token_type": "Bearer",
                 "not-before-policy": 0,
@@ -468,9 +673,34 @@ pub(crate) fn handle(
     let form = parse_form(headers, body);
     let now_unix = shared.unix_now();
     entry.grant_type = form.get("grant_type").cloned();
+    let fault = shared.auth.lock().unwrap().current_fault();
+    if let Some(f) = fault {
+        entry.outcome = format!("fault_{}", f.status);
+        let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let mut resp = if f.html {
+            html_response(
+                status,
+                "<html><head><title>Request blocked</title></head><body><h1>Access denied</h1><p>Your request was blocked.</p></body></html>",
+            )
+        } else {
+            json_response(
+                status,
+                &json!({"error": "temporarily_unavailable", "error_description": "Service Unavailable"}),
+            )
+        };
+        if let Some(secs) = f.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+        }
+        return resp;
+    }
     let grant = {
         let mut realm = shared.auth.lock().unwrap();
         let mut rng = shared.rng.lock().unwrap();
+        let secret_ok = match &realm.client_secret {
+            Some(secret) => form.get("client_secret") == Some(secret),
+            None => true,
+        };
         match form.get("grant_type").map(String::as_str) {
             None | Some("") => refused(
                 StatusCode::BAD_REQUEST,
@@ -478,7 +708,7 @@ pub(crate) fn handle(
                 "Missing form parameter: grant_type",
                 "invalid_request",
             ),
-            Some(_) if form.get("client_id") != Some(&realm.client_id) => refused(
+            Some(_) if form.get("client_id") != Some(&realm.client_id) || !secret_ok => refused(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "Invalid client or Invalid client credentials",
@@ -500,7 +730,10 @@ pub(crate) fn handle(
     entry.username = grant.username;
     entry.totp_step = grant.totp_step;
     entry.token_id = grant.token_id;
-    let mut resp = json_response(grant.status, &grant.body);
+    let mut resp = match &grant.body {
+        Value::String(page) => html_response(grant.status, page),
+        body => json_response(grant.status, body),
+    };
     let h = resp.headers_mut();
     h.insert("cache-control", "no-store".parse().unwrap());
     h.insert("pragma", "no-cache".parse().unwrap());

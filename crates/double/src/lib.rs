@@ -34,6 +34,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
+pub use keycloak::{SessionLimit, TokenFault};
 pub use log::LogEntry;
 
 /// The client id of CREODIAS's public OpenID client (protocol.md, "Identity").
@@ -44,6 +45,15 @@ pub const TOKEN_PATH: &str = "/auth/realms/Creodias-new/protocol/openid-connect/
 pub const CDSE_CLIENT_ID: &str = "cdse-public";
 /// Keycloak realm path of CDSE.
 pub const CDSE_TOKEN_PATH: &str = "/auth/realms/CDSE/protocol/openid-connect/token";
+
+/// CDSE's access token lifetime ("A token stays active for 10 minutes").
+pub const CDSE_ACCESS_LIFETIME: Duration = Duration::from_secs(600);
+/// CDSE's refresh token lifetime ("can be refreshed in 60 minutes").
+pub const CDSE_REFRESH_LIFETIME: Duration = Duration::from_secs(3600);
+/// CDSE's session maximum: refresh works only within about an hour of the login.
+pub const CDSE_SESSION_MAX: Duration = Duration::from_secs(3600);
+/// CDSE's cap on a user's active sessions.
+pub const CDSE_MAX_SESSIONS: usize = 100;
 
 /// Which service the double plays. Both serve every path; the mode decides what a client
 /// meets on the way, so one client can be tested against each.
@@ -67,6 +77,7 @@ pub struct User {
     pub username: String,
     pub password: String,
     /// Base32 TOTP secret (spaces, lower case and `=` padding are tolerated, like pyotp).
+    /// Empty: the account has no two-factor login and a password alone logs in.
     pub totp_secret: String,
     /// A disabled account is refused with 400 "Account disabled".
     pub disabled: bool,
@@ -154,10 +165,20 @@ pub struct Config {
     pub users: Vec<User>,
     /// Default `CLOUDFERRO_PUBLIC`.
     pub client_id: String,
-    /// Access token lifetime; default 300 s ("CREODIAS: not published; treat as short").
+    /// A confidential client's secret: token requests without it get 401 `invalid_client`.
+    pub client_secret: Option<String>,
+    /// Access token lifetime; default 300 s ("CREODIAS: not published; treat as short"); CDSE
+    /// 600 s.
     pub access_lifetime: Duration,
-    /// Refresh token lifetime; default 1800 s.
+    /// Refresh token lifetime; default 1800 s; CDSE 3600 s.
     pub refresh_lifetime: Duration,
+    /// A session's maximum age from its password login: refresh is refused after it ("Session
+    /// not active") and tokens issued near it are capped by it. Default none; CDSE 3600 s.
+    pub session_max: Option<Duration>,
+    /// Active sessions per user (CDSE: 100); `None`: no cap.
+    pub max_sessions: Option<usize>,
+    /// What a login over [`Config::max_sessions`] does.
+    pub session_limit: SessionLimit,
     /// Failed logins before the account locks (Keycloak's default 30); 0 never locks.
     pub lockout_after: u32,
     /// Product store: a directory with `index.json` (see `store`).
@@ -178,8 +199,12 @@ impl Default for Config {
         Config {
             users: Vec::new(),
             client_id: CREODIAS_CLIENT_ID.to_string(),
+            client_secret: None,
             access_lifetime: Duration::from_secs(300),
             refresh_lifetime: Duration::from_secs(1800),
+            session_max: None,
+            max_sessions: None,
+            session_limit: SessionLimit::Deny,
             lockout_after: 30,
             products_dir: None,
             faults: Faults::default(),
@@ -200,10 +225,16 @@ impl Config {
         }
     }
 
-    /// Builder-style helper: play CDSE ([`Mode::Cdse`], client id `cdse-public`).
+    /// Builder-style helper: play CDSE ([`Mode::Cdse`], client id `cdse-public`, its token
+    /// lifetimes 600 s / 3600 s, a session max of 3600 s and 100 sessions per user; see
+    /// docs/protocol.md, "Identity").
     pub fn cdse(mut self) -> Config {
         self.mode = Mode::Cdse;
         self.client_id = CDSE_CLIENT_ID.to_string();
+        self.access_lifetime = CDSE_ACCESS_LIFETIME;
+        self.refresh_lifetime = CDSE_REFRESH_LIFETIME;
+        self.session_max = Some(CDSE_SESSION_MAX);
+        self.max_sessions = Some(CDSE_MAX_SESSIONS);
         self
     }
 
@@ -401,6 +432,11 @@ impl Double {
     /// tests that check no token reaches a client's output.
     pub fn issued_tokens(&self) -> Vec<String> {
         self.inner.shared.auth.lock().unwrap().issued_tokens()
+    }
+
+    /// Makes the token endpoint answer `fault` (until it ends), or clears it with `None`.
+    pub fn set_token_fault(&self, fault: Option<TokenFault>) {
+        self.inner.shared.auth.lock().unwrap().set_fault(fault);
     }
 
     /// Clears a brute-force lock and the failure count of `username`.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use fake_creodias::{Config, Double, Faults, Mode, User};
+use fake_creodias::{Config, Double, Faults, User};
 
 #[derive(Parser)]
 #[command(
@@ -57,12 +57,24 @@ struct ServeArgs {
     /// localhost (catalogue host -> download host).
     #[arg(long)]
     cdse: bool,
-    /// Access token lifetime in seconds (fractions allowed).
-    #[arg(long, default_value_t = 300.0)]
-    access_lifetime: f64,
-    /// Refresh token lifetime in seconds (fractions allowed).
-    #[arg(long, default_value_t = 1800.0)]
-    refresh_lifetime: f64,
+    /// Secret of a confidential client: token requests must send it as client_secret.
+    #[arg(long)]
+    client_secret: Option<String>,
+    /// Access token lifetime in seconds (fractions allowed; default 300, with --cdse 600).
+    #[arg(long)]
+    access_lifetime: Option<f64>,
+    /// Refresh token lifetime in seconds (fractions allowed; default 1800, with --cdse 3600).
+    #[arg(long)]
+    refresh_lifetime: Option<f64>,
+    /// Maximum age of a session from its login, in seconds (default none, with --cdse 3600).
+    #[arg(long)]
+    session_max: Option<f64>,
+    /// Active sessions per user (default none, with --cdse 100).
+    #[arg(long)]
+    max_sessions: Option<usize>,
+    /// A login over --max-sessions drops the oldest session instead of being refused (403).
+    #[arg(long)]
+    drop_oldest_session: bool,
     /// Failed logins before an account locks (0: never).
     #[arg(long, default_value_t = 30)]
     lockout_after: u32,
@@ -155,17 +167,36 @@ fn config(a: ServeArgs) -> anyhow::Result<Config> {
         .zip(&a.totp_secret)
         .map(|((u, p), s)| User::new(u, p, s))
         .collect();
-    let (mode, default_client) = if a.cdse {
-        (Mode::Cdse, fake_creodias::CDSE_CLIENT_ID)
+    let base = if a.cdse {
+        Config::default().cdse()
     } else {
-        (Mode::Creodias, fake_creodias::CREODIAS_CLIENT_ID)
+        Config::default()
+    };
+    let lifetime = |given: Option<f64>, default: Duration, flag: &str| match given {
+        Some(s) => secs(s, flag),
+        None => Ok(default),
     };
     Ok(Config {
         users,
-        mode,
-        client_id: a.client_id.unwrap_or_else(|| default_client.to_string()),
-        access_lifetime: secs(a.access_lifetime, "--access-lifetime")?,
-        refresh_lifetime: secs(a.refresh_lifetime, "--refresh-lifetime")?,
+        mode: base.mode,
+        client_id: a.client_id.unwrap_or(base.client_id),
+        client_secret: a.client_secret,
+        access_lifetime: lifetime(a.access_lifetime, base.access_lifetime, "--access-lifetime")?,
+        refresh_lifetime: lifetime(
+            a.refresh_lifetime,
+            base.refresh_lifetime,
+            "--refresh-lifetime",
+        )?,
+        session_max: match a.session_max {
+            Some(s) => Some(secs(s, "--session-max")?),
+            None => base.session_max,
+        },
+        max_sessions: a.max_sessions.or(base.max_sessions),
+        session_limit: if a.drop_oldest_session {
+            fake_creodias::SessionLimit::DropOldest
+        } else {
+            fake_creodias::SessionLimit::Deny
+        },
         lockout_after: a.lockout_after,
         products_dir: a.products,
         faults: Faults {

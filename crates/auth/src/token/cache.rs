@@ -9,13 +9,17 @@
 //! - the current tokens (short-lived; adopted by a process whose own are stale),
 //! - the last TOTP step used (so no process reuses it),
 //! - the last refusal, with a fingerprint of the credentials that were refused (so that other
-//!   processes with the same credentials fail fast instead of hammering a locked account).
+//!   processes with the same credentials fail fast instead of hammering a locked account);
+//! - the fingerprint of the credentials the tokens were obtained with, so that a process with
+//!   other credentials (the password was changed) does not adopt them and logs in itself.
 //!
-//! The file never holds the password or the TOTP secret. The fingerprint is a SHA-256 over the
-//! password *and* the 160-bit TOTP secret, so it cannot be brute-forced into the password.
+//! The file never holds the password or the TOTP secret. Fingerprints are SHA-256 over a
+//! random salt kept in the file, the user, the client id, the password and the TOTP secret:
+//! the salt makes a precomputed table useless against an account without two-factor login.
 //!
-//! `<dir>/<id>.lock` is held exclusively (`flock`, through `File::lock`) for the whole of a
-//! renewal, so sixteen processes renewing at once produce one login and fifteen adoptions.
+//! `<dir>/<id>.lock` is held exclusively (`flock`, through `File::try_lock`) for the whole of a
+//! renewal, so sixteen processes renewing at once produce one login and fifteen adoptions. A
+//! process waits for it at most [`LOCK_WAIT`], then renews without the shared cache.
 //! The state file is replaced atomically (temporary file + rename), so a reader never sees half
 //! a file; a file that does not parse is ignored and overwritten.
 //!
@@ -38,10 +42,27 @@ use crate::AuthError;
 /// Format version of the state file. A file with another version is ignored and overwritten.
 const STATE_VERSION: u32 = 1;
 
+/// The longest wait for another process's renewal to release the lock. A renewal holds it
+/// while it rides out a Keycloak outage (the refresh budget, 4 min) or waits for a TOTP step;
+/// 5 min covers that, and a process stuck longer (a hung NFS home, a stopped process) does not
+/// stop this one: it renews alone.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(5 * 60);
+
+/// How often a waiting process tries the lock again. A renewal by refresh takes milliseconds;
+/// 50 ms keeps the wait short without spinning.
+const LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// Root's cache directory when there is no `XDG_RUNTIME_DIR` (cron, system units): under
+/// `/run`, which only root can write, so nobody can create it first. The system units declare
+/// `RuntimeDirectory=eodata-mount` for it.
+const ROOT_RUNTIME_DIR: &str = "/run/eodata-mount";
+
 /// The cache directory used when none is configured: `$XDG_RUNTIME_DIR/eodata-mount` (a
-/// per-user tmpfs, emptied at logout: the right home for short-lived tokens), else
-/// `<temp dir>/eodata-mount-<uid>`. [`crate::TokenManager::new`] creates it with mode 0700 and
-/// refuses it if somebody else owns it or can enter it.
+/// per-user tmpfs, emptied at logout: the right home for short-lived tokens); else, for root,
+/// `/run/eodata-mount`; else `<temp dir>/eodata-mount-<uid>`, which a user's cron jobs and login
+/// shells find alike. [`crate::TokenManager::new`] creates it with mode 0700; if somebody else
+/// owns it or can enter it (another user created it first), the manager warns and works
+/// without the shared cache.
 pub fn default_cache_dir() -> PathBuf {
     cache_dir_from(
         std::env::var_os("XDG_RUNTIME_DIR"),
@@ -55,6 +76,7 @@ pub fn default_cache_dir() -> PathBuf {
 fn cache_dir_from(xdg_runtime_dir: Option<std::ffi::OsString>, temp: &Path, uid: u32) -> PathBuf {
     match xdg_runtime_dir {
         Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir).join("eodata-mount"),
+        _ if uid == 0 => PathBuf::from(ROOT_RUNTIME_DIR),
         _ => temp.join(format!("eodata-mount-{uid}")),
     }
 }
@@ -141,10 +163,16 @@ pub(crate) fn sha256_hex(parts: &[&str]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A fresh random salt for the file's fingerprints, in hex.
+pub(crate) fn new_salt() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A refusal remembered for other processes.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Refusal {
-    /// sha256 over client id, password and TOTP secret: see the module doc.
+    /// The salted fingerprint of the refused credentials: see the module doc.
     pub fingerprint: String,
     /// When (Unix ms).
     pub at: u64,
@@ -173,6 +201,18 @@ pub(crate) struct StateFile {
     pub last_totp_step: Option<u64>,
     #[serde(default)]
     pub refusal: Option<Refusal>,
+    /// Salt of the fingerprints in this file (hex); made at the first write.
+    #[serde(default)]
+    pub salt: Option<String>,
+    /// Salted fingerprint of the credentials the tokens were obtained with.
+    #[serde(default)]
+    pub credentials: Option<String>,
+    /// The refresh lifetime given at the login that opened the tokens' session (ms).
+    #[serde(default)]
+    pub session_lifetime_ms: Option<u64>,
+    /// When the last password grant was sent by any process (Unix ms).
+    #[serde(default)]
+    pub last_password_at: Option<u64>,
 }
 
 impl Default for StateFile {
@@ -187,6 +227,10 @@ impl Default for StateFile {
             refresh_expires_at: None,
             last_totp_step: None,
             refusal: None,
+            salt: None,
+            credentials: None,
+            session_lifetime_ms: None,
+            last_password_at: None,
         }
     }
 }
@@ -222,10 +266,14 @@ impl SharedFile {
         &self.state_path
     }
 
-    /// Takes the exclusive lock, waiting for another process's renewal to finish. The wait runs
-    /// on the blocking pool. If the caller is cancelled meanwhile, the lock is taken and
-    /// released at once by the blocking task.
+    /// Takes the exclusive lock, waiting (at most [`LOCK_WAIT`]) for another process's renewal
+    /// to finish. The wait runs on the blocking pool. If the caller is cancelled meanwhile, the
+    /// lock is taken and released at once by the blocking task.
     pub(crate) async fn lock(&self) -> Result<LockGuard, AuthError> {
+        self.lock_within(LOCK_WAIT).await
+    }
+
+    pub(crate) async fn lock_within(&self, wait: Duration) -> Result<LockGuard, AuthError> {
         let path = self.lock_path.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let file = match open_private(&path, false) {
@@ -238,7 +286,25 @@ impl SharedFile {
                 }
                 other => other?,
             };
-            file.lock()?;
+            let started = std::time::Instant::now();
+            loop {
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
+                        std::thread::sleep(LOCK_POLL)
+                    }
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        return Err(std::io::Error::new(
+                            ErrorKind::TimedOut,
+                            format!(
+                                "another process has held it for {} s",
+                                started.elapsed().as_secs()
+                            ),
+                        ))
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => return Err(e),
+                }
+            }
             Ok::<_, std::io::Error>(file)
         })
         .await;
@@ -357,9 +423,11 @@ mod tests {
         );
         for bad in [None, Some("".into()), Some("relative".into())] {
             assert_eq!(
-                cache_dir_from(bad, tmp, 1000),
+                cache_dir_from(bad.clone(), tmp, 1000),
                 Path::new("/tmp/eodata-mount-1000")
             );
+            // Root, from cron or a system unit: a directory nobody else can create first.
+            assert_eq!(cache_dir_from(bad, tmp, 0), Path::new("/run/eodata-mount"));
         }
     }
 
@@ -452,5 +520,22 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_lock_wait_has_a_timeout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = SharedFile::new(tmp.path(), "u", "t");
+        let b = SharedFile::new(tmp.path(), "u", "t");
+        let _held = a.lock().await.unwrap();
+        let t = std::time::Instant::now();
+        let e = b.lock_within(Duration::from_millis(300)).await.unwrap_err();
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(e.to_string().contains("another process has held it"), "{e}");
     }
 }

@@ -7,7 +7,9 @@
 //! steps: the manager in `mod.rs` does that.
 //!
 //! Keycloak's errors are told apart by the JSON `error` field, never by the status code: a wrong
-//! password is 401 in older versions and 400 from 26.6 on.
+//! password is 401 in older versions and 400 from 26.6 on. A 4xx without a JSON error (the
+//! HTML page of Keycloak's session limiter, a WAF or a proxy) is a refusal too, except 408 and
+//! 429: sending the same password again would only be refused again, and spend a TOTP step.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,16 +23,28 @@ use crate::Secret;
 /// connection hold every reader for long.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A `Retry-After` longer than this is capped: the retry budget is ~30 s in total, and a
-/// server asking for minutes is better reported as unavailable than waited for silently.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(8);
+/// A `Retry-After` longer than this is read as this: a sanity bound on a server-given number.
+/// The retry policy caps the wait further (to its longest backoff).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The most of an answer's body that is read. A token answer is a few KB (three JWTs); a
+/// server sending more is not a token endpoint, and must not fill the memory.
+pub(crate) const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// The text of Keycloak's session limiter page (`sessionLimitExceeded`), looked for
+/// case-insensitively in a 403 HTML body.
+const TOO_MANY_SESSIONS: &str = "too many sessions";
+
+/// The `error` given to a refusal read from the session limiter's page.
+pub(crate) const TOO_MANY_SESSIONS_ERROR: &str = "too_many_sessions";
 
 /// What a grant request asks for.
 pub(crate) enum Grant<'a> {
     Password {
         user: &'a str,
         password: &'a Secret,
-        code: &'a Secret,
+        /// `None` for an account without two-factor login: no `totp` field is sent.
+        code: Option<&'a Secret>,
     },
     Refresh {
         refresh_token: &'a Secret,
@@ -39,7 +53,7 @@ pub(crate) enum Grant<'a> {
 
 impl Grant<'_> {
     /// The `application/x-www-form-urlencoded` body. It holds secrets: never log it.
-    pub(crate) fn form(&self, client_id: &str) -> String {
+    pub(crate) fn form(&self, client_id: &str, client_secret: Option<&Secret>) -> String {
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         match self {
             Grant::Password {
@@ -48,15 +62,23 @@ impl Grant<'_> {
                 code,
             } => {
                 form.append_pair("grant_type", "password")
-                    .append_pair("client_id", client_id)
-                    .append_pair("username", user)
-                    .append_pair("password", password.expose())
-                    .append_pair("totp", code.expose());
+                    .append_pair("client_id", client_id);
+                if let Some(secret) = client_secret {
+                    form.append_pair("client_secret", secret.expose());
+                }
+                form.append_pair("username", user)
+                    .append_pair("password", password.expose());
+                if let Some(code) = code {
+                    form.append_pair("totp", code.expose());
+                }
             }
             Grant::Refresh { refresh_token } => {
                 form.append_pair("grant_type", "refresh_token")
-                    .append_pair("client_id", client_id)
-                    .append_pair("refresh_token", refresh_token.expose());
+                    .append_pair("client_id", client_id);
+                if let Some(secret) = client_secret {
+                    form.append_pair("client_secret", secret.expose());
+                }
+                form.append_pair("refresh_token", refresh_token.expose());
             }
         }
         form.finish()
@@ -157,7 +179,7 @@ pub(crate) async fn probe_date(
 }
 
 async fn read_answer(
-    response: reqwest::Response,
+    mut response: reqwest::Response,
     sent: SystemTime,
     clock: &dyn Clock,
 ) -> Result<RawAnswer, Failure> {
@@ -173,7 +195,16 @@ async fn read_answer(
     let date = header(reqwest::header::DATE);
     let retry_after = header(reqwest::header::RETRY_AFTER);
     let content_type = header(reqwest::header::CONTENT_TYPE);
-    let body = response.bytes().await.map_err(transport_failure)?.to_vec();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_failure)? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Failure::Protocol(format!(
+                "HTTP {status}: the answer is larger than {} KiB; is the token URL right?",
+                MAX_ANSWER_BYTES / 1024
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok(RawAnswer {
         status,
         date,
@@ -279,6 +310,22 @@ pub(crate) fn classify(
             error: e.error,
             description: e.error_description.unwrap_or_default(),
         }),
+        None if (400..500).contains(&status) => {
+            let text = String::from_utf8_lossy(&answer.body).to_lowercase();
+            if status == 403 && text.contains(TOO_MANY_SESSIONS) {
+                return Err(Failure::Refused {
+                    error: TOO_MANY_SESSIONS_ERROR.into(),
+                    description: String::new(),
+                });
+            }
+            Err(Failure::Refused {
+                error: format!("HTTP {status}"),
+                description: format!(
+                    "a {} page instead of an OAuth answer: a proxy or firewall refused the request, or the token URL is wrong",
+                    answer.content_type.as_deref().unwrap_or("untyped")
+                ),
+            })
+        }
         None => Err(Failure::Protocol(format!(
             "HTTP {status} ({}) without an OAuth error body; is the token URL right?",
             answer.content_type.as_deref().unwrap_or("no content type")
@@ -434,9 +481,9 @@ mod tests {
         let body = Grant::Password {
             user: "first+last@example.com",
             password: &password,
-            code: &code,
+            code: Some(&code),
         }
-        .form("CLOUDFERRO_PUBLIC");
+        .form("CLOUDFERRO_PUBLIC", None);
         let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
             .into_owned()
             .collect();
@@ -445,6 +492,63 @@ mod tests {
         assert!(pairs.contains(&("totp".into(), "012345".into())));
         assert!(pairs.contains(&("grant_type".into(), "password".into())));
         assert!(body.contains("first%2Blast%40example.com"), "{body}");
+        assert!(!pairs.iter().any(|(k, _)| k == "client_secret"), "{body}");
+    }
+
+    #[test]
+    fn no_totp_field_without_a_code_and_a_client_secret_when_set() {
+        let password = Secret::new("pw");
+        let secret = Secret::new("s3cr&t");
+        let body = Grant::Password {
+            user: "u",
+            password: &password,
+            code: None,
+        }
+        .form("c", Some(&secret));
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
+        assert!(
+            !pairs.iter().any(|(k, _)| k == "totp" || k == "otp"),
+            "{body}"
+        );
+        assert!(pairs.contains(&("client_secret".into(), "s3cr&t".into())));
+        let refresh = Secret::new("r");
+        let body = Grant::Refresh {
+            refresh_token: &refresh,
+        }
+        .form("c", Some(&secret));
+        assert!(body.contains("client_secret=s3cr%26t"), "{body}");
+    }
+
+    #[test]
+    fn a_4xx_page_is_a_refusal_and_the_session_limiter_is_named() {
+        for status in [400, 401, 403, 404] {
+            let mut a = answer(status, "<html><body>Request blocked</body></html>");
+            a.content_type = Some("text/html".into());
+            let e = classify(&a, None).unwrap_err();
+            assert!(
+                matches!(e, Failure::Refused { ref error, ref description }
+                    if *error == format!("HTTP {status}") && description.contains("text/html")),
+                "{status}: {e:?}"
+            );
+        }
+        let e = classify(
+            &answer(
+                403,
+                "<p class=\"instruction\">There are too many sessions</p>",
+            ),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, Failure::Refused { ref error, .. } if error == TOO_MANY_SESSIONS_ERROR)
+        );
+        // 408 and 429 stay transient whatever their body.
+        for status in [408, 429] {
+            let e = classify(&answer(status, "<html>"), None).unwrap_err();
+            assert!(matches!(e, Failure::Transient { .. }), "{status}");
+        }
     }
 
     #[test]
@@ -515,10 +619,15 @@ mod tests {
         a.retry_after = Some("120".into());
         let e = classify(&a, None).unwrap_err();
         assert!(
+            matches!(e, Failure::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(120))
+        );
+        a.retry_after = Some("999999".into());
+        let e = classify(&a, None).unwrap_err();
+        assert!(
             matches!(e, Failure::Transient { retry_after: Some(d), .. } if d == MAX_RETRY_AFTER)
         );
-        let e = classify(&answer(404, "<html>"), None).unwrap_err();
-        assert!(matches!(e, Failure::Protocol(ref m) if m.contains("404")));
+        let e = classify(&answer(302, "<html>"), None).unwrap_err();
+        assert!(matches!(e, Failure::Protocol(ref m) if m.contains("302")));
     }
 
     #[test]

@@ -3,22 +3,29 @@
 //!
 //! [`TokenManager::token`] returns the held token at once while it has more than a margin of
 //! its life left ([`renewal_margin`]; a cheap mutex, nothing awaited). When it does not,
-//! exactly one renewal runs (single flight) and every caller waiting meanwhile gets its result;
-//! callers whose held token still has a comfortable while to live are not even made to wait.
-//! A renewal, under the cross-process lock, tries in order:
+//! exactly one renewal runs, as a task of its own (single flight, off the read path): callers
+//! wait for it only while their held token would otherwise expire, and get the held token
+//! while it still lives, however long the renewal takes (a TOTP step to wait for, minutes of
+//! Keycloak 503s). A renewal, under the cross-process lock, tries in order:
 //!
-//! 1. the shared state file: another process may have renewed already; adopt its tokens;
-//! 2. the refresh token (no TOTP, no new server session);
+//! 1. the shared state file: another process may have renewed already; adopt its tokens (only
+//!    when they were obtained with these very credentials: a changed password is not hidden
+//!    by a cached token);
+//! 2. the refresh token (no TOTP, no new server session), unless the server session is about
+//!    to reach its maximum age (CDSE: an hour from the login, docs/protocol.md "Identity"):
+//!    then a password login is made early, while the held token still serves readers;
 //! 3. a password login with a TOTP code for a step never used before by any process of this
-//!    user (waiting for the next 30 s step if need be). A refused login gets one more attempt
-//!    with the next step (the first may have been a timing miss), then the manager *latches*:
-//!    every later call fails at once without contacting the server, and the refusal is written
-//!    to the state file so other processes with the same credentials fail fast too. Keycloak
-//!    locks accounts after repeated failures, so nothing here ever retries a refusal in a loop.
+//!    user. A refused login gets one more attempt with the next step (the first may have been a
+//!    timing miss), at least [`PASSWORD_SPACING`] later, then the manager *latches*: every later
+//!    call fails at once without contacting the server, and the refusal is written to the state
+//!    file so other processes with the same credentials fail fast too. Keycloak locks accounts
+//!    after repeated failures, so nothing here ever retries a refusal in a loop.
 //!
 //! Network trouble, 5xx and 429 are retried with exponential backoff and jitter within a
-//! bounded budget ([`RetryPolicy`]), then reported as [`AuthError::Unavailable`]; while the held
-//! token has not expired, it keeps being served through such an outage.
+//! bounded budget ([`RetryPolicy`]: minutes for the refresh grant, which spends nothing; less
+//! for a password login, whose every attempt spends a TOTP step), then reported as
+//! [`AuthError::Unavailable`]; while the held token has not expired, it keeps being served
+//! through such an outage.
 //!
 //! Files: this one owns the held state and the fast path; `renew.rs` the renewal and the rules
 //! that protect the account; `endpoint.rs` speaks HTTP and reads answers; `cache.rs` owns the
@@ -41,6 +48,8 @@ use crate::totp::{self, Totp, TotpSecretProblem};
 use crate::{redact_url, AccessToken, AuthError, Secret, TokenSource};
 use cache::{sha256_hex, SharedFile};
 
+pub use renew::PASSWORD_SPACING;
+
 /// Renew when less than this is left of a token's life, at the least. Covers a slow token
 /// request plus a download request started just before expiry (zipper checks the token when
 /// the request arrives; a 30 s margin keeps a request from racing the expiry).
@@ -51,11 +60,33 @@ const MIN_MARGIN: Duration = Duration::from_secs(30);
 /// retries: a burst of readers fails, or carries on, together.
 const FAILURE_COOLDOWN: Duration = Duration::from_secs(5);
 
-/// While another caller renews, a held token with more than this left is handed out at once
-/// instead of waiting for the renewal (which may wait up to 30 s for a TOTP step). A reader's
-/// request reaches the server within a second or two, so 10 s is ample; shorter-lived tokens
-/// (tests) wait for the renewal, which by refresh takes milliseconds.
+/// While a renewal runs, a caller holding an unexpired token waits for it at most until this
+/// long before the token expires, then gets the held token: a renewal by refresh takes
+/// milliseconds and its result is preferred, but one that waits for a TOTP step or rides out
+/// a Keycloak outage must not stall readers while their token still works.
+const SERVE_SAFETY: Duration = Duration::from_millis(500);
+
+/// A caller waits this long at most for a renewal (while its held token lives): a refresh answers in tens of milliseconds, and its caller then gets the new token;
+/// a renewal that takes longer (a TOTP step to wait for, an outage) carries on in the
+/// background while the held token serves, so no read stalls for more than this.
+const STARTER_PATIENCE: Duration = Duration::from_millis(500);
+
+/// Callers that find a renewal already running get the held token at once when it has more
+/// than this left (a reader's request reaches the server within a second or two); with less,
+/// they wait for the renewal as briefly as its starter does.
 const SERVE_DURING_RENEWAL: Duration = Duration::from_secs(10);
+
+/// A session is renewed by a password login, rather than by refresh, once its refresh token
+/// has less than a quarter of the lifetime it had at the login left, and at most this much:
+/// two minutes before the end of CDSE's one-hour session leave room for a TOTP step (up to
+/// 30 s) and retries, while the held access token still serves readers.
+const SESSION_MARGIN_MAX: Duration = Duration::from_secs(120);
+
+/// How long before the end of the session, whose refresh token lived `lifetime` when the
+/// session was opened by a password login, the next renewal logs in again.
+pub(crate) fn session_margin(lifetime: Duration) -> Duration {
+    (lifetime / 4).min(SESSION_MARGIN_MAX)
+}
 
 /// How long before its expiry a token is renewed, given its total lifetime.
 ///
@@ -77,7 +108,8 @@ pub struct LoginConfig {
     /// The account's user name (the e-mail address on CREODIAS).
     pub user: String,
     pub password: Secret,
-    /// The TOTP secret in base32 (spaces, case and padding do not matter).
+    /// The TOTP secret in base32 (spaces, case and padding do not matter). Empty: the account
+    /// has no two-factor login, and logins send no `totp` field.
     pub totp_secret: Secret,
     /// Directory of the cross-process token cache; `None` (`--no-token-cache`) keeps tokens in
     /// this process only. See [`default_cache_dir`].
@@ -107,6 +139,9 @@ struct Tokens {
     obtained_at: SystemTime,
     refresh: Option<Secret>,
     refresh_expires_at: Option<SystemTime>,
+    /// The refresh lifetime the server gave at the password login that opened this session:
+    /// how long the session lasts at most without another login (see [`session_margin`]).
+    session_lifetime: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -129,6 +164,12 @@ struct State {
     last_error: Option<(AuthError, SystemTime)>,
     /// Tokens obtained at or before this time are not adopted from the shared file.
     invalidated_at: Option<SystemTime>,
+    /// A renewal task is running.
+    renewing: bool,
+    /// When this process last sent a password grant (local time).
+    last_password_at: Option<SystemTime>,
+    /// A large server clock offset was reported once.
+    offset_warned: bool,
 }
 
 impl State {
@@ -137,13 +178,6 @@ impl State {
         let t = self.tokens.as_ref()?;
         let access = t.access.as_ref()?;
         is_fresh(access, t.obtained_at, now).then(|| access.clone())
-    }
-
-    /// The held access token if it has more than `left` of its life left.
-    fn access_with(&self, now: SystemTime, left: Duration) -> Option<AccessToken> {
-        let access = self.tokens.as_ref()?.access.as_ref()?;
-        let remaining = access.expires_at.duration_since(now).ok()?;
-        (remaining > left).then(|| access.clone())
     }
 
     /// The held access token if it has not expired yet.
@@ -188,29 +222,40 @@ fn is_fresh(access: &AccessToken, obtained_at: SystemTime, now: SystemTime) -> b
 
 /// Gets, keeps and renews access tokens. Share it (in an `Arc`) between all readers.
 pub struct TokenManager {
+    inner: Arc<Inner>,
+}
+
+/// What the manager and its renewal tasks share.
+pub(crate) struct Inner {
     token_url: String,
     /// The token URL as shown in errors and logs.
     server: String,
     client_id: String,
+    /// A confidential client's secret, sent as `client_secret` when set.
+    client_secret: Option<Secret>,
     user: String,
     password: Secret,
-    totp: Totp,
-    /// sha256 over client id, password and TOTP secret, to match refusals in the shared file.
-    fingerprint: String,
+    /// `None`: the account has no two-factor login.
+    totp: Option<Totp>,
+    /// The TOTP secret normalised (upper case, no blanks or padding), for fingerprints.
+    totp_normalised: Secret,
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
+    /// For password logins: each attempt may spend a TOTP step.
     retry: RetryPolicy,
+    /// For the refresh grant: spends nothing, so it may retry for minutes.
+    refresh_retry: RetryPolicy,
     shared: Option<SharedFile>,
     state: Mutex<State>,
-    /// Held for the whole of a renewal: the single flight.
-    renewal: tokio::sync::Mutex<()>,
+    /// Carries the renewal generation each time a renewal task finishes.
+    done: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for TokenManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenManager")
-            .field("server", &self.server)
-            .field("user", &self.user)
+            .field("server", &self.inner.server)
+            .field("user", &self.inner.user)
             .field("state_file", &self.state_file())
             .finish_non_exhaustive()
     }
@@ -251,8 +296,9 @@ impl TokenManager {
         if cfg.password.is_empty() {
             return Err(bad("the password is empty".into()));
         }
+        let two_factor = !cfg.totp_secret.expose().trim().is_empty();
         // The character itself is not repeated here: it is part of a secret.
-        let key = totp::parse_totp_secret(cfg.totp_secret.expose()).map_err(|e| {
+        let key = two_factor.then(|| totp::parse_totp_secret(cfg.totp_secret.expose()).map_err(|e| {
             bad(match e.problem {
                 TotpSecretProblem::NotBase32 => format!(
                     "the TOTP secret is not base32: character {} is not a letter A-Z or a digit 2-7",
@@ -264,12 +310,22 @@ impl TokenManager {
                 ),
                 TotpSecretProblem::Empty => "the TOTP secret is empty".to_string(),
             })
-        })?;
+        })).transpose()?;
         let shared = match &cfg.cache_dir {
-            Some(dir) => {
-                cache::prepare_dir(dir)?;
-                Some(SharedFile::new(dir, &cfg.user, &cfg.token_url))
-            }
+            Some(dir) => match cache::prepare_dir(dir) {
+                // Keyed by the user name as Keycloak compares it: case-insensitively.
+                Ok(()) => Some(SharedFile::new(
+                    dir,
+                    &cfg.user.to_lowercase(),
+                    &cfg.token_url,
+                )),
+                Err(e) => {
+                    // Another local user may have created the directory first: carry on as a
+                    // lone process rather than let them stop this one.
+                    tracing::warn!("{e}; carrying on without the shared token cache");
+                    None
+                }
+            },
             None => None,
         };
         let normalised_secret: String = cfg
@@ -279,54 +335,75 @@ impl TokenManager {
             .filter(|c| !c.is_whitespace() && *c != '=')
             .map(|c| c.to_ascii_uppercase())
             .collect();
-        let fingerprint = sha256_hex(&[
-            "eodata-auth refusal fingerprint v1",
-            &cfg.client_id,
-            cfg.password.expose(),
-            &normalised_secret,
-        ]);
+        let (done, _) = tokio::sync::watch::channel(0);
         Ok(TokenManager {
-            server: redact_url(&cfg.token_url),
-            token_url: cfg.token_url,
-            client_id: cfg.client_id,
-            user: cfg.user,
-            password: cfg.password,
-            totp: Totp::new(key),
-            fingerprint,
-            client,
-            clock: Arc::new(SystemClock),
-            retry: RetryPolicy::default(),
-            shared,
-            state: Mutex::new(State::default()),
-            renewal: tokio::sync::Mutex::new(()),
+            inner: Arc::new(Inner {
+                server: redact_url(&cfg.token_url),
+                token_url: cfg.token_url,
+                client_id: cfg.client_id,
+                client_secret: None,
+                user: cfg.user,
+                password: cfg.password,
+                totp: key.map(Totp::new),
+                totp_normalised: Secret::new(normalised_secret),
+                client,
+                clock: Arc::new(SystemClock),
+                retry: RetryPolicy::default(),
+                refresh_retry: RetryPolicy::refresh_default(),
+                shared,
+                state: Mutex::new(State::default()),
+                done,
+            }),
         })
+    }
+
+    /// The inner state, before the manager is shared: the `with_*` builders run first.
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("with_* builders run before the manager is used")
     }
 
     /// Uses `clock` instead of the system clock (tests).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.inner_mut().clock = clock;
         self
     }
 
-    /// Uses `retry` for transient failures instead of [`RetryPolicy::default`].
+    /// Uses `retry` for transient failures of every grant instead of the defaults
+    /// ([`RetryPolicy::default`] for password logins, [`RetryPolicy::refresh_default`] for
+    /// refreshes).
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        let inner = self.inner_mut();
+        inner.refresh_retry = retry.clone();
+        inner.retry = retry;
+        self
+    }
+
+    /// Uses `retry` for transient failures of the refresh grant only.
+    pub fn with_refresh_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.inner_mut().refresh_retry = retry;
+        self
+    }
+
+    /// Sends `secret` as `client_secret` with every grant (a confidential client); `None` or an
+    /// empty secret sends none (a public client, the providers' default).
+    pub fn with_client_secret(mut self, secret: Option<Secret>) -> Self {
+        self.inner_mut().client_secret = secret.filter(|s| !s.is_empty());
         self
     }
 
     /// The shared state file, when there is a cache directory.
     pub fn state_file(&self) -> Option<&Path> {
-        self.shared.as_ref().map(|s| s.state_path())
+        self.inner.shared.as_ref().map(|s| s.state_path())
     }
 
     /// The server clock's offset (server minus local) as last measured, if any.
     pub fn server_offset(&self) -> Option<ServerOffset> {
-        self.lock_state().offset
+        self.inner.lock_state().offset
     }
 
     /// What the manager holds now. Contacts nobody.
     pub fn status(&self) -> TokenStatus {
-        let st = self.lock_state();
+        let st = self.inner.lock_state();
         let tokens = st.tokens.as_ref();
         TokenStatus {
             access_expires_at: tokens.and_then(|t| t.access.as_ref()).map(|a| a.expires_at),
@@ -344,8 +421,8 @@ impl TokenManager {
     /// and TOTP. A latched refusal stays latched (only new credentials, i.e. a new manager,
     /// may try again).
     pub fn invalidate_all(&self) {
-        let now = self.clock.now();
-        let mut st = self.lock_state();
+        let now = self.inner.clock.now();
+        let mut st = self.inner.lock_state();
         st.tokens = None;
         st.invalidated_at = Some(now);
         tracing::debug!("all tokens invalidated");
@@ -353,76 +430,80 @@ impl TokenManager {
 
     /// A token valid now and for a useful while; see the module documentation.
     pub async fn token(&self) -> Result<AccessToken, AuthError> {
-        let seen_generation = {
-            let st = self.lock_state();
-            if let Some(e) = &st.refused {
-                return Err(e.clone());
-            }
-            let now = self.clock.now();
-            if let Some(t) = st.fresh_access(now) {
-                return Ok(t);
-            }
-            if let Some(outcome) = st.cooling_down(now) {
-                return outcome;
-            }
-            st.generation
-        };
-        let _renewing = match self.renewal.try_lock() {
-            Ok(guard) => guard,
-            Err(_) => {
-                // Another caller is renewing: no need to wait for it while the held token
-                // still has a comfortable while to live.
-                let now = self.clock.now();
-                if let Some(t) = self.lock_state().access_with(now, SERVE_DURING_RENEWAL) {
+        let inner = &self.inner;
+        // A renewal whose token a server rejected at once is followed by another; a third in a
+        // row means something is wrong that renewing will not fix.
+        for _ in 0..3 {
+            let (mut finished, seen_generation, held, started) = {
+                let mut st = inner.lock_state();
+                if let Some(e) = &st.refused {
+                    return Err(e.clone());
+                }
+                let now = inner.clock.now();
+                if let Some(t) = st.fresh_access(now) {
                     return Ok(t);
                 }
-                self.renewal.lock().await
+                let started = !st.renewing;
+                if started {
+                    if let Some(outcome) = st.cooling_down(now) {
+                        return outcome;
+                    }
+                    st.renewing = true;
+                    let task = inner.clone();
+                    tokio::spawn(async move { task.run_renewal().await });
+                }
+                (
+                    inner.done.subscribe(),
+                    st.generation,
+                    st.unexpired_access(now),
+                    started,
+                )
+            };
+            let renewed = finished.wait_for(|g| *g != seen_generation);
+            match held {
+                Some(held) => {
+                    let left = held
+                        .expires_at
+                        .duration_since(inner.clock.now())
+                        .unwrap_or_default();
+                    let patience = if !started && left > SERVE_DURING_RENEWAL {
+                        Duration::ZERO
+                    } else {
+                        STARTER_PATIENCE
+                    };
+                    let patience = patience.min(left.saturating_sub(SERVE_SAFETY));
+                    if tokio::time::timeout(patience, renewed).await.is_err() {
+                        // The renewal is taking long; the held token still works.
+                        let now = inner.clock.now();
+                        if let Some(t) = inner.lock_state().unexpired_access(now) {
+                            return Ok(t);
+                        }
+                        continue;
+                    }
+                }
+                None => {
+                    let _ = renewed.await;
+                }
             }
-        };
-        {
-            let st = self.lock_state();
+            let st = inner.lock_state();
             if let Some(e) = &st.refused {
                 return Err(e.clone());
             }
-            let now = self.clock.now();
-            if let Some(t) = st.fresh_access(now) {
-                return Ok(t);
-            }
-            if st.generation != seen_generation {
-                // A renewal finished while this caller waited: it shares that outcome rather
-                // than starting another (a failed renewal is not retried by every waiter).
-                if let Some(outcome) = st.shared_outcome(now) {
-                    return outcome;
-                }
+            if let Some(outcome) = st.shared_outcome(inner.clock.now()) {
+                return outcome;
             }
         }
-        let result = self.renew().await;
-        let now = self.clock.now();
-        let mut st = self.lock_state();
-        st.generation += 1;
-        match result {
-            Ok(token) => {
-                st.last_error = None;
-                Ok(token)
-            }
-            Err(e) => {
-                st.last_error = Some((e.clone(), now));
-                if st.refused.is_none() {
-                    if let Some(t) = st.unexpired_access(now) {
-                        tracing::debug!("renewal failed ({e}); the current token is still valid");
-                        return Ok(t);
-                    }
-                }
-                Err(e)
-            }
-        }
+        Err(AuthError::Unavailable {
+            server: inner.server.clone(),
+            reason: "every new token was refused by the server at once".into(),
+        })
     }
 
     /// The server refused `token`: drop it if it is the one held, so that the next
     /// [`TokenManager::token`] renews (by refresh when possible). A token already replaced is
     /// ignored, so concurrent reports of one token cause one renewal.
     pub fn reject(&self, token: &AccessToken) {
-        let mut st = self.lock_state();
+        let mut st = self.inner.lock_state();
         let Some(tokens) = st.tokens.as_mut() else {
             return;
         };
@@ -432,11 +513,56 @@ impl TokenManager {
             tracing::debug!("access token rejected by a server; the next request renews it");
         }
     }
+}
 
+impl Inner {
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // The state stays consistent between statements, so a panic elsewhere does not poison
         // it in any way that matters.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The renewal task: renews, records the outcome for the callers, and wakes them. The
+    /// outcome is recorded even if the task is dropped half-way (runtime shutdown) or panics,
+    /// so no caller waits for a renewal that will never finish.
+    async fn run_renewal(self: Arc<Self>) {
+        struct Finish<'a> {
+            inner: &'a Inner,
+            result: Option<Result<AccessToken, AuthError>>,
+        }
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                let result = self.result.take().unwrap_or_else(|| {
+                    Err(AuthError::Unavailable {
+                        server: self.inner.server.clone(),
+                        reason: "the renewal was interrupted".into(),
+                    })
+                });
+                let now = self.inner.clock.now();
+                let mut st = self.inner.lock_state();
+                st.generation += 1;
+                st.renewing = false;
+                match result {
+                    Ok(_) => st.last_error = None,
+                    Err(e) => {
+                        if st.refused.is_none() && st.unexpired_access(now).is_some() {
+                            tracing::debug!(
+                                "renewal failed ({e}); the current token is still valid"
+                            );
+                        }
+                        st.last_error = Some((e, now));
+                    }
+                }
+                let generation = st.generation;
+                drop(st);
+                self.inner.done.send_replace(generation);
+            }
+        }
+        let mut finish = Finish {
+            inner: &self,
+            result: None,
+        };
+        finish.result = Some(self.renew().await);
     }
 }
 

@@ -2,16 +2,20 @@
 //! file knows, then the refresh token, then password + TOTP; and where the result is kept.
 //!
 //! The rules that protect the account live here: a TOTP step is never used twice (by this
-//! process or, through the shared file, any other), a refused login gets exactly one more
-//! attempt at the next step, and a refusal latches and is published to the other processes.
+//! process or, through the shared file, any other), two password attempts are never closer
+//! than [`PASSWORD_SPACING`] (Keycloak's quick-login check locks an account for a minute after
+//! two failures within a second), a refused login gets exactly one more attempt at the next
+//! step, and a refusal latches and is published to the other processes. So is the rule of
+//! sessions: a session near its maximum age is replaced by a password login early, while the
+//! held token still serves readers, rather than once refresh is refused and readers wait.
 
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use super::cache::{from_millis, sha256_hex, to_millis, Refusal, SharedFile, StateFile};
-use super::endpoint::{self, Failure, Grant, Granted};
+use super::cache::{from_millis, new_salt, sha256_hex, to_millis, Refusal, SharedFile, StateFile};
+use super::endpoint::{self, Failure, Grant, Granted, TOO_MANY_SESSIONS_ERROR};
 use super::retry::Backoff;
-use super::{is_fresh, TokenManager, Tokens};
+use super::{is_fresh, session_margin, Inner, Tokens};
 use crate::clock::ServerOffset;
 use crate::totp;
 use crate::{AccessToken, AuthError, Secret};
@@ -30,6 +34,29 @@ const REFUSAL_MEMORY: Duration = Duration::from_secs(10 * 60);
 /// was refused (it may have missed the step by a hair, or hit a code already used elsewhere).
 /// Never more: Keycloak's brute-force protection counts every failure.
 const MAX_PASSWORD_ATTEMPTS: u32 = 2;
+
+/// The least time between two password grants, by any process of the user. Keycloak's
+/// quick-login check (when brute-force protection is on) locks an account for 60 s after two
+/// failures within 1 s (docs/protocol.md, "Identity"); 5 s keeps well clear of it and still
+/// lets a refused login's second attempt end within seconds.
+pub const PASSWORD_SPACING: Duration = Duration::from_secs(5);
+
+/// A code of the next TOTP step may be sent at once (Keycloak accepts one step ahead) only
+/// this far into the current step: near the start of a step a server whose clock is a second
+/// behind ours would still be in the previous step, and the next one would be two ahead.
+const AHEAD_GUARD: Duration = Duration::from_secs(3);
+
+/// Past this difference between the server's clock and ours, a warning says so once.
+const OFFSET_WARN: Duration = Duration::from_secs(30);
+
+/// The server clock's offset is bounded to this: a `Date` further off is not believed (a
+/// broken proxy's header must not push TOTP steps, recorded for every process, far into the
+/// future). A machine clock really this far off needs fixing anyway.
+const OFFSET_MAX: Duration = Duration::from_secs(5 * 60);
+
+/// While the held token lives, a refresh retry never waits longer than half of what is left
+/// of it, nor less than this: the refresh should land before the token dies.
+const REFRESH_MIN_WAIT: Duration = Duration::from_millis(500);
 
 /// The shared state as read at the start of a renewal, and the file to save it to (`None`
 /// without a shared cache, or when its lock could not be taken: then nothing is written).
@@ -71,7 +98,7 @@ enum Outcome {
     Failed(AuthError),
 }
 
-impl TokenManager {
+impl Inner {
     /// One renewal, under the cross-process lock.
     pub(super) async fn renew(&self) -> Result<AccessToken, AuthError> {
         let (file, _lock) = match &self.shared {
@@ -90,11 +117,17 @@ impl TokenManager {
             state: file.and_then(|f| f.read()).unwrap_or_default(),
             file,
         };
+        if disk.salt.is_none() {
+            disk.salt = Some(new_salt());
+        }
         self.forget_rejected_in_file(&mut disk);
         if let Some(token) = self.merge_disk(&disk) {
             return Ok(token);
         }
-        if let Some(refresh) = self.usable_refresh() {
+        let ending = self.session_ending();
+        if let Some(left) = ending {
+            tracing::info!("session ends in {}s; logging in again", left.as_secs());
+        } else if let Some(refresh) = self.usable_refresh() {
             tracing::debug!("renewing by refresh");
             match self.refresh(&refresh).await {
                 Ok(granted) => return Ok(self.store(granted, &mut disk, false)),
@@ -119,13 +152,15 @@ impl TokenManager {
             self.lock_state().refused = Some(e.clone());
             return Err(e);
         }
-        match self.password_login(&mut disk).await {
+        match self.password_login(&mut disk, ending.is_some()).await {
             Ok(granted) => Ok(self.store(granted, &mut disk, true)),
             Err(e) => {
                 if let AuthError::Refused { reason, .. } = &e {
+                    // The caller reports the error itself (once); this records it for `-v`.
+                    tracing::info!("{e}");
                     self.lock_state().refused = Some(e.clone());
                     disk.refusal = Some(Refusal {
-                        fingerprint: self.fingerprint.clone(),
+                        fingerprint: self.fingerprint(&disk),
                         at: to_millis(self.clock.now()),
                         reason: reason.clone(),
                     });
@@ -134,6 +169,33 @@ impl TokenManager {
                 Err(e)
             }
         }
+    }
+
+    /// The salted fingerprint of this manager's credentials (user, client id and secret,
+    /// password, TOTP secret) under the file's salt: see the `cache` module.
+    fn fingerprint(&self, disk: &StateFile) -> String {
+        let user = self.user.to_lowercase();
+        sha256_hex(&[
+            "eodata-auth credentials v2",
+            disk.salt.as_deref().unwrap_or(""),
+            &user,
+            &self.client_id,
+            self.client_secret.as_ref().map_or("", |s| s.expose()),
+            self.password.expose(),
+            self.totp_normalised.expose(),
+        ])
+    }
+
+    /// When the held session nears its end: how long is left of it. The session's end is
+    /// known from its refresh token, which the server caps by the session's maximum age.
+    fn session_ending(&self) -> Option<Duration> {
+        let now = self.clock.now();
+        let st = self.lock_state();
+        let t = st.tokens.as_ref()?;
+        t.refresh.as_ref()?;
+        let (ends, lifetime) = (t.refresh_expires_at?, t.session_lifetime?);
+        let left = ends.duration_since(now).unwrap_or_default();
+        (left <= session_margin(lifetime)).then_some(left)
     }
 
     /// A server rejected the token the shared file holds: blank it there, so that no other
@@ -156,7 +218,7 @@ impl TokenManager {
     /// cannot lock an account.
     fn refused_elsewhere(&self, disk: &StateFile) -> Option<AuthError> {
         let refusal = disk.refusal.as_ref()?;
-        if refusal.fingerprint != self.fingerprint {
+        if refusal.fingerprint != self.fingerprint(disk) {
             return None;
         }
         let age = self
@@ -184,7 +246,16 @@ impl TokenManager {
         if let Some(step) = disk.last_totp_step {
             st.last_step = st.last_step.max(Some(step));
         }
+        if let Some(at) = disk.last_password_at.map(from_millis) {
+            st.last_password_at = st.last_password_at.max(Some(at));
+        }
         let obtained_at = disk.obtained_at.map(from_millis)?;
+        if disk.credentials.as_deref() != Some(self.fingerprint(disk).as_str()) {
+            // Obtained with other credentials (or by an older version): if the password was
+            // changed since, adopting them would hide it until they expire.
+            tracing::debug!("the cached tokens came from other credentials; not using them");
+            return None;
+        }
         if st.invalidated_at.is_some_and(|t| obtained_at <= t) {
             return None;
         }
@@ -216,6 +287,7 @@ impl TokenManager {
             obtained_at,
             refresh: disk.refresh_token.clone().map(Secret::new),
             refresh_expires_at: disk.refresh_expires_at.map(from_millis),
+            session_lifetime: disk.session_lifetime_ms.map(Duration::from_millis),
         });
         if fresh.is_some() {
             tracing::debug!("adopted the token another process renewed");
@@ -254,11 +326,18 @@ impl TokenManager {
                     .map(|t| (t.refresh.clone(), t.refresh_expires_at))
                     .unwrap_or_default(),
             };
+            // A password login opens a session: its refresh lifetime is the session's length.
+            let session_lifetime = if by_password {
+                refresh_expires_at.and_then(|e| e.duration_since(granted.obtained_at).ok())
+            } else {
+                st.tokens.as_ref().and_then(|t| t.session_lifetime)
+            };
             let tokens = Tokens {
                 access: Some(access.clone()),
                 obtained_at: granted.obtained_at,
                 refresh,
                 refresh_expires_at,
+                session_lifetime,
             };
             st.tokens = Some(tokens.clone());
             disk.last_totp_step = disk.last_totp_step.max(st.last_step);
@@ -267,16 +346,21 @@ impl TokenManager {
         disk.access_token = Some(access.value.expose().to_owned());
         disk.obtained_at = Some(to_millis(tokens.obtained_at));
         disk.access_expires_at = Some(to_millis(access.expires_at));
-        disk.refresh_token = tokens.refresh.map(|r| r.expose().to_owned());
+        disk.refresh_token = tokens.refresh.as_ref().map(|r| r.expose().to_owned());
         disk.refresh_expires_at = tokens.refresh_expires_at.map(to_millis);
+        disk.session_lifetime_ms = tokens
+            .session_lifetime
+            .map(|d| d.as_millis().min(u64::MAX as u128) as u64);
+        let fingerprint = self.fingerprint(disk);
         if by_password
             && disk
                 .refusal
                 .as_ref()
-                .is_some_and(|r| r.fingerprint == self.fingerprint)
+                .is_some_and(|r| r.fingerprint == fingerprint)
         {
             disk.refusal = None;
         }
+        disk.credentials = Some(fingerprint);
         disk.save();
         access
     }
@@ -286,31 +370,61 @@ impl TokenManager {
         let answer = endpoint::send(
             &self.client,
             &self.token_url,
-            grant.form(&self.client_id),
+            grant.form(&self.client_id, self.client_secret.as_ref()),
             self.clock.as_ref(),
         )
         .await?;
         let offset = {
-            let mut st = self.lock_state();
             if let Some(date) = &answer.date {
                 if let Some(o) = ServerOffset::estimate(date, answer.sent, answer.received) {
-                    if st.offset != Some(o) && o != ServerOffset::ZERO {
-                        tracing::debug!(
-                            offset_ms = o.as_millis(),
-                            "server clock differs from ours; TOTP steps and expiries follow the server"
-                        );
-                    }
-                    st.offset = Some(o);
+                    self.learn_offset(o);
                 }
             }
-            st.offset
+            self.lock_state().offset
         };
         endpoint::classify(&answer, offset)
     }
 
-    /// The refresh grant, retried on transient failures.
+    /// Takes a measured server clock offset, bounded to [`OFFSET_MAX`]; warns once when it is
+    /// past [`OFFSET_WARN`].
+    fn learn_offset(&self, measured: ServerOffset) {
+        let bounded = measured.clamp(OFFSET_MAX);
+        let mut st = self.lock_state();
+        let off = Duration::from_millis(measured.as_millis().unsigned_abs());
+        if off > OFFSET_WARN && !st.offset_warned {
+            st.offset_warned = true;
+            let (secs, way) = (
+                off.as_secs(),
+                if measured.as_millis() > 0 {
+                    "behind"
+                } else {
+                    "ahead of"
+                },
+            );
+            if bounded != measured {
+                tracing::warn!(
+                    "this machine's clock is {secs} s {way} the token server's (as its Date header says); more than {} s is not believed: fix the clock (NTP) or TOTP codes will be refused",
+                    OFFSET_MAX.as_secs()
+                );
+            } else {
+                tracing::warn!(
+                    "this machine's clock is {secs} s {way} the token server's; TOTP codes follow the server's clock, but fix this one (NTP)"
+                );
+            }
+        }
+        if st.offset != Some(bounded) && bounded != ServerOffset::ZERO {
+            tracing::debug!(
+                offset_ms = bounded.as_millis(),
+                "server clock differs from ours; TOTP steps and expiries follow the server"
+            );
+        }
+        st.offset = Some(bounded);
+    }
+
+    /// The refresh grant, retried on transient failures for as long as the refresh policy
+    /// allows, and faster while the held token is about to expire.
     async fn refresh(&self, refresh_token: &Secret) -> Result<Granted, Outcome> {
-        let mut backoff = Backoff::new(&self.retry, self.clock.now());
+        let mut backoff = Backoff::new(&self.refresh_retry, self.clock.now());
         loop {
             match self.exchange(Grant::Refresh { refresh_token }).await {
                 Ok(granted) => return Ok(granted),
@@ -326,6 +440,15 @@ impl TokenManager {
                     ..
                 }) => match backoff.next_delay(retry_after, self.clock.now()) {
                     Some(wait) => {
+                        let now = self.clock.now();
+                        let held_left = self
+                            .lock_state()
+                            .unexpired_access(now)
+                            .and_then(|t| t.expires_at.duration_since(now).ok());
+                        let wait = match held_left {
+                            Some(left) => wait.min((left / 2).max(REFRESH_MIN_WAIT)),
+                            None => wait,
+                        };
                         tracing::debug!("token refresh failed ({reason}); retrying in {wait:?}");
                         self.clock.sleep(wait).await;
                     }
@@ -336,11 +459,13 @@ impl TokenManager {
     }
 
     /// Password and TOTP login: at most [`MAX_PASSWORD_ATTEMPTS`] refused attempts, each with a
-    /// fresh step; transient failures retried within the [`RetryPolicy`].
-    async fn password_login(&self, disk: &mut Disk<'_>) -> Result<Granted, AuthError> {
+    /// fresh step, never two within [`PASSWORD_SPACING`]; transient failures retried within the
+    /// [`super::RetryPolicy`]. `early`: the session is about to end and the login must land before it
+    /// does, so the next step's code may be used at once.
+    async fn password_login(&self, disk: &mut Disk<'_>, early: bool) -> Result<Granted, AuthError> {
         let probe = {
             let st = self.lock_state();
-            st.offset.is_none() && !st.probed
+            self.totp.is_some() && st.offset.is_none() && !st.probed
         };
         if probe {
             // First login of this process and no answer seen yet: learn the server's clock
@@ -352,26 +477,44 @@ impl TokenManager {
         // A step whose request certainly never reached the server may be sent again.
         let mut unspent: Option<u64> = None;
         loop {
-            let current = {
-                let st = self.lock_state();
-                totp::step_at(st.server_now(self.clock.now()))
-            };
-            let step = match unspent.take() {
-                Some(step) if step == current => step,
-                _ => self.next_step().await,
+            self.space_password_attempt(disk).await;
+            let step = match &self.totp {
+                None => None,
+                Some(_) => {
+                    let current = {
+                        let st = self.lock_state();
+                        totp::step_at(st.server_now(self.clock.now()))
+                    };
+                    Some(match unspent.take() {
+                        Some(step) if step == current => step,
+                        _ => self.next_step(early || refusals > 0).await,
+                    })
+                }
             };
             // Recorded before sending: once sent, the code may be spent even if the answer is
-            // lost, and no other process may use this step.
-            if disk.last_totp_step < Some(step) {
-                disk.last_totp_step = Some(step);
-                disk.save();
+            // lost, and no other process may use this step. A record found bogus (ahead of the
+            // server's clock) is corrected here too.
+            let now = self.clock.now();
+            self.lock_state().last_password_at = Some(now);
+            disk.last_password_at = Some(to_millis(now));
+            if step.is_some() {
+                disk.last_totp_step = step;
             }
-            tracing::debug!(user = %self.user, "password login at TOTP step {step}");
-            let code = self.totp.code(step);
+            disk.save();
+            let code = match (&self.totp, step) {
+                (Some(totp), Some(step)) => {
+                    tracing::debug!(user = %self.user, "password login at TOTP step {step}");
+                    Some(totp.code(step))
+                }
+                _ => {
+                    tracing::debug!(user = %self.user, "password login (no two-factor)");
+                    None
+                }
+            };
             let grant = Grant::Password {
                 user: &self.user,
                 password: &self.password,
-                code: &code,
+                code: code.as_ref(),
             };
             match self.exchange(grant).await {
                 Ok(granted) => {
@@ -380,14 +523,17 @@ impl TokenManager {
                 }
                 Err(Failure::Refused { error, description }) => {
                     refusals += 1;
+                    // Without two-factor login there is no timing to miss: a refusal is final.
                     let definitive = error != "invalid_grant"
+                        || self.totp.is_none()
                         || description.contains("disabled")
                         || description.contains("not fully set up");
                     if definitive || refusals >= MAX_PASSWORD_ATTEMPTS {
                         return Err(self.refused(&error, &description));
                     }
-                    tracing::debug!(
-                        "password login refused ({error}: {description}); one more attempt with the next TOTP step"
+                    tracing::info!(
+                        "password login refused ({error}: {description}); one more attempt in {} s with the next TOTP code",
+                        PASSWORD_SPACING.as_secs()
                     );
                 }
                 Err(Failure::Protocol(reason)) => return Err(self.protocol(reason)),
@@ -399,13 +545,31 @@ impl TokenManager {
                     Some(wait) => {
                         tracing::debug!("password login failed ({reason}); retrying in {wait:?}");
                         if !may_have_arrived {
-                            unspent = Some(step);
+                            unspent = step;
                         }
                         self.clock.sleep(wait).await;
                     }
                     None => return Err(self.unavailable(reason)),
                 },
             }
+        }
+    }
+
+    /// Waits until [`PASSWORD_SPACING`] has passed since the last password grant of any
+    /// process (as far as this one knows).
+    async fn space_password_attempt(&self, disk: &StateFile) {
+        let last = {
+            let st = self.lock_state();
+            st.last_password_at
+                .max(disk.last_password_at.map(from_millis))
+        };
+        let Some(last) = last else { return };
+        let since = self.clock.now().duration_since(last).unwrap_or_default();
+        // A record in the future (a clock stepped back) waits no longer than the spacing.
+        if since < PASSWORD_SPACING {
+            let wait = PASSWORD_SPACING - since;
+            tracing::debug!("waiting {wait:?} before the next password attempt");
+            self.clock.sleep(wait).await;
         }
     }
 
@@ -416,19 +580,21 @@ impl TokenManager {
             endpoint::probe_date(&self.client, &self.token_url, self.clock.as_ref()).await
         {
             tracing::debug!(offset_ms = o.as_millis(), "server clock probed");
-            self.lock_state().offset = Some(o);
+            self.learn_offset(o);
         }
     }
 
     /// The current TOTP step (server time) if no process used it yet, else waits for the step
-    /// after the last one used. Marks the step as used.
+    /// after the last one used; with `ahead`, the next step's code is used at once instead
+    /// (Keycloak accepts one step ahead), unless the current step has only just begun
+    /// ([`AHEAD_GUARD`]). Marks the step as used.
     ///
     /// A last step more than one ahead of the current one cannot have been accepted by a server
     /// whose clock reads the current step (Keycloak accepts one step either side). Either the
     /// offset is stale (the local clock jumped) or the record is bogus; rather than wait for
     /// minutes or hours, the server clock is probed again, and if the record is still ahead it
     /// is dropped: the codes of the steps around the server's time were then never sent.
-    async fn next_step(&self) -> u64 {
+    async fn next_step(&self, ahead: bool) -> u64 {
         let mut reprobed = false;
         loop {
             let (wait, step, last) = {
@@ -436,6 +602,16 @@ impl TokenManager {
                 let server_now = st.server_now(self.clock.now());
                 let step = totp::step_at(server_now);
                 match st.last_step {
+                    Some(last) if ahead && last == step => {
+                        let into = server_now
+                            .duration_since(totp::step_start(step))
+                            .unwrap_or_default();
+                        if into >= AHEAD_GUARD {
+                            st.last_step = Some(step + 1);
+                            return step + 1;
+                        }
+                        (AHEAD_GUARD - into, step, last)
+                    }
                     Some(last) if step <= last => {
                         let wait = totp::step_start(last + 1)
                             .duration_since(server_now)
@@ -473,7 +649,22 @@ impl TokenManager {
                 ": the account has actions pending (terms to accept, password to change); log in on the web site once to finish them"
             }
             (_, d) if d.contains("disabled") => ": ask the provider's support to enable it",
-            ("invalid_client" | "unauthorized_client", _) => ": check the client id",
+            ("invalid_client", _) => {
+                return AuthError::Refused {
+                    server: self.server.clone(),
+                    reason: format!(
+                        "client id/secret refused by the realm ({error}{}): check client_id and client_secret in the [endpoints] section of secrets.conf (or EODATA_CLIENT_SECRET)",
+                        if description.is_empty() { String::new() } else { format!(": {description}") }
+                    ),
+                }
+            }
+            (TOO_MANY_SESSIONS_ERROR, _) => {
+                return AuthError::Refused {
+                    server: self.server.clone(),
+                    reason: "too many sessions (the account's limit of active sessions); log out other sessions or wait".into(),
+                }
+            }
+            ("unauthorized_client", _) => ": check the client id",
             _ => "",
         };
         let reason = match description {

@@ -1,6 +1,9 @@
 //! How transient failures of the token endpoint are retried: exponential backoff with jitter,
-//! bounded both in attempts and in total time, so that a Keycloak restart is ridden out but a
-//! real outage is reported while the user is still watching.
+//! bounded both in attempts and in total time. Two policies: a password login spends a TOTP
+//! step per attempt that reached the server, so it gets ~30 s ([`RetryPolicy::default`]); the
+//! refresh grant spends nothing and runs off the read path while the held token still serves,
+//! so it rides out minutes of Keycloak 503s ([`RetryPolicy::refresh_default`]; CDSE's identity
+//! service is reported to answer 503 for minutes, docs/protocol.md "Identity").
 
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +33,21 @@ impl Default for RetryPolicy {
             first_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
             budget: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// For the refresh grant: 1, 2, 4, ... 30 s between attempts (jittered), for up to 4 min
+    /// (CDSETool retries token requests 15 times and found that too few against 503s). The
+    /// budget stays under the cross-process lock's wait (5 min), so a process waiting for this
+    /// renewal is not timed out by it.
+    pub fn refresh_default() -> Self {
+        RetryPolicy {
+            attempts: 40,
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            budget: Duration::from_secs(4 * 60),
         }
     }
 }
@@ -66,7 +84,9 @@ impl<'a> Backoff<'a> {
             .first_backoff
             .saturating_mul(doubling)
             .min(self.policy.max_backoff);
-        let wait = jitter(base).max(retry_after.unwrap_or_default());
+        // A server's Retry-After is honoured up to the policy's longest wait.
+        let asked = retry_after.unwrap_or_default().min(self.policy.max_backoff);
+        let wait = jitter(base).max(asked);
         let elapsed = now.duration_since(self.started).unwrap_or_default();
         (elapsed + wait <= self.policy.budget).then_some(wait)
     }
@@ -111,5 +131,24 @@ mod tests {
             b.next_delay(Some(Duration::from_secs(5)), t0),
             Some(Duration::from_secs(5))
         );
+        // ...up to the longest backoff.
+        let mut b = Backoff::new(&policy, t0);
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(60)), t0),
+            Some(Duration::from_secs(8))
+        );
+    }
+
+    #[test]
+    fn refresh_retries_for_minutes() {
+        let policy = RetryPolicy::refresh_default();
+        let t0 = SystemTime::UNIX_EPOCH;
+        let mut b = Backoff::new(&policy, t0);
+        let mut total = Duration::ZERO;
+        while let Some(w) = b.next_delay(None, t0 + total) {
+            total += w;
+        }
+        assert!(total >= Duration::from_secs(120), "{total:?}");
+        assert!(total <= Duration::from_secs(240), "{total:?}");
     }
 }

@@ -53,6 +53,8 @@ pub struct Seen {
     pub outcome: String,
     /// The raw form body, for the tests that check encoding.
     pub body: String,
+    /// The test clock's time when the request arrived.
+    pub at: SystemTime,
 }
 
 pub struct MiniState {
@@ -195,6 +197,7 @@ impl Mini {
     }
 
     fn answer(&self, method: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
+        let st_clock_now = self.clock.now();
         let mut st = self.state.lock().unwrap();
         let server_now = self.server_now(&st);
         let mut headers = vec![("Date".to_string(), httpdate::fmt_http_date(server_now))];
@@ -208,6 +211,7 @@ impl Mini {
             step: None,
             outcome: String::new(),
             body: body.into(),
+            at: st_clock_now,
         };
         if method != "POST" {
             seen.outcome = "probe".into();
