@@ -112,7 +112,15 @@ fn wrong_password_stops_after_at_most_two_attempts() {
     ws.write_secrets(&format!(
         "[login]\nuser = {USER}\npassword = wrong\ntotp_secret = {TOTP_SECRET}\n"
     ));
+    let started = Instant::now();
     let out = ws.run(&double, &["token"]);
+    // The second attempt follows the first within seconds (the next step's code, 5 s later),
+    // not after a silent wait of up to 30 s for the next step to begin.
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);

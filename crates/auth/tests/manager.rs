@@ -843,3 +843,17 @@ async fn a_squatted_cache_directory_is_warned_about_and_skipped() {
         "nothing written there"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_answer_is_not_read_whole() {
+    let mini = Mini::start().await;
+    let huge = format!(
+        r#"{{"access_token":"{}","expires_in":300}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    mini.with(|s| s.canned.push_back(Canned::new(200, &huge)));
+    let m = mini.manager(None);
+    let e = m.token().await.unwrap_err();
+    assert!(matches!(e, AuthError::Protocol { .. }), "{e}");
+    assert!(e.to_string().contains("larger than 1024 KiB"), "{e}");
+}

@@ -438,6 +438,7 @@ impl Realm {
             used_step = Some(step);
         }
         acct.failures = 0;
+        acct.last_failure = None;
         if let Some((cap, limit)) = self.max_sessions {
             let active = self.active_sessions(&canonical, now);
             if active.len() >= cap {
