@@ -47,6 +47,24 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. eodata-mount man > /usr/local/share/man/man1/eodata-mount.1.
     Man,
+    /// Check configuration, login, download service, catalogue and this machine, read-only.
+    ///
+    /// One password + TOTP login (or the shared cached token), one refresh, one ranged request
+    /// and one HEAD at the download service, one catalogue lookup. The output holds no secret:
+    /// paste it into a bug report as it is. Exit status 0 only when a mount would work.
+    Doctor(DoctorArgs),
+}
+
+/// Options of `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The product to probe (Name or UUID); default: the tutorial's Sentinel-2 product.
+    #[arg(long, value_name = "ID")]
+    pub product: Option<String>,
+
+    /// Print the report as JSON (for scripts).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of every command: credentials, services, logging.

@@ -4,6 +4,7 @@
 //! - the mount (default command): [`mount`] over [`fs`] and the [`fuse`] adapter;
 //! - `token`: print a valid access token;
 //! - `download`: [`download`], the tutorial's job in one command.
+//! - `doctor`: [`doctor`], what works and what does not, read-only, pasteable in a bug report;
 //! - `completions SHELL` and `man`: generated from the clap definitions in [`cli`];
 //! - the mount helper's form (`eodata-mount SOURCE MOUNTPOINT -o ...`): rewritten by [`helper`].
 //!
@@ -12,6 +13,7 @@
 
 mod cache_dir;
 mod cli;
+mod doctor;
 mod download;
 mod fs;
 mod fuse;
@@ -41,6 +43,9 @@ fn main() -> ExitCode {
         Some(Command::Token) => stack::runtime().and_then(|rt| rt.block_on(token(&cli))),
         Some(Command::Download(args)) => {
             stack::runtime().and_then(|rt| rt.block_on(download::run(&cli.common, args)))
+        }
+        Some(Command::Doctor(args)) => {
+            stack::runtime().and_then(|rt| rt.block_on(doctor::run(&cli.common, args)))
         }
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -5,6 +5,8 @@
 //! process or, through the shared file, any other), a refused login gets exactly one more
 //! attempt at the next step, and a refusal latches and is published to the other processes.
 
+pub(super) mod probe;
+
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
