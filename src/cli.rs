@@ -56,6 +56,12 @@ pub enum Command {
     Man,
     /// Show or empty the disk cache (safe while mounts run: they fetch again what they miss).
     Cache(CacheArgs),
+    /// Check configuration, login, download service, catalogue and this machine, read-only.
+    ///
+    /// One password + TOTP login (or the shared cached token), one refresh, one ranged request
+    /// and one HEAD at the download service, one catalogue lookup. The output holds no secret:
+    /// paste it into a bug report as it is. Exit status 0 only when a mount would work.
+    Doctor(DoctorArgs),
 }
 
 /// `eodata-mount cache list|clear`.
@@ -77,6 +83,18 @@ pub enum CacheAction {
         #[arg(value_name = "PRODUCT")]
         products: Vec<String>,
     },
+}
+
+/// Options of `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The product to probe (Name or UUID); default: the tutorial's Sentinel-2 product.
+    #[arg(long, value_name = "ID")]
+    pub product: Option<String>,
+
+    /// Print the report as JSON (for scripts).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of every command: credentials, services, logging.

@@ -5,6 +5,7 @@
 //! - `token`: print a valid access token;
 //! - `download`: [`download`], the tutorial's job in one command;
 //! - `unmount MOUNTPOINT`: [`mount::unmount_command`], as root or as the mount's user;
+//! - `doctor`: [`doctor`], what works and what does not, read-only, pasteable in a bug report;
 //! - `completions SHELL` and `man`: generated from the clap definitions in [`cli`];
 //! - `cache list|clear`: [`cache_cmd`], the disk cache seen and emptied;
 //! - the mount helper's form (`eodata-mount SOURCE MOUNTPOINT -o ...`): rewritten by [`helper`].
@@ -15,6 +16,7 @@
 mod cache_cmd;
 mod cache_dir;
 mod cli;
+mod doctor;
 mod download;
 mod fs;
 mod fuse;
@@ -48,6 +50,9 @@ fn main() -> ExitCode {
             stack::runtime().and_then(|rt| rt.block_on(download::run(&cli.common, args)))
         }
         Some(Command::Unmount { mountpoint }) => mount::unmount_command(mountpoint),
+        Some(Command::Doctor(args)) => {
+            stack::runtime().and_then(|rt| rt.block_on(doctor::run(&cli.common, args)))
+        }
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "eodata-mount", &mut std::io::stdout());

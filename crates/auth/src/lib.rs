@@ -19,7 +19,8 @@ pub mod totp;
 pub use clock::{Clock, ServerOffset, SystemClock, TestClock};
 pub use secret::{redact_url, Secret};
 pub use token::{
-    default_cache_dir, renewal_margin, LoginConfig, RetryPolicy, TokenManager, TokenStatus,
+    default_cache_dir, public_claims, renewal_margin, LoginConfig, LoginProbe, LoginSource,
+    RefreshProbe, RetryPolicy, TokenManager, TokenStatus,
 };
 pub use totp::{parse_totp_secret, Totp, TotpSecretError, TotpSecretProblem};
 

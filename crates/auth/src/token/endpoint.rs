@@ -414,7 +414,7 @@ pub(crate) fn jwt_exp(token: &str) -> Option<SystemTime> {
 }
 
 /// Unpadded (or padded) base64url, as JWTs use. Small enough not to need a dependency.
-fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn base64url_decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
     for c in text.trim_end_matches('=').bytes() {

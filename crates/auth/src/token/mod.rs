@@ -37,6 +37,7 @@ mod renew;
 mod retry;
 
 pub use cache::default_cache_dir;
+pub use renew::probe::{public_claims, LoginProbe, LoginSource, RefreshProbe};
 pub use retry::RetryPolicy;
 
 use std::path::{Path, PathBuf};

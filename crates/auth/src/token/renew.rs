@@ -9,6 +9,8 @@
 //! sessions: a session near its maximum age is replaced by a password login early, while the
 //! held token still serves readers, rather than once refresh is refused and readers wait.
 
+pub(super) mod probe;
+
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
