@@ -88,6 +88,7 @@ pub fn spool_config(args: &MountArgs, store: &Option<Arc<DiskStore>>) -> SpoolCo
     SpoolConfig {
         dir: store.as_ref().and(resolve(args)).map(|d| d.join("spool")),
         sink: store.clone().map(|s| s as Arc<dyn BlockSink>),
+        expected_md5: None,
     }
 }
 

@@ -83,7 +83,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     if let Some(store) = &store {
         zipper.remember_ranges_in(cache_dir::ranges_file(store));
     }
-    let spool = cache_dir::spool_config(&cli.mount, &store);
+    let checksums = Checksums::default();
+    let mut spool = cache_dir::spool_config(&cli.mount, &store);
+    spool.expected_md5 = Some(checksums.lookup());
     let fallback = StreamFallback::new(zipper.clone(), spool);
     let spools = fallback.monitor();
     let disk = store.clone();
@@ -96,7 +98,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         },
     ));
     let fs = Arc::new(Fs::new(
-        cache_dir::OfflineResolver::new(CatalogueResolver(catalogue.clone()), &cli.mount),
+        cache_dir::OfflineResolver::new(
+            CatalogueResolver(catalogue.clone(), checksums),
+            &cli.mount,
+        ),
         cache,
         FsConfig {
             max_connections: common.max_connections as usize,
@@ -471,13 +476,41 @@ fn status_source(
     })
 }
 
-/// Names to products through the OData catalogue.
-pub struct CatalogueResolver(pub Arc<Catalogue>);
+/// Product id -> the catalogue's MD5, filled as products are resolved or listed; the spool
+/// checks a product it streamed whole against it (`eodata_fetch::spool::ExpectedMd5`).
+#[derive(Clone, Default)]
+pub struct Checksums(Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>);
+
+impl Checksums {
+    fn note(&self, p: &eodata_catalogue::Product) {
+        if let Some(md5) = &p.md5 {
+            let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            m.insert(p.id.clone(), md5.clone());
+        }
+    }
+
+    /// The lookup the spool asks.
+    pub fn lookup(&self) -> eodata_fetch::spool::ExpectedMd5 {
+        let map = Arc::clone(&self.0);
+        Arc::new(move |id: &str| {
+            map.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+                .cloned()
+        })
+    }
+}
+
+/// Names to products through the OData catalogue; remembers each product's MD5.
+pub struct CatalogueResolver(pub Arc<Catalogue>, pub Checksums);
 
 impl Resolver for CatalogueResolver {
     async fn resolve(&self, name: &str) -> Result<Option<ProductMeta>, FsError> {
         match self.0.resolve(name).await {
-            Ok(p) => Ok(Some(product_meta(&p))),
+            Ok(p) => {
+                self.1.note(&p);
+                Ok(Some(product_meta(&p)))
+            }
             Err(eodata_catalogue::CatalogueError::NotFound(_)) => Ok(None),
             Err(e) => {
                 tracing::warn!("catalogue lookup of {name} failed: {e}");
@@ -488,7 +521,10 @@ impl Resolver for CatalogueResolver {
 
     async fn query(&self, filter: &str, max_results: usize) -> Result<Vec<ProductMeta>, FsError> {
         match self.0.query(filter, max_results).await {
-            Ok(products) => Ok(products.iter().map(product_meta).collect()),
+            Ok(products) => {
+                products.iter().for_each(|p| self.1.note(p));
+                Ok(products.iter().map(product_meta).collect())
+            }
             Err(e) => {
                 tracing::warn!("catalogue query {filter:?} failed: {e}");
                 Err(FsError::Catalogue(e.to_string()))

@@ -225,7 +225,10 @@ fn a_non_empty_mountpoint_is_refused_without_consent() {
     let out = ws.run(&double, &[dir.to_str().unwrap()]);
     let mounted = is_mounted(&dir);
     if mounted {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&dir).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&dir)
+            .status();
     }
     assert!(!mounted, "mounted over a non-empty directory");
     assert!(!out.status.success());

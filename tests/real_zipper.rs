@@ -225,3 +225,57 @@ fn cache_list_shows_a_product_and_cache_clear_drops_it_while_mounted() {
     );
     again.stop();
 }
+
+#[test]
+fn a_product_streamed_whole_is_checked_against_the_catalogue_md5_before_its_end_is_served() {
+    let products = products(2, SIZE_MIB);
+    let local = product_file(&products, 0);
+    let mut cfg = double_config(Some(&products));
+    // One byte of every body altered: the stream completes, its MD5 does not match.
+    cfg.faults.tamper = true;
+    let double = start_double(cfg);
+    let ws = Workspace::new();
+    let m = Mount::start(&ws, &double, &["--product", TUTORIAL_ID]);
+    let copy = ws.path().join("copy.zip");
+    let cp = Command::new("cp")
+        .arg(zip_of(&m))
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        !cp.status.success(),
+        "a tampered product does not read to its end"
+    );
+    let text = m.log_text();
+    assert!(
+        text.contains("the catalogue says"),
+        "the mismatch is logged:\n{text}"
+    );
+    let list = sh(ws.command(&double).args(["cache", "list"]));
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains("whole"),
+        "a product that failed its checksum is not kept whole"
+    );
+
+    // This mount may still hold the wrong build's pages in memory: it refuses the product
+    // rather than serve a mix, and says how to read it afresh.
+    let again = Command::new("cp")
+        .arg(zip_of(&m))
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "no second read of a product that changed"
+    );
+    m.stop();
+
+    // Once the service sends the right bytes, a new mount reads them exactly.
+    let mut faults = double.faults();
+    faults.tamper = false;
+    double.set_faults(faults);
+    let m = Mount::start(&ws, &double, &["--product", TUTORIAL_ID]);
+    sh(Command::new("cp").arg(zip_of(&m)).arg(&copy));
+    assert_eq!(file_sha256(&copy), file_sha256(&local));
+    m.stop();
+}

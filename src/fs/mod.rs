@@ -250,6 +250,11 @@ pub struct Fs<R: Resolver, S: RangeSource> {
     view: safe_view::SafeView,
     /// Products added to the root by lookups of names not listed before.
     looked_up: AtomicU64,
+    /// Ids whose bytes changed at the download service while this mount read them (a failed
+    /// splice or checksum): the memory cache and the kernel's page cache may still hold the
+    /// first build's pages, so every later open and read fails until a remount, rather than
+    /// serve a mix. Their disk-cache blocks are gone already (see `eodata_fetch::spool`).
+    changed: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Why a product is being resolved: named at mount time, or looked up in the root.
@@ -317,6 +322,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             status_source: Mutex::new(None),
             view: safe_view::SafeView::default(),
             looked_up: AtomicU64::new(0),
+            changed: Mutex::default(),
         }
     }
 
@@ -596,6 +602,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             return Ok(fh);
         }
         let node = self.node(ino).ok_or(FsError::NotFound)?;
+        self.refuse_changed(&node.meta.id)?;
         if !node.meta.online {
             let msg = format!(
                 "{} is offline (cold storage); it cannot be read until the provider restores it",
@@ -673,6 +680,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         if offset >= size {
             return Ok(Bytes::new());
         }
+        self.refuse_changed(reader.id())?;
         let len = (len as u64).min(size - offset);
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         self.stats.reads_in_flight.fetch_add(1, Ordering::Relaxed);
@@ -696,6 +704,9 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
                     tracing::error!("{msg}");
                 }
                 self.note_error(&msg);
+                if matches!(e, FetchError::Changed(_)) {
+                    self.changed.lock().unwrap().insert(reader.id().to_string());
+                }
                 Err(e.into())
             }
         }
@@ -734,6 +745,16 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_bytes())
             .ok_or(FsError::NoAttribute)
+    }
+
+    /// EIO for a product whose bytes changed during this mount (see `changed`).
+    fn refuse_changed(&self, id: &str) -> Result<(), FsError> {
+        if self.changed.lock().unwrap().contains(id) {
+            return Err(FsError::Fetch(FetchError::Changed(format!(
+                "product {id} came with other bytes earlier in this mount; unmount and mount again to read it afresh"
+            ))));
+        }
+        Ok(())
     }
 
     /// Remembers the last failure for the status file.

@@ -310,7 +310,12 @@ pub(crate) fn admit(
             } else {
                 ("DAT-ZIP-604", "Token not found")
             };
-            Err(Box::new(error(shared, StatusCode::UNAUTHORIZED, code, message)))
+            Err(Box::new(error(
+                shared,
+                StatusCode::UNAUTHORIZED,
+                code,
+                message,
+            )))
         }
     }
 }

@@ -132,7 +132,15 @@ pub struct SpoolConfig {
     pub dir: Option<PathBuf>,
     /// The disk cache, when one is configured.
     pub sink: Option<Arc<dyn BlockSink>>,
+    /// The MD5 the catalogue publishes for a product id, when it does (see [`ExpectedMd5`]).
+    pub expected_md5: Option<ExpectedMd5>,
 }
+
+/// The catalogue's MD5 of a product (hex), when it has one. A product streamed whole is checked
+/// against it before its last block is served: until then the readers of its end (GDAL and
+/// unzip read the zip's directory there) wait, and on a mismatch they get an error and the
+/// product's cached bytes are dropped, so no tool ever opens a wrong product as complete.
+pub type ExpectedMd5 = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// See the module doc: Range where the server honours it, one spooled stream where not.
 pub struct StreamFallback<S> {
@@ -348,6 +356,7 @@ impl<S: StreamSource> StreamFallback<S> {
             spool: Arc::clone(spool),
             sink: self.config.sink.clone(),
             spools: Arc::clone(&self.spools),
+            md5: self.config.expected_md5.as_ref().and_then(|f| f(id)),
         };
         tokio::spawn(task.run(from));
     }
@@ -413,6 +422,8 @@ struct StreamTask<S> {
     spool: Arc<Spool>,
     sink: Option<Arc<dyn BlockSink>>,
     spools: Arc<Mutex<HashMap<String, Arc<Spool>>>>,
+    /// The catalogue's MD5 of the product, checked before its last byte is served.
+    md5: Option<String>,
 }
 
 impl<S: StreamSource> StreamTask<S> {
@@ -614,9 +625,50 @@ impl<S: StreamSource> StreamTask<S> {
                 );
             }
             pos += len;
-            self.spool.progress.send_modify(|p| p.frontier = pos);
+            // With a checksum to verify, the last byte waits for the verdict.
+            let shown = if self.md5.is_some() {
+                pos.min(size - 1)
+            } else {
+                pos
+            };
+            self.spool.progress.send_modify(|p| p.frontier = shown);
         }
+        self.verify().await?;
+        self.spool.progress.send_modify(|p| p.frontier = size);
         Ok(())
+    }
+
+    /// The whole spool against the catalogue's MD5, when it has one.
+    async fn verify(&self) -> Result<(), FetchError> {
+        let Some(want) = self.md5.clone() else {
+            return Ok(());
+        };
+        let (file, size) = (Arc::clone(&self.spool.file), self.spool.size);
+        let got = tokio::task::spawn_blocking(move || {
+            use md5::Digest;
+            let mut h = md5::Md5::new();
+            let mut buf = vec![0u8; 8 << 20];
+            let mut at = 0;
+            while at < size {
+                let n = buf.len().min((size - at) as usize);
+                file.read_exact_at(&mut buf[..n], at)?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            Ok::<_, std::io::Error>(format!("{:x}", h.finalize()))
+        })
+        .await
+        .map_err(|e| FetchError::Local(format!("checksum task failed: {e}")))?
+        .map_err(|e| FetchError::Local(format!("cannot read the spool: {e}")))?;
+        if got.eq_ignore_ascii_case(want.trim()) {
+            tracing::info!(id = %self.id, "product verified against the catalogue's MD5");
+            Ok(())
+        } else {
+            Err(FetchError::Changed(format!(
+                "product {} streamed whole has MD5 {got}, the catalogue says {want}",
+                self.id
+            )))
+        }
     }
 }
 

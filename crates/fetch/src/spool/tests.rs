@@ -230,6 +230,7 @@ async fn a_failed_stream_fails_its_waiters_and_the_next_read_resumes_from_the_fr
         SpoolConfig {
             dir: None,
             sink: Some(sink.clone()),
+            expected_md5: None,
         },
     );
     let err = fb.get_range("p", 3 * MIB..3 * MIB + 1).await.unwrap_err();
