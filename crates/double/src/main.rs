@@ -216,6 +216,7 @@ fn config(a: ServeArgs) -> anyhow::Result<Config> {
             garbage_catalogue: a.garbage_catalogue,
             garbage_zipper_errors: a.garbage_zipper_errors,
             redirect_downloads: a.redirect_downloads,
+            ..Faults::default()
         },
         seed: a.seed,
         log_path: a.log,

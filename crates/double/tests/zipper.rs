@@ -133,19 +133,20 @@ async fn head_answers_headers_only() {
 }
 
 #[tokio::test]
-async fn bad_tokens_get_401_token_not_found() {
+async fn bad_tokens_get_401_token_not_found_and_expired_ones_109() {
     let (d, c, _store, token) = setup(|c| Config {
         access_lifetime: Duration::from_millis(800),
         ..c
     })
     .await;
-    let check = |r: reqwest::Response| async move {
+    let check_as = |r: reqwest::Response, code: &'static str, message: &'static str| async move {
         assert_eq!(r.status(), 401);
         let b: Value = r.json().await.unwrap();
-        assert_eq!(b["code"], "DAT-ZIP-604");
-        assert_eq!(b["message"], "Token not found");
+        assert_eq!(b["code"], code);
+        assert_eq!(b["message"], message);
         assert!(b["trace-id"].is_string());
     };
+    let check = |r| check_as(r, "DAT-ZIP-604", "Token not found");
     check(c.get(url_for(&d, ID)).send().await.unwrap()).await;
     check(
         c.get(url_for(&d, ID))
@@ -165,12 +166,14 @@ async fn bad_tokens_get_401_token_not_found() {
         200
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    check(
+    check_as(
         c.get(url_for(&d, ID))
             .bearer_auth(&token)
             .send()
             .await
             .unwrap(),
+        "DAT-ZIP-109",
+        "Token is expired",
     )
     .await;
     let outcomes: Vec<String> = zipper_log(&d).into_iter().map(|e| e.outcome).collect();
@@ -365,6 +368,7 @@ async fn rate_limit_burst_then_service() {
     let (d, c, _store, token) = setup(|c| c).await;
     d.set_faults(Faults {
         rate_limit_burst: 2,
+        retry_after_secs: Some(1),
         ..Faults::default()
     });
     for _ in 0..2 {
@@ -412,9 +416,13 @@ async fn connection_cap_per_user_and_bandwidth() {
         .await
         .unwrap();
     assert_eq!(second.status(), 429);
-    assert!(second.headers().contains_key("retry-after"));
+    assert!(
+        !second.headers().contains_key("retry-after"),
+        "absent unless asked for"
+    );
     let b: Value = second.json().await.unwrap();
     assert_eq!(b["code"], "DAT-ZIP-100");
+    assert_eq!(b["message"], "Max session number 1 exceeded");
     assert_eq!(
         first.bytes().await.unwrap().as_ref(),
         store.bytes.as_slice()

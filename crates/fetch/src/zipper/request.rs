@@ -504,21 +504,37 @@ impl<T: TokenSource> Inner<T> {
     }
 
     /// Remembers that `token` was refused, so that a 401 for the token that replaces it can be
-    /// told from one for a stale token. Only a hash is kept, never the token.
+    /// told from one for a stale token. Only hashes are kept, never a token.
     fn note_rejected(&self, token: &AccessToken) {
-        *self
-            .last_rejection
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), fingerprint(token)));
+        *self.lock_rejection() = Some(Rejection {
+            at: Instant::now(),
+            refused: fingerprint(token),
+            successor: None,
+        });
     }
 
-    /// Whether `token` was obtained after a renewal less than [`FRESH_TOKEN`] ago.
+    /// Called with every token handed out: the first one after a rejection that differs from
+    /// the refused one is its successor.
+    fn note_token(&self, token: &AccessToken) {
+        if let Some(r) = self.lock_rejection().as_mut() {
+            let fp = fingerprint(token);
+            if r.successor.is_none() && r.refused != fp {
+                r.successor = Some(fp);
+            }
+        }
+    }
+
+    /// Whether `token` replaced a refused one less than [`FRESH_TOKEN`] ago.
     fn is_fresh(&self, token: &AccessToken) -> bool {
-        let last = *self
-            .last_rejection
+        self.lock_rejection().as_ref().is_some_and(|r| {
+            r.at.elapsed() < FRESH_TOKEN && r.successor == Some(fingerprint(token))
+        })
+    }
+
+    fn lock_rejection(&self) -> std::sync::MutexGuard<'_, Option<Rejection>> {
+        self.last_rejection
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        last.is_some_and(|(at, old)| at.elapsed() < FRESH_TOKEN && old != fingerprint(token))
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 

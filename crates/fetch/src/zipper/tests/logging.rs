@@ -8,7 +8,22 @@ use super::*;
 
 /// Log lines, as the fmt subscriber writes them.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(super) struct Captured(pub(super) Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// A subscriber at `level` writing here, without colour codes.
+    pub(super) fn subscriber(&self, level: tracing::Level) -> impl tracing::Subscriber {
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(self.clone())
+            .finish()
+    }
+
+    pub(super) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

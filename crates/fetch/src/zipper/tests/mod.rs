@@ -7,6 +7,7 @@
 //! This file holds what several of them share: the double's test store and its token source
 //! ([`setup`], [`read_all`], [`zipper_log`]), and a fixed token source ([`Fixed`]).
 
+mod answers;
 mod double;
 mod faults;
 mod logging;
@@ -36,6 +37,8 @@ const BIG: (&str, &str, usize) = (
     3 * 1024 * 1024 + 12345,
 );
 const EMPTY: (&str, &str, usize) = ("33333333-3333-3333-3333-333333333333", "S1A_EMPTY", 0);
+/// In the catalogue, but without a file: the zipper has nothing to stream.
+const NO_DATA: (&str, &str) = ("44444444-4444-4444-4444-444444444444", "EN1_NO_DATA");
 
 /// Deterministic bytes that differ at every offset pattern a bug could confuse.
 fn content(seed: u64, len: usize) -> Vec<u8> {
@@ -54,6 +57,10 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
 fn write_products(dir: &std::path::Path) -> HashMap<&'static str, Vec<u8>> {
     let mut data = HashMap::new();
     let mut entries = Vec::new();
+    // Known to the catalogue, no data behind it.
+    entries.push(serde_json::json!({
+        "Id": NO_DATA.0, "Name": NO_DATA.1, "ContentLength": 0, "Online": false,
+    }));
     for (i, (id, name, size)) in [SMALL, BIG, EMPTY].into_iter().enumerate() {
         let bytes = content(i as u64 + 1, size);
         std::fs::write(dir.join(format!("{name}.zip")), &bytes).unwrap();
@@ -176,11 +183,19 @@ struct Setup {
 }
 
 async fn setup_with(faults: Faults, tweak: impl FnOnce(&mut ZipperConfig, &Double)) -> Setup {
+    setup_full(|config| config.faults = faults, tweak).await
+}
+
+/// [`setup_with`], with a say over the double's configuration too.
+async fn setup_full(
+    double_tweak: impl FnOnce(&mut Config),
+    tweak: impl FnOnce(&mut ZipperConfig, &Double),
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let data = write_products(dir.path());
     let mut config = Config::with_user(USER, PASSWORD, TOTP_SECRET).products(dir.path());
-    config.faults = faults;
     config.seed = 7;
+    double_tweak(&mut config);
     let double = Double::start(config).await.unwrap();
     let tokens = Arc::new(DoubleTokens::new(&double));
     let mut cfg = ZipperConfig::new(double.download_template(), TokenPassing::Query);
