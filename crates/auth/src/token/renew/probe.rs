@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::super::endpoint::{self, Failure, Grant};
-use super::{Disk, TokenManager};
+use super::super::{Inner, TokenManager};
+use super::Disk;
 use crate::clock::ServerOffset;
 use crate::{AccessToken, AuthError, Secret};
 
@@ -67,13 +68,13 @@ struct Lifetimes {
     refresh_token: Option<String>,
 }
 
-impl TokenManager {
+impl Inner {
     /// The shared cached token when it is still fresh, else one password + TOTP login. A
     /// refusal is returned as [`AuthError::Refused`] with the server's `error_description` and
     /// `error`, and counts as the only attempt; transient failures are not retried either (a
     /// diagnosis reports them). A refusal another process recorded for these credentials within
     /// the last minutes is returned without any request.
-    pub async fn probe_login(&self) -> Result<LoginProbe, AuthError> {
+    pub(crate) async fn probe_login(&self) -> Result<LoginProbe, AuthError> {
         let (file, _lock) = match &self.shared {
             Some(shared) => match shared.lock().await {
                 Ok(guard) => (Some(shared), Some(guard)),
@@ -109,16 +110,25 @@ impl TokenManager {
         // Always measure the server's clock first: the diagnosis reports it, and a skewed
         // local clock must not spend the one attempt on a code for the wrong step.
         self.probe_clock().await;
-        let step = self.next_step().await;
-        if disk.last_totp_step < Some(step) {
-            disk.last_totp_step = Some(step);
-            disk.save();
+        let step = match &self.totp {
+            Some(_) => Some(self.next_step(false).await),
+            None => None,
+        };
+        if step.is_some() && disk.last_totp_step < step {
+            disk.last_totp_step = step;
         }
-        let code = self.totp.code(step);
+        let now = self.clock.now();
+        self.lock_state().last_password_at = Some(now);
+        disk.last_password_at = Some(super::super::cache::to_millis(now));
+        disk.save();
+        let code = match (&self.totp, step) {
+            (Some(totp), Some(step)) => Some(totp.code(step)),
+            _ => None,
+        };
         let grant = Grant::Password {
             user: &self.user,
             password: &self.password,
-            code: &code,
+            code: code.as_ref(),
         };
         match self.probe_exchange(grant).await {
             Ok((granted, lifetimes)) => {
@@ -132,7 +142,7 @@ impl TokenManager {
                     expires_in: lifetimes.expires_in,
                     refresh_expires_in: lifetimes.refresh_expires_in,
                     refresh_left,
-                    totp_step: Some(step),
+                    totp_step: step,
                     server_offset: self.lock_state().offset,
                 })
             }
@@ -141,7 +151,7 @@ impl TokenManager {
                 if let AuthError::Refused { reason, .. } = &e {
                     self.lock_state().refused = Some(e.clone());
                     disk.refusal = Some(super::super::cache::Refusal {
-                        fingerprint: self.fingerprint.clone(),
+                        fingerprint: self.fingerprint(&disk),
                         at: super::super::cache::to_millis(self.clock.now()),
                         reason: reason.clone(),
                     });
@@ -156,7 +166,7 @@ impl TokenManager {
 
     /// One refresh grant with the refresh token held (after [`TokenManager::probe_login`]).
     /// Not retried; a refusal is returned in the server's words. The new tokens are kept.
-    pub async fn probe_refresh(&self) -> Result<RefreshProbe, AuthError> {
+    pub(crate) async fn probe_refresh(&self) -> Result<RefreshProbe, AuthError> {
         let Some(refresh) = self.usable_refresh() else {
             return Err(AuthError::Protocol {
                 server: self.server.clone(),
@@ -214,7 +224,7 @@ impl TokenManager {
         let answer = endpoint::send(
             &self.client,
             &self.token_url,
-            grant.form(&self.client_id),
+            grant.form(&self.client_id, self.client_secret.as_ref()),
             self.clock.as_ref(),
         )
         .await?;
@@ -236,6 +246,19 @@ impl TokenManager {
             refresh_token: None,
         });
         Ok((granted, lifetimes))
+    }
+}
+
+impl TokenManager {
+    /// The shared cached token when it is still fresh, else one password + TOTP login, as
+    /// `eodata-mount doctor` wants it (see the module doc).
+    pub async fn probe_login(&self) -> Result<LoginProbe, AuthError> {
+        self.inner.probe_login().await
+    }
+
+    /// One refresh grant, not retried, its refusal in the server's words.
+    pub async fn probe_refresh(&self) -> Result<RefreshProbe, AuthError> {
+        self.inner.probe_refresh().await
     }
 }
 
