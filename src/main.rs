@@ -4,6 +4,7 @@
 //! - the mount (default command): [`mount`] over [`fs`] and the [`fuse`] adapter;
 //! - `token`: print a valid access token;
 //! - `download`: [`download`], the tutorial's job in one command.
+//! - `search`: [`search`], the catalogue searched with friendly criteria, a Name a line;
 //! - `doctor`: [`doctor`], what works and what does not, read-only, pasteable in a bug report;
 //! - `completions SHELL` and `man`: generated from the clap definitions in [`cli`];
 //! - the mount helper's form (`eodata-mount SOURCE MOUNTPOINT -o ...`): rewritten by [`helper`].
@@ -21,6 +22,7 @@ mod helper;
 mod logging;
 mod mount;
 mod mountpoint;
+mod search;
 mod stack;
 
 use std::process::ExitCode;
@@ -46,6 +48,9 @@ fn main() -> ExitCode {
         }
         Some(Command::Doctor(args)) => {
             stack::runtime().and_then(|rt| rt.block_on(doctor::run(&cli.common, args)))
+        }
+        Some(Command::Search(args)) => {
+            stack::runtime().and_then(|rt| rt.block_on(search::run(&cli.common, args)))
         }
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -15,6 +15,7 @@
 
 mod date;
 mod error;
+pub mod filter;
 mod http;
 mod odata;
 pub mod product;
