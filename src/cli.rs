@@ -62,6 +62,72 @@ pub enum Command {
     /// and one HEAD at the download service, one catalogue lookup. The output holds no secret:
     /// paste it into a bug report as it is. Exit status 0 only when a mount would work.
     Doctor(DoctorArgs),
+    /// Search the catalogue: one product Name a line (pipe it to download --from-file -).
+    ///
+    /// Criteria are joined with "and" and sent as one OData $filter; no login is needed.
+    Search(SearchArgs),
+}
+
+/// Options of `search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Collection, e.g. SENTINEL-1, SENTINEL-2, SENTINEL-3, SENTINEL-5P.
+    #[arg(long, value_name = "NAME")]
+    pub collection: Option<String>,
+
+    /// Product level, e.g. L1C, L2A, GRD, SLC (a test on the product name).
+    #[arg(long, value_name = "LEVEL")]
+    pub level: Option<String>,
+
+    /// Sensing start on or after this (YYYY-MM-DD or an ISO 8601 instant, UTC).
+    #[arg(long, value_name = "DATE")]
+    pub from: Option<String>,
+
+    /// Sensing start before this (YYYY-MM-DD: before that day begins).
+    #[arg(long, value_name = "DATE")]
+    pub to: Option<String>,
+
+    /// Footprint intersecting this box: W,S,E,N in degrees.
+    #[arg(
+        long,
+        value_name = "W,S,E,N",
+        allow_hyphen_values = true,
+        conflicts_with = "geometry"
+    )]
+    pub bbox: Option<String>,
+
+    /// Footprint intersecting the polygon in this GeoJSON file (WGS 84).
+    #[arg(long, value_name = "FILE.geojson")]
+    pub geometry: Option<PathBuf>,
+
+    /// Cloud cover at most this percentage.
+    #[arg(long, value_name = "PCT")]
+    pub cloud_max: Option<f64>,
+
+    /// Product names containing this text.
+    #[arg(long, value_name = "PATTERN")]
+    pub name: Option<String>,
+
+    /// Only products downloadable now.
+    #[arg(long)]
+    pub online_only: bool,
+
+    /// Most products printed.
+    #[arg(long, default_value_t = 100, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub limit: u64,
+
+    /// Print the catalogue entries as JSON.
+    #[arg(long, conflicts_with = "long")]
+    pub json: bool,
+
+    /// A header and columns: name, sensing start, size, online, UUID.
+    #[arg(long)]
+    pub long: bool,
+
+    /// A raw OData $filter, joined to the others with "and".
+    #[arg(long, value_name = "RAW")]
+    pub filter: Option<String>,
 }
 
 /// `eodata-mount cache list|clear`.

@@ -5,6 +5,7 @@
 //! - `token`: print a valid access token;
 //! - `download`: [`download`], the tutorial's job in one command;
 //! - `unmount MOUNTPOINT`: [`mount::unmount_command`], as root or as the mount's user;
+//! - `search`: [`search`], the catalogue searched with friendly criteria, a Name a line;
 //! - `doctor`: [`doctor`], what works and what does not, read-only, pasteable in a bug report;
 //! - `completions SHELL` and `man`: generated from the clap definitions in [`cli`];
 //! - `cache list|clear`: [`cache_cmd`], the disk cache seen and emptied;
@@ -24,6 +25,7 @@ mod helper;
 mod logging;
 mod mount;
 mod mountpoint;
+mod search;
 mod stack;
 
 use std::process::ExitCode;
@@ -52,6 +54,9 @@ fn main() -> ExitCode {
         Some(Command::Unmount { mountpoint }) => mount::unmount_command(mountpoint),
         Some(Command::Doctor(args)) => {
             stack::runtime().and_then(|rt| rt.block_on(doctor::run(&cli.common, args)))
+        }
+        Some(Command::Search(args)) => {
+            stack::runtime().and_then(|rt| rt.block_on(search::run(&cli.common, args)))
         }
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -16,6 +16,7 @@
 
 mod date;
 mod error;
+pub mod filter;
 mod http;
 pub mod nodes;
 mod odata;

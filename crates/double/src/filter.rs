@@ -6,8 +6,14 @@
 //! (`Name`, `Id`, `Online`, `ContentLength`, `ContentDate/Start`, `Collection/Name`, ...);
 //! `Collection/Name` also matches the store's plain `"Collection": "SENTINEL-2"`. Literals are
 //! 'strings' ('' escapes a quote), numbers, true/false, null and bare ISO datetimes
-//! (`2020-01-01T00:00:00.000Z`), compared as instants. Anything else is an error, which the
-//! catalogue answers with 400, as the real one does for filters it does not know.
+//! (`2020-01-01T00:00:00.000Z`), compared as instants. Also, as the real catalogue writes them:
+//! `OData.CSC.Intersects(area=geography'SRID=4326;POLYGON((lon lat,...))')`, approximated by
+//! the intersection of the polygon's and the `Footprint`'s bounding boxes (a product whose
+//! footprint only grazes the box's corner may match; fine for tests of a client's filters), and
+//! lambdas over collections such as `Attributes/OData.CSC.DoubleAttribute/any(att:att/Name eq
+//! 'cloudCover' and att/OData.CSC.DoubleAttribute/Value le 40)`, whose type casts
+//! (`OData.CSC.*` path segments) are ignored. Anything else is an error, which the catalogue
+//! answers with 400, as the real one does for filters it does not know.
 
 use serde_json::Value;
 
@@ -45,6 +51,10 @@ pub(crate) enum Expr {
     Not(Box<Expr>),
     Cmp(String, Op, Lit),
     Call(Func, String, String),
+    /// `OData.CSC.Intersects`: the polygon's bounding box (min lon, min lat, max lon, max lat).
+    Intersects([f64; 4]),
+    /// `Collection/any(var:expr)`: the collection's path, the variable, the condition.
+    Any(String, String, Box<Expr>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +167,43 @@ impl Parser {
                 self.expect(Tok::Close)?;
                 Ok(e)
             }
+            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("OData.CSC.Intersects") => {
+                self.expect(Tok::Open)?;
+                match self.next() {
+                    Some(Tok::Word(a)) if a.eq_ignore_ascii_case("area=geography") => {}
+                    other => return Err(format!("expected area=geography, found {other:?}")),
+                }
+                let wkt = match self.next() {
+                    Some(Tok::Str(v)) => v,
+                    other => return Err(format!("expected a geography literal, found {other:?}")),
+                };
+                self.expect(Tok::Close)?;
+                let bbox = bbox_of(&wkt).ok_or_else(|| format!("unsupported geography: {wkt}"))?;
+                Ok(Expr::Intersects(bbox))
+            }
+            Some(Tok::Word(w))
+                if w.to_ascii_lowercase().ends_with("/any")
+                    && self.toks.get(self.pos) == Some(&Tok::Open) =>
+            {
+                self.pos += 1;
+                let (var, rest) = match self.toks.get(self.pos) {
+                    Some(Tok::Word(x)) => match x.split_once(':') {
+                        Some((v, r)) => (v.to_string(), r.to_string()),
+                        None => return Err(format!("expected var:condition in any(), found {x}")),
+                    },
+                    other => {
+                        return Err(format!("expected var:condition in any(), found {other:?}"))
+                    }
+                };
+                self.toks[self.pos] = Tok::Word(rest);
+                let inner = self.or()?;
+                self.expect(Tok::Close)?;
+                Ok(Expr::Any(
+                    w[..w.len() - 4].to_string(),
+                    var,
+                    Box::new(inner),
+                ))
+            }
             Some(Tok::Word(w)) => {
                 let func = match w.to_ascii_lowercase().as_str() {
                     "contains" => Some(Func::Contains),
@@ -181,7 +228,7 @@ impl Parser {
                 if w.contains('(')
                     || !w
                         .chars()
-                        .all(|c| c.is_alphanumeric() || c == '/' || c == '_')
+                        .all(|c| c.is_alphanumeric() || c == '/' || c == '_' || c == '.')
                 {
                     return Err(format!("unsupported field or function: {w}"));
                 }
@@ -308,7 +355,8 @@ pub(crate) fn field<'a>(
     entity: &'a serde_json::Map<String, Value>,
     path: &str,
 ) -> Option<&'a Value> {
-    let mut parts = path.split('/');
+    // Type casts (`OData.CSC.DoubleAttribute`) name no member: skipped.
+    let mut parts = path.split('/').filter(|p| !p.starts_with("OData.CSC."));
     let mut v = entity.get(parts.next()?)?;
     for p in parts {
         v = match v {
@@ -331,9 +379,51 @@ fn compare(v: Option<&Value>, lit: &Lit) -> Option<std::cmp::Ordering> {
     }
 }
 
+/// The bounding box (min lon, min lat, max lon, max lat) of the numbers of a WKT polygon
+/// (`SRID=4326;POLYGON((x y, ...))`, optionally inside `geography'...'`).
+fn bbox_of(wkt: &str) -> Option<[f64; 4]> {
+    let upper = wkt.to_ascii_uppercase();
+    let body = &wkt[upper.find("POLYGON")? + "POLYGON".len()..];
+    let nums: Vec<f64> = body
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e' || c == 'E'))
+        .filter(|t| !t.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if nums.len() < 6 || !nums.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+    for p in nums.chunks(2) {
+        b = [
+            b[0].min(p[0]),
+            b[1].min(p[1]),
+            b[2].max(p[0]),
+            b[3].max(p[1]),
+        ];
+    }
+    Some(b)
+}
+
 pub(crate) fn matches(e: &Expr, entity: &serde_json::Map<String, Value>) -> bool {
     use std::cmp::Ordering::*;
     match e {
+        Expr::Intersects(a) => match entity
+            .get("Footprint")
+            .and_then(Value::as_str)
+            .and_then(bbox_of)
+        {
+            Some(f) => a[0] <= f[2] && f[0] <= a[2] && a[1] <= f[3] && f[1] <= a[3],
+            None => false,
+        },
+        Expr::Any(path, var, cond) => match field(entity, path) {
+            Some(Value::Array(items)) => items.iter().any(|item| {
+                let mut scope = serde_json::Map::new();
+                scope.insert(var.clone(), item.clone());
+                matches(cond, &scope)
+            }),
+            _ => false,
+        },
         Expr::And(a, b) => matches(a, entity) && matches(b, entity),
         Expr::Or(a, b) => matches(a, entity) || matches(b, entity),
         Expr::Not(a) => !matches(a, entity),
@@ -376,7 +466,11 @@ mod tests {
         json!({
             "Id": "AB-12", "Name": "S2A_MSIL1C_X.SAFE", "Online": true, "ContentLength": 100,
             "Collection": "SENTINEL-2",
-            "ContentDate": {"Start": "2018-09-27T05:12:21.024Z", "End": "2018-09-27T05:12:21.024Z"}
+            "ContentDate": {"Start": "2018-09-27T05:12:21.024Z", "End": "2018-09-27T05:12:21.024Z"},
+            "Footprint": "geography'SRID=4326;POLYGON ((68.8 -50.5, 69.9 -50.5, 69.9 -49.5, 68.8 -49.5, 68.8 -50.5))'",
+            "Attributes": [
+                {"@odata.type": "#OData.CSC.DoubleAttribute", "Name": "cloudCover", "Value": 23.5, "ValueType": "Double"}
+            ]
         })
         .as_object()
         .unwrap()
@@ -398,6 +492,13 @@ mod tests {
         assert!(m("ContentDate/Start gt 2018-01-01T00:00:00.000Z and ContentDate/Start lt 2019-01-01T00:00:00Z"));
         assert!(!m("ContentDate/Start ge 2018-09-27T05:12:21.025Z"));
         assert!(m("ContentDate/Start le 2018-09-27T05:12:21.024Z"));
+        // The footprint's box is about 68.8..69.9 E, 49.5..50.5 S (its name's tile, 42FXL).
+        assert!(m("OData.CSC.Intersects(area=geography'SRID=4326;POLYGON((60 -60,80 -60,80 -40,60 -40,60 -60))')"));
+        assert!(!m(
+            "OData.CSC.Intersects(area=geography'SRID=4326;POLYGON((0 0,1 0,1 1,0 1,0 0))')"
+        ));
+        assert!(m("Attributes/OData.CSC.DoubleAttribute/any(att:att/Name eq 'cloudCover' and att/OData.CSC.DoubleAttribute/Value le 40)"));
+        assert!(!m("Attributes/OData.CSC.DoubleAttribute/any(att:att/Name eq 'cloudCover' and att/OData.CSC.DoubleAttribute/Value le 10)"));
         assert!(m("Online eq true and ContentLength gt 50"));
         assert!(m(
             "(Name eq 'x' or Online eq true) and not (Online eq false)"
