@@ -20,6 +20,8 @@ fn healthy_double() -> Double {
     let mut cfg = double_config(Some(&products));
     cfg.access_lifetime = Duration::from_secs(ACCESS_SECS);
     cfg.refresh_lifetime = Duration::from_secs(REFRESH_SECS);
+    // A server that honours Range: the one case where every area is plainly ok.
+    cfg.faults.range = true;
     start_double(cfg)
 }
 
@@ -104,7 +106,6 @@ fn a_healthy_service_is_all_ok_with_its_real_lifetimes() {
 fn a_zipper_ignoring_range_is_a_warning_and_the_connection_is_dropped() {
     let double = healthy_double();
     double.set_faults(Faults {
-        no_range: true,
         // Slow enough that the product (1 MiB) cannot have been sent before the drop.
         bandwidth_per_conn: Some(128 << 10),
         ..Faults::default()

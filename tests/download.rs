@@ -254,7 +254,6 @@ fn several_products_stream_at_the_same_time() {
     const RATE: u64 = 2_000_000;
     let products = products(3, 8);
     let mut cfg = double_config(Some(&products));
-    cfg.faults.no_range = true;
     cfg.faults.bandwidth_per_conn = Some(RATE);
     let double = start_double(cfg);
     let ws = Workspace::new();

@@ -298,7 +298,7 @@ fn a_long_outage_with_a_short_read_timeout_is_eio_with_a_log_line() {
 #[test]
 fn a_server_ignoring_range_gives_the_right_bytes_or_eio_never_wrong_ones() {
     let products = products(2, 48);
-    let mut cfg = double_config(Some(&products));
+    let cfg = double_config(Some(&products));
     let double = start_double(cfg);
     let ws = Workspace::new();
     let mount = Mount::start(&ws, &double, &[]);

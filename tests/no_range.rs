@@ -116,7 +116,7 @@ fn cut_streams_restart_from_zero_and_bytes_stay_exact() {
 #[test]
 fn one_stream_fills_the_disk_cache_so_a_remount_reads_with_zero_requests() {
     let products = products(2, SIZE_MIB);
-    let mut cfg = double_config(Some(&products));
+    let cfg = double_config(Some(&products));
     let double = start_double(cfg);
     let ws = Workspace::new();
     let cache = ws.path().join("cache");
@@ -164,7 +164,7 @@ fn one_stream_fills_the_disk_cache_so_a_remount_reads_with_zero_requests() {
 #[test]
 fn download_streams_once_and_resumes_a_part_from_a_server_that_ignores_range() {
     let products = products(2, SIZE_MIB);
-    let mut cfg = double_config(Some(&products));
+    let cfg = double_config(Some(&products));
     let double = start_double(cfg);
     let ws = Workspace::new();
     let local = local_file(&products);

@@ -190,7 +190,6 @@ with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
 fn a_band_through_the_folder_costs_that_band_only_when_the_server_ignores_range() {
     let (zip, double, _ws, mount) = setup(
         |c| {
-            c.faults.no_range = true;
             c.faults.latency = std::time::Duration::from_millis(30);
             c.faults.bandwidth_per_conn = Some(20_000_000);
         },
@@ -278,7 +277,6 @@ fn cp_r_of_the_folder_is_exact_and_reads_ahead_across_files() {
     let store = many_band_store(&ws, 8, 2);
     let zip = store.join("bands.zip");
     let mut cfg = double_config(Some(&store));
-    cfg.faults.no_range = true;
     cfg.faults.latency = std::time::Duration::from_millis(30);
     cfg.faults.bandwidth_per_conn = Some(20_000_000);
     cfg.faults.max_connections_per_user = Some(4);

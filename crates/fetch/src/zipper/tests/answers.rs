@@ -188,7 +188,6 @@ async fn throttled_without_retry_after_backs_off_and_regrows() {
 async fn short_bodies_are_resumed_never_served_short() {
     let s = setup(Faults {
         cut_rate: 0.5,
-        no_range: true,
         ..Faults::default()
     })
     .await;
