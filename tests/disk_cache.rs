@@ -78,7 +78,7 @@ fn a_product_read_once_reads_again_after_a_remount_with_zero_requests() {
 #[test]
 fn a_corrupt_block_file_is_detected_and_fetched_again() {
     let products = products(2, SIZE_MIB);
-    let double = start_double(double_config(Some(&products)));
+    let double = start_double(ranged_config(Some(&products)));
     let ws = Workspace::new();
     let cache = ws.path().join("cache");
     let want = file_sha256(&local_file(&products));

@@ -50,7 +50,8 @@ fn two_products_in_parallel_through_expiring_tokens() {
 /// check that the second run resumed where the first stopped.
 fn resume_after(signal: i32) {
     let products = products(2, SIZE_MIB);
-    let mut cfg = double_config(Some(&products));
+    // Resuming at the .part length is the Range path (a no-Range server is tested below).
+    let mut cfg = ranged_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(2_000_000);
     let double = start_double(cfg);
     let ws = Workspace::new();
@@ -131,7 +132,7 @@ fn an_md5_mismatch_keeps_nothing() {
 #[test]
 fn complete_files_are_skipped_and_others_never_overwritten() {
     let products = products(2, SIZE_MIB);
-    let double = start_double(double_config(Some(&products)));
+    let double = start_double(ranged_config(Some(&products)));
     let ws = Workspace::new();
     let out = ws.run(&double, &["download", TUTORIAL_ID, "-o", "one.zip"]);
     assert!(

@@ -5,6 +5,10 @@
 //!
 //! Every read is compared with the product file at the same offset as it arrives, so a wrong
 //! byte is caught even when a later read fails.
+//!
+//! Most of these faults strike per request, so they run against a double that honours Range
+//! (many requests per copy); against a server that ignores Range a product is one stream, and
+//! its faults (cuts, other bytes, checksums) are in tests/no_range.rs and tests/real_zipper.rs.
 
 mod support;
 
@@ -153,7 +157,7 @@ fn copy_under(
 #[test]
 fn refused_refreshes_and_40_s_tokens_renew_by_password_with_fresh_steps() {
     let products = products(2, BIG_MIB);
-    let mut cfg = double_config(Some(&products));
+    let mut cfg = ranged_config(Some(&products));
     cfg.access_lifetime = Duration::from_secs(40);
     cfg.faults.refuse_refresh = true;
     // 4 x 1.5 MB/s: about 35 s, past the renewal point of a 40 s token (27 s) at least once.
@@ -180,7 +184,7 @@ fn refused_refreshes_and_40_s_tokens_renew_by_password_with_fresh_steps() {
 #[test]
 fn tokens_revoked_mid_copy_are_renewed() {
     let products = products(2, BIG_MIB);
-    let mut cfg = double_config(Some(&products));
+    let mut cfg = ranged_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(6_000_000);
     let (double, _, _) = copy_under(&products, cfg, &[], |d| {
         std::thread::sleep(Duration::from_secs(3));
@@ -197,7 +201,7 @@ fn tokens_revoked_mid_copy_are_renewed() {
 #[test]
 fn one_in_ten_requests_failing_with_503_costs_nothing() {
     let products = products(2, BIG_MIB);
-    let mut cfg = double_config(Some(&products));
+    let mut cfg = ranged_config(Some(&products));
     cfg.faults.fail_rate = 0.1;
     let (double, _, _) = copy_under(&products, cfg, &[], |_| {});
     assert!(outcomes(&double, "fault_503") >= 1);
@@ -206,7 +210,7 @@ fn one_in_ten_requests_failing_with_503_costs_nothing() {
 #[test]
 fn one_in_ten_bodies_cut_is_resumed() {
     let products = products(2, BIG_MIB);
-    let mut cfg = double_config(Some(&products));
+    let mut cfg = ranged_config(Some(&products));
     cfg.faults.cut_rate = 0.1;
     let (double, _, _) = copy_under(&products, cfg, &[], |_| {});
     assert!(outcomes(&double, "cut") >= 1);
@@ -215,7 +219,7 @@ fn one_in_ten_bodies_cut_is_resumed() {
 #[test]
 fn bursts_of_429_with_retry_after_are_waited_out() {
     let products = products(2, BIG_MIB);
-    let mut cfg = double_config(Some(&products));
+    let mut cfg = ranged_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(16_000_000);
     cfg.faults.rate_limit_burst = 10;
     cfg.faults.retry_after_secs = Some(1);
@@ -236,7 +240,7 @@ fn bursts_of_429_with_retry_after_are_waited_out() {
 #[test]
 fn a_server_cap_of_two_connections_under_max_connections_8() {
     let products = products(2, BIG_MIB);
-    let mut cfg = double_config(Some(&products));
+    let mut cfg = ranged_config(Some(&products));
     cfg.faults.max_connections_per_user = Some(2);
     cfg.faults.bandwidth_per_conn = Some(12_000_000);
     let (double, _, _) = copy_under(&products, cfg, &["--max-connections", "8"], |_| {});
@@ -250,7 +254,7 @@ fn a_server_cap_of_two_connections_under_max_connections_8() {
 #[test]
 fn a_20_s_outage_mid_copy_is_waited_out() {
     let products = products(2, BIG_MIB);
-    let mut cfg = double_config(Some(&products));
+    let mut cfg = ranged_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(8_000_000);
     let (double, copy, _) = copy_under(&products, cfg, &[], |d| {
         std::thread::sleep(Duration::from_secs(2));
@@ -263,7 +267,7 @@ fn a_20_s_outage_mid_copy_is_waited_out() {
 #[test]
 fn a_long_outage_with_a_short_read_timeout_is_eio_with_a_log_line() {
     let products = products(2, 48);
-    let mut cfg = double_config(Some(&products));
+    let mut cfg = ranged_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(4_000_000);
     let double = start_double(cfg);
     let ws = Workspace::new();
@@ -452,7 +456,7 @@ fn an_account_disabled_during_a_mount_is_not_retried_in_a_loop() {
 /// unmounts and exits; nothing stays mounted.
 fn signal_during_a_copy(sig: i32) {
     let products = products(2, 48);
-    let mut cfg = double_config(Some(&products));
+    let mut cfg = ranged_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(1_000_000);
     let double = start_double(cfg);
     let ws = Workspace::new();

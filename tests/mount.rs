@@ -91,7 +91,8 @@ fn tools_read_identical_bytes_through_the_mount() {
 #[test]
 fn expiring_tokens_during_a_slow_copy_cost_no_error_and_no_herd() {
     let products = products(2, SIZE_MIB);
-    let mut cfg = double_config(Some(&products));
+    // Many requests over the copy (ranged reads), so that tokens expire between them.
+    let mut cfg = ranged_config(Some(&products));
     cfg.access_lifetime = Duration::from_secs(3);
     cfg.refresh_lifetime = Duration::from_secs(8);
     // 4 connections x 3.5 MB/s: the copy takes about 15 s, so the token expires ~5 times.
@@ -177,7 +178,7 @@ fn concurrent_readers_share_fetches_and_warm_rereads_are_free() {
 #[test]
 fn random_reads_fetch_only_the_blocks_they_touch() {
     let products = products(2, SIZE_MIB);
-    let double = start_double(double_config(Some(&products)));
+    let double = start_double(ranged_config(Some(&products)));
     let ws = Workspace::new();
     let mount = Mount::start(&ws, &double, &["--product", TUTORIAL_ID]);
     let script = format!(

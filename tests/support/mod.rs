@@ -105,6 +105,14 @@ pub fn double_config(products: Option<&Path>) -> Config {
     cfg
 }
 
+/// [`double_config`] for a server that honours Range: for tests of the ranged fast path (the
+/// double, like the real zipper, ignores Range by default).
+pub fn ranged_config(products: Option<&Path>) -> Config {
+    let mut cfg = double_config(products);
+    cfg.faults.range = true;
+    cfg
+}
+
 pub fn start_double(cfg: Config) -> Double {
     Double::start_in_thread(cfg).expect("start the double")
 }

@@ -501,6 +501,10 @@ impl DiskStore {
                     blocks += 1;
                 }
             }
+            if blocks == 0 && info.is_none() {
+                // Only a stream lock left behind by `remove_product` or an empty start.
+                continue;
+            }
             let whole = size.is_some_and(|s| blocks == s.div_ceil(DISK_BLOCK_SIZE) && held == s);
             out.push(CachedProduct {
                 id,

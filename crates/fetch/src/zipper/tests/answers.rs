@@ -37,7 +37,7 @@ async fn audience_609_is_final_no_renewal_one_clear_line() {
     let _guard = tracing::subscriber::set_default(cap.subscriber(tracing::Level::INFO));
     let s = setup(Faults {
         wrong_audience: true,
-        ..Faults::default()
+        ..ranged()
     })
     .await;
     let (id, _, _) = SMALL;
@@ -75,7 +75,7 @@ async fn audience_609_is_final_no_renewal_one_clear_line() {
 async fn spurious_401_is_waited_out_with_one_renewal() {
     let s = setup(Faults {
         spurious_401_ms: 5_000,
-        ..Faults::default()
+        ..ranged()
     })
     .await;
     let (id, _, _) = SMALL;
@@ -93,7 +93,7 @@ async fn spurious_401_is_waited_out_with_one_renewal() {
 
 #[tokio::test]
 async fn no_objects_915_is_no_data_not_not_found() {
-    let s = setup(Faults::default()).await;
+    let s = setup(ranged()).await;
     let err = s.zipper.get_range(NO_DATA.0, 0..10).await.unwrap_err();
     assert!(matches!(err, FetchError::NoData(..)), "{err:?}");
     assert!(err.to_string().contains("has no data online"), "{err}");
@@ -104,7 +104,7 @@ async fn no_objects_915_is_no_data_not_not_found() {
 
 #[tokio::test]
 async fn unreadable_uuid_422_is_our_bug() {
-    let s = setup(Faults::default()).await;
+    let s = setup(ranged()).await;
     let quoted = format!("'{}'", SMALL.0);
     let err = s.zipper.get_range(&quoted, 0..10).await.unwrap_err();
     assert!(matches!(err, FetchError::Bug(_)), "{err:?}");
@@ -122,7 +122,7 @@ async fn forbidden_608_asks_to_accept_the_terms_with_the_trace_id() {
     let _guard = tracing::subscriber::set_default(cap.subscriber(tracing::Level::INFO));
     let s = setup(Faults {
         forbidden: true,
-        ..Faults::default()
+        ..ranged()
     })
     .await;
     let err = s.zipper.get_range(SMALL.0, 0..10).await.unwrap_err();
@@ -147,7 +147,7 @@ async fn throttled_without_retry_after_backs_off_and_regrows() {
         Faults {
             max_connections_per_user: Some(2),
             bandwidth_per_conn: Some(8 << 20),
-            ..Faults::default()
+            ..ranged()
         },
         |cfg, _| cfg.max_connections = 4,
     )

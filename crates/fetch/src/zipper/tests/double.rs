@@ -8,7 +8,7 @@ use super::*;
 
 #[tokio::test]
 async fn zipper_info_and_byte_exact_ranges() {
-    let s = setup(Faults::default()).await;
+    let s = setup(ranged()).await;
     let (id, name, size) = BIG;
     let want = &s.data[id];
 
@@ -81,7 +81,7 @@ async fn zipper_info_and_byte_exact_ranges() {
 
 #[tokio::test]
 async fn zipper_concurrent_info_asks_once() {
-    let s = setup(Faults::default()).await;
+    let s = setup(ranged()).await;
     let (id, _, size) = SMALL;
     let infos = futures::future::join_all((0..8).map(|_| s.zipper.info(id))).await;
     for i in infos {
@@ -93,7 +93,7 @@ async fn zipper_concurrent_info_asks_once() {
 
 #[tokio::test]
 async fn zipper_not_found_and_bearer_and_legacy_urls() {
-    let s = setup_with(Faults::default(), |cfg, d| {
+    let s = setup_with(ranged(), |cfg, d| {
         cfg.url_template = d.legacy_download_template();
         cfg.token_passing = TokenPassing::Bearer;
     })
@@ -118,7 +118,7 @@ async fn zipper_not_found_and_bearer_and_legacy_urls() {
 
 #[tokio::test]
 async fn zipper_renews_a_revoked_token() {
-    let s = setup(Faults::default()).await;
+    let s = setup(ranged()).await;
     let (id, _, size) = BIG;
     let got = s.zipper.get_range(id, 0..1000).await.unwrap();
     assert_eq!(&got[..], &s.data[id][..1000]);

@@ -10,7 +10,7 @@ use super::*;
 async fn zipper_rides_out_an_outage() {
     let s = setup(Faults {
         bandwidth_per_conn: Some(4 << 20),
-        ..Faults::default()
+        ..ranged()
     })
     .await;
     let (id, _, size) = BIG;
@@ -31,7 +31,7 @@ async fn zipper_rides_out_an_outage() {
 async fn zipper_resumes_cut_bodies() {
     let s = setup(Faults {
         cut_rate: 0.3,
-        ..Faults::default()
+        ..ranged()
     })
     .await;
     let (id, _, size) = BIG;
@@ -50,7 +50,7 @@ async fn zipper_resumes_cut_bodies() {
 async fn zipper_retries_503() {
     let s = setup(Faults {
         fail_rate: 0.1,
-        ..Faults::default()
+        ..ranged()
     })
     .await;
     let (id, _, size) = BIG;
@@ -70,7 +70,7 @@ async fn zipper_gives_up_on_a_failing_service_with_a_clear_error() {
         Faults {
             fail_rate: 1.0,
             garbage_zipper_errors: true,
-            ..Faults::default()
+            ..ranged()
         },
         |cfg, _| cfg.max_retries = 2,
     )
@@ -86,7 +86,7 @@ async fn zipper_gives_up_on_a_failing_service_with_a_clear_error() {
     // JSON error bodies give code and message.
     s.double.set_faults(Faults {
         fail_rate: 1.0,
-        ..Faults::default()
+        ..ranged()
     });
     let msg = s
         .zipper
@@ -105,7 +105,7 @@ async fn zipper_honours_429_retry_after() {
     let s = setup(Faults {
         rate_limit_burst: 2,
         retry_after_secs: Some(1),
-        ..Faults::default()
+        ..ranged()
     })
     .await;
     let (id, _, _) = SMALL;
@@ -130,7 +130,7 @@ async fn zipper_adapts_to_a_connection_cap() {
             max_connections_per_user: Some(2),
             // Slow enough that bodies overlap and the cap is really hit.
             bandwidth_per_conn: Some(8 << 20),
-            ..Faults::default()
+            ..ranged()
         },
         |cfg, _| cfg.max_connections = 8,
     )

@@ -212,6 +212,15 @@ async fn setup_full(
     }
 }
 
+/// A double that honours Range: the zipper's ranged fast path, as a server offering Range
+/// would serve it (the double ignores Range by default, as the real zipper does).
+fn ranged() -> Faults {
+    Faults {
+        range: true,
+        ..Faults::default()
+    }
+}
+
 async fn setup(faults: Faults) -> Setup {
     setup_with(faults, |_, _| {}).await
 }
