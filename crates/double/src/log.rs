@@ -36,7 +36,7 @@ pub struct LogEntry {
     /// `"no_token"`, `"unknown_token"`, `"expired_token"`, `"revoked_token"`, `"not_found"`,
     /// `"fault_503"`, `"429"` (rate-limit burst), `"max_connections"`,
     /// `"range_not_satisfiable"`, `"tampered"`, `"cut"`, `"aborted"` (the client went away),
-    /// `"io_error"`. Catalogue: `"ok"`, `"not_found"`, `"bad_filter"`, `"garbage"`. Any
+    /// `"io_error"`; Nodes downloads also `"malformed"` (a quoted key, 400). Catalogue: `"ok"`, `"not_found"`, `"bad_filter"`, `"garbage"`. Any
     /// service: `"outage"` (dropped unanswered, status 0), `"method_not_allowed"`, `"bad_body"`.
     pub outcome: String,
     pub product: Option<String>,
