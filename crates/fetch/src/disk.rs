@@ -557,10 +557,12 @@ impl DiskStore {
             let path = f.path();
             let is_block = path.extension().is_some_and(|e| e == "blk");
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            if (is_block || path.file_name().is_some_and(|n| n == "info.json"))
-                && std::fs::remove_file(&path).is_ok()
-                && is_block
-            {
+            let is_info = path.file_name().is_some_and(|n| n == "info.json");
+            if !(is_block || is_info) {
+                continue;
+            }
+            let removed = std::fs::remove_file(&path).is_ok();
+            if removed && is_block {
                 self.sub_used(len);
             }
         }
