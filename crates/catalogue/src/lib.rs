@@ -71,14 +71,14 @@ impl Default for Options {
     }
 }
 
-/// Largest `$top` the services accept (protocol.md).
+/// Largest `$top` the services accept (docs/protocol.md).
 const MAX_PAGE: usize = 1000;
 
 /// The order of every paged query: the services only order fully (by this, then by id)
 /// when asked to; unordered pages may repeat or skip products.
 const ORDER: &str = "ContentDate/Start asc";
 
-/// Largest `$skip` the services accept (protocol.md); paging by `$skip` stops there.
+/// Largest `$skip` the services accept (docs/protocol.md); paging by `$skip` stops there.
 const MAX_SKIP: usize = 10_000;
 
 /// Candidates asked for when a name without extension is looked up with `startswith`: the exact
