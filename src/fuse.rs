@@ -2,12 +2,12 @@
 //! from that task. Nothing here waits on the network, so the FUSE loop is never blocked: a slow
 //! read holds a tokio task, not the loop.
 //!
-//! Errors become errno here and only here ([`errno`]).
+//! Errors become errno here, through [`FsError::errno`] ([`errno`]).
 
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use eodata_fetch::{FetchError, RangeSource};
+use eodata_fetch::RangeSource;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
@@ -37,22 +37,9 @@ impl<R: Resolver, S: RangeSource> FuseAdapter<R, S> {
     }
 }
 
-/// The errno a failed operation returns to the reader.
+/// The errno a failed operation returns to the reader ([`FsError::errno`]).
 pub fn errno(e: &FsError) -> Errno {
-    match e {
-        FsError::NotFound => Errno::ENOENT,
-        FsError::NotADirectory => Errno::ENOTDIR,
-        FsError::IsADirectory => Errno::EISDIR,
-        FsError::ReadOnly => Errno::EROFS,
-        FsError::BadHandle => Errno::EBADF,
-        FsError::NoAttribute => Errno::NO_XATTR,
-        FsError::Offline(_) => Errno::EIO,
-        FsError::Catalogue(_) => Errno::EIO,
-        FsError::Fetch(FetchError::NotFound(_)) => Errno::ENOENT,
-        FsError::Fetch(FetchError::Auth(eodata_auth::AuthError::Refused { .. })) => Errno::EACCES,
-        FsError::Fetch(FetchError::Forbidden(_)) => Errno::EACCES,
-        FsError::Fetch(_) => Errno::EIO,
-    }
+    Errno::from_i32(e.errno())
 }
 
 impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {

@@ -510,3 +510,34 @@ fn sigterm_during_a_copy_unmounts_cleanly() {
 fn sigint_during_a_copy_unmounts_cleanly() {
     signal_during_a_copy(libc::SIGINT);
 }
+
+/// Nothing listening where the service was (the double stopped: connections refused): a read
+/// fails with EIO within 30 s at the default flags, not after the 120 s read timeout, and the
+/// log says so in one ERROR line for the outage, not one per read.
+#[test]
+fn reads_with_the_service_down_fail_within_30_s_with_one_error_line() {
+    let products = products(2, 8);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let mount = Mount::start(&ws, &double, &[]);
+    let (first, _, _) = product(&products, 0);
+    let (second, _, _) = product(&products, 1);
+    // The login and both lookups happen while the service is up.
+    std::fs::read(mount.path(&format!("{first}.zip"))).unwrap();
+    let path = mount.path(&format!("{second}.zip"));
+    std::fs::metadata(&path).unwrap();
+    double.stop();
+    let started = Instant::now();
+    let err = std::fs::read(&path).expect_err("the service is down");
+    let took = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err:?}");
+    assert!(took <= Duration::from_secs(30), "{took:?}");
+    // More reads during the same outage: each fails, none adds an ERROR line.
+    for _ in 0..3 {
+        assert!(std::fs::read(&path).is_err());
+    }
+    let log = mount.log_text();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(errors.len(), 1, "one ERROR line per outage:\n{log}");
+    assert!(errors[0].contains("unreachable"), "{log}");
+}

@@ -5,7 +5,7 @@
 //! inode, whichever directory it was found through.
 //!
 //! A product's size is either *exact* (the download said so) or a *hint* (the catalogue's
-//! `ContentLength`, which protocol.md warns may differ, or 0 when unknown). Listings use hints
+//! `ContentLength`, which docs/protocol.md warns may differ, or 0 when unknown). Listings use hints
 //! so that `ls -l` of thousands of products costs no request per file; `open` makes the size
 //! exact before the first read (see `Fs::open`).
 

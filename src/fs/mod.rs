@@ -147,12 +147,32 @@ pub enum FsError {
     BadHandle,
     #[error("no such attribute")]
     NoAttribute,
-    #[error("product {0} is offline (in cold storage) and cannot be read now")]
+    #[error("product {0} is offline (in cold storage): order it in the Data Workspace")]
     Offline(String),
     #[error("catalogue: {0}")]
     Catalogue(String),
     #[error(transparent)]
     Fetch(#[from] FetchError),
+}
+
+impl FsError {
+    /// The errno a failed operation returns to the reader: what cannot be found is ENOENT,
+    /// what the account may not read is EACCES, everything that failed on the way is EIO.
+    pub fn errno(&self) -> libc::c_int {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle => libc::EBADF,
+            FsError::NoAttribute => libc::ENODATA,
+            FsError::Offline(_) | FsError::Catalogue(_) => libc::EIO,
+            FsError::Fetch(FetchError::NotFound(_)) => libc::ENOENT,
+            FsError::Fetch(e) if e.is_login_refused() => libc::EACCES,
+            FsError::Fetch(FetchError::Forbidden(_) | FetchError::Audience(_)) => libc::EACCES,
+            FsError::Fetch(_) => libc::EIO,
+        }
+    }
 }
 
 /// Tuning of the filesystem layer.
@@ -605,7 +625,8 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         self.refuse_changed(&node.meta.id)?;
         if !node.meta.online {
             let msg = format!(
-                "{} is offline (cold storage); it cannot be read until the provider restores it",
+                "{} is offline (cold storage); offline: order it in the Data Workspace, then read \
+                 it again once the provider has restored it",
                 node.meta.name
             );
             tracing::warn!("{msg}");
@@ -696,9 +717,9 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             Err(e) => {
                 self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
                 let msg = format!("read of {name} at {offset} (+{len}) failed: {e}");
-                // A refused login fails every read alike and the zipper has said why once;
-                // a line per read would bury it (readers retry).
-                if matches!(e, FetchError::Auth(eodata_auth::AuthError::Refused { .. })) {
+                // A refused login, a refused audience or an outage fails every read alike and
+                // the zipper has said why once; a line per read would bury it (readers retry).
+                if e.is_logged_once() {
                     tracing::debug!("{msg}");
                 } else {
                     tracing::error!("{msg}");

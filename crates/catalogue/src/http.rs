@@ -25,6 +25,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Bytes of an error body quoted in a message: enough for an OData error's text.
 const ERROR_BODY_QUOTE: usize = 300;
 
+/// Most bytes of a catalogue answer read: a page of 1000 products with their attributes is
+/// a few MB; past this the answer is not a catalogue's, and memory is not spent on it.
+const MAX_BODY: usize = 64 << 20;
+
+/// What is asked: an entity (`Products(<uuid>)`), whose 404 means "no such product", or a
+/// collection (`Products?$filter=`), whose 404 the real catalogue answers now and then for
+/// queries that do match (docs/protocol.md): retried like a 5xx.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Entity,
+    Collection,
+}
+
 /// What a successful exchange gave.
 pub(crate) enum Answer {
     Json(serde_json::Value),
@@ -37,10 +50,11 @@ pub(crate) async fn get_json(
     http: &reqwest::Client,
     url: &url::Url,
     opts: &Options,
+    kind: Kind,
 ) -> Result<Answer, CatalogueError> {
     let mut attempt = 1;
     loop {
-        let wait = match once(http, url, opts).await {
+        let wait = match once(http, url, opts, kind).await {
             Ok(answer) => return Ok(answer),
             Err(Failure::Final(e)) => return Err(e),
             Err(Failure::Transient {
@@ -72,7 +86,12 @@ enum Failure {
     Final(CatalogueError),
 }
 
-async fn once(http: &reqwest::Client, start: &url::Url, opts: &Options) -> Result<Answer, Failure> {
+async fn once(
+    http: &reqwest::Client,
+    start: &url::Url,
+    opts: &Options,
+    kind: Kind,
+) -> Result<Answer, Failure> {
     let mut url = start.clone();
     for _ in 0..=MAX_REDIRECTS {
         tracing::trace!(%url, "catalogue GET");
@@ -107,10 +126,13 @@ async fn once(http: &reqwest::Client, start: &url::Url, opts: &Options) -> Resul
                 retry_after,
             });
         }
-        let body = response.bytes().await.map_err(|e| Failure::Transient {
-            reason: format!("body cut: {}", eodata_http::error_chain(&e)),
-            retry_after: None,
-        })?;
+        let body = read_body(response, &url).await?;
+        if status.as_u16() == 404 && kind == Kind::Collection {
+            return Err(Failure::Transient {
+                reason: "HTTP 404 to a search".into(),
+                retry_after: None,
+            });
+        }
         if status.as_u16() == 404 {
             return Ok(Answer::NotFound);
         }
@@ -118,7 +140,7 @@ async fn once(http: &reqwest::Client, start: &url::Url, opts: &Options) -> Resul
             return Err(Failure::Final(CatalogueError::Rejected {
                 url: url.to_string(),
                 status: status.as_u16(),
-                message: quote_body(&body),
+                message: detail(&body).unwrap_or_else(|| quote_body(&body)),
             }));
         }
         return serde_json::from_slice(&body)
@@ -134,6 +156,61 @@ async fn once(http: &reqwest::Client, start: &url::Url, opts: &Options) -> Resul
         url: start.to_string(),
         reason: format!("more than {MAX_REDIRECTS} redirects"),
     }))
+}
+
+/// A body, at most [`MAX_BODY`] bytes of it.
+async fn read_body(mut response: reqwest::Response, url: &url::Url) -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(c)) => {
+                if body.len() + c.len() > MAX_BODY {
+                    return Err(Failure::Final(CatalogueError::Protocol {
+                        url: url.to_string(),
+                        reason: format!("an answer larger than {} MiB", MAX_BODY >> 20),
+                    }));
+                }
+                body.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(Failure::Transient {
+                    reason: format!("body cut: {}", eodata_http::error_chain(&e)),
+                    retry_after: None,
+                })
+            }
+        }
+    }
+}
+
+/// The message of an OData error body: `{"detail": {"message": ...}}`, or the list FastAPI
+/// answers a limit with (422: `{"detail": [{"loc": ["query", "$skip"], "msg": ...}]}`), as
+/// "$skip: Input should be less than or equal to 10000".
+fn detail(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let d = v.get("detail")?;
+    if let Some(list) = d.as_array() {
+        let parts: Vec<String> = list
+            .iter()
+            .filter_map(|e| {
+                let msg = e.get("msg")?.as_str()?;
+                let at = e
+                    .get("loc")
+                    .and_then(|l| l.as_array())
+                    .and_then(|l| l.last())
+                    .and_then(|l| l.as_str());
+                Some(match at {
+                    Some(at) => format!("{at}: {msg}"),
+                    None => msg.to_string(),
+                })
+            })
+            .collect();
+        return (!parts.is_empty()).then(|| parts.join("; "));
+    }
+    d.get("message")
+        .and_then(|m| m.as_str())
+        .or_else(|| d.as_str())
+        .map(str::to_string)
 }
 
 /// The start of a body, on one line, for an error message.

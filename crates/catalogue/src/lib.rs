@@ -74,10 +74,14 @@ impl Default for Options {
     }
 }
 
-/// Largest `$top` the services accept (protocol.md).
+/// Largest `$top` the services accept (docs/protocol.md).
 const MAX_PAGE: usize = 1000;
 
-/// Largest `$skip` the services accept (protocol.md); paging by `$skip` stops there.
+/// The order of every paged query: the services only order fully (by this, then by id)
+/// when asked to; unordered pages may repeat or skip products.
+const ORDER: &str = "ContentDate/Start asc";
+
+/// Largest `$skip` the services accept (docs/protocol.md); paging by `$skip` stops there.
 const MAX_SKIP: usize = 10_000;
 
 /// Candidates asked for when a name without extension is looked up with `startswith`: the exact
@@ -203,7 +207,10 @@ impl Catalogue {
                         tracing::warn!("catalogue query stopped after {} results: the service pages no further than $skip={MAX_SKIP}; narrow the filter", out.len());
                         break;
                     }
-                    let mut params = vec![("$top", top.to_string())];
+                    // Without $orderby the service's order is unstable between pages, and
+                    // paging loses or repeats products (docs/protocol.md, "Catalogue").
+                    let mut params =
+                        vec![("$orderby", ORDER.to_string()), ("$top", top.to_string())];
                     if !filter.trim().is_empty() {
                         params.insert(0, ("$filter", filter.to_string()));
                     }
@@ -247,7 +254,13 @@ impl Catalogue {
     async fn lookup(&self, key: &str) -> Lookup {
         if odata::is_uuid(key) {
             let id = key.to_ascii_lowercase();
-            match http::get_json(&self.http, &odata::entity_url(&self.base, &id), &self.opts).await
+            match http::get_json(
+                &self.http,
+                &odata::entity_url(&self.base, &id),
+                &self.opts,
+                http::Kind::Entity,
+            )
+            .await
             {
                 Ok(Answer::Json(json)) => {
                     let url = odata::entity_url(&self.base, &id);
@@ -287,6 +300,7 @@ impl Catalogue {
             &self.base,
             &[
                 ("$filter", odata::name_startswith(key)),
+                ("$orderby", ORDER.to_string()),
                 ("$top", STEM_CANDIDATES.to_string()),
             ],
         );
@@ -308,9 +322,11 @@ impl Catalogue {
         }
     }
 
-    /// One page of search results and its `@odata.nextLink`. A 404 is an empty page.
+    /// One page of search results and its `@odata.nextLink`. A 404 to a search is retried as
+    /// a passing fault (the real catalogue answers some now and then).
     async fn page(&self, url: &url::Url) -> Result<(Vec<Product>, Option<String>), CatalogueError> {
-        let json = match http::get_json(&self.http, url, &self.opts).await? {
+        let json = match http::get_json(&self.http, url, &self.opts, http::Kind::Collection).await?
+        {
             Answer::Json(json) => json,
             Answer::NotFound => return Ok((Vec::new(), None)),
         };

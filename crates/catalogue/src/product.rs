@@ -1,7 +1,7 @@
 //! What the catalogue says about a product, and how it says it.
 //!
 //! [`Product`] is this crate's answer: plain Rust types, no OData. The `Wire*` types mirror the
-//! JSON of the OData `Products` entity (fields listed in protocol.md) and are converted here,
+//! JSON of the OData `Products` entity (fields listed in docs/protocol.md) and are converted here,
 //! leniently: a date or checksum this client cannot read is dropped with a debug log rather than
 //! failing the lookup, since the product can still be downloaded without it. Only a missing
 //! `Id` or `Name` makes an entry unusable.
@@ -21,7 +21,7 @@ pub struct Product {
     /// E.g. `S2A_MSIL1C_20180927T051221_N0206_R033_T42FXL_20180927T073143.SAFE`.
     pub name: String,
     /// `ContentLength`, `None` when absent or 0. Only a hint: the download's own length is the
-    /// truth (protocol.md: the two may differ).
+    /// truth (docs/protocol.md: the two may differ).
     pub size_hint: Option<u64>,
     pub origin_date: Option<SystemTime>,
     pub publication_date: Option<SystemTime>,
@@ -157,7 +157,7 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    /// One search answer in the shape the CREODIAS/CDSE catalogue gives (protocol.md fields).
+    /// One search answer in the shape the CREODIAS/CDSE catalogue gives (docs/protocol.md fields).
     pub(crate) const SEARCH_ANSWER: &str = r#"{
       "@odata.context": "$metadata#Products",
       "value": [

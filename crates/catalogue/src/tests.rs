@@ -696,3 +696,46 @@ fn catalogue_answers_never_panic_on_mutated_json() {
         let _ = normalise(&s);
     }
 }
+
+/// The double shuffles answers asked without `$orderby`, as the real catalogue's order is
+/// unstable: paging 2,500 products lists each exactly once only because every page asks for
+/// `$orderby=ContentDate/Start asc`.
+#[tokio::test]
+async fn paging_2500_shuffled_products_lists_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let products: Vec<serde_json::Value> = (0..2500)
+        .map(|i| {
+            serde_json::json!({
+                "Id": format!("00000000-0000-0000-0000-{i:012}"),
+                "Name": format!("S2A_MSIL1C_P{i:05}.SAFE"),
+                "ContentLength": 0, "Online": true, "Checksum": [],
+                "ContentDate": {
+                    "Start": format!("2020-01-01T{:02}:{:02}:{:02}.000000Z", i / 3600, i / 60 % 60, i % 60),
+                    "End": "2020-01-02T00:00:00.000000Z"
+                },
+            })
+        })
+        .collect();
+    std::fs::write(
+        dir.path().join("index.json"),
+        serde_json::to_vec(&serde_json::json!({ "products": products })).unwrap(),
+    )
+    .unwrap();
+    let mut config = fake_creodias::Config::default().products(dir.path());
+    config.seed = 11;
+    let double = fake_creodias::Double::start(config).await.unwrap();
+    let cat = Catalogue::with_options(
+        url::Url::parse(&double.catalogue_url()).unwrap(),
+        reqwest::Client::new(),
+        fast(),
+    );
+    let got = cat.query("startswith(Name,'S2A')", 5000).await.unwrap();
+    let ids: HashSet<&str> = got.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(got.len(), 2500);
+    assert_eq!(ids.len(), 2500, "each exactly once");
+    // ContentLength 0 is "unknown", not an empty product.
+    assert!(got.iter().all(|p| p.size_hint.is_none()), "{:?}", got[0]);
+    for e in double.log().iter().filter(|e| e.service == "catalogue") {
+        assert!(e.path.contains("orderby"), "{}", e.path);
+    }
+}

@@ -1,5 +1,5 @@
 //! Resolve, caching and paging against the workspace's CREODIAS double (`fake-creodias`), so
-//! this client and the double's catalogue cannot drift apart: both follow protocol.md.
+//! this client and the double's catalogue cannot drift apart: both follow docs/protocol.md.
 
 use std::time::Duration;
 

@@ -51,7 +51,7 @@ impl Provider {
         }
     }
 
-    /// Published endpoints (see protocol.md).
+    /// Published endpoints (see docs/protocol.md).
     pub fn defaults(self) -> ProviderDefaults {
         match self {
             Provider::Creodias => ProviderDefaults {

@@ -1,9 +1,13 @@
 //! The OData catalogue: `GET /odata/v1/Products?$filter=...` and `GET /odata/v1/Products(<uuid>)`.
 //!
-//! Search needs no token (protocol.md). Results are `{"@odata.context": "$metadata#Products",
-//! "value": [...]}` with `$top` (default 20, at most 1000), `$skip` (at most 10000), `$orderby`,
-//! `$count=True` (`"@odata.count"`) and `"@odata.nextLink"` while more results remain. Entities are
-//! served exactly as the store holds them, minus its private `file` key.
+//! Search needs no token (docs/protocol.md). Results are `{"@odata.context":
+//! "$metadata#Products", "value": [...]}` with `$top` (default 20, at most 1000), `$skip` (at most
+//! 10000; past either limit a 422 with FastAPI's list-shaped `detail`, as the real one),
+//! `$orderby`, `$count=True` (`"@odata.count"`) and `"@odata.nextLink"` whenever a page is full
+//! (even when nothing follows, as the real one; left out when the next `$skip` would pass the
+//! limit). Without `$orderby` the order is not stable: each answer is shuffled (seeded), so that
+//! a client paging without `$orderby` loses and repeats products, as against the real service.
+//! Entities are served exactly as the store holds them, minus its private `file` key.
 
 use std::sync::Arc;
 
@@ -28,6 +32,21 @@ fn bad_request(entry: &mut LogEntry, message: &str) -> Response<Body> {
     json_response(
         StatusCode::BAD_REQUEST,
         &json!({"detail": {"message": message}}),
+    )
+}
+
+/// A limit refused as the real catalogue (FastAPI) does: 422 with a list of problems.
+fn out_of_range(entry: &mut LogEntry, param: &str, input: &str, max: usize) -> Response<Body> {
+    entry.outcome = "bad_paging".into();
+    json_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &json!({"detail": [{
+            "type": "less_than_equal",
+            "loc": ["query", param],
+            "msg": format!("Input should be less than or equal to {max}"),
+            "input": input,
+            "ctx": {"le": max},
+        }]}),
     )
 }
 
@@ -107,21 +126,11 @@ pub(crate) fn search(
             },
             "$top" => match v.parse::<usize>() {
                 Ok(t) if t <= MAX_TOP => top = t,
-                _ => {
-                    return bad_request(
-                        entry,
-                        &format!("$top must be an integer from 0 to {MAX_TOP}"),
-                    )
-                }
+                _ => return out_of_range(entry, "$top", &v, MAX_TOP),
             },
             "$skip" => match v.parse::<usize>() {
                 Ok(s) if s <= MAX_SKIP => skip = s,
-                _ => {
-                    return bad_request(
-                        entry,
-                        &format!("$skip must be an integer from 0 to {MAX_SKIP}"),
-                    )
-                }
+                _ => return out_of_range(entry, "$skip", &v, MAX_SKIP),
             },
             "$count" => count = v.eq_ignore_ascii_case("true"),
             "$orderby" => match parse_orderby(&v) {
@@ -138,7 +147,11 @@ pub(crate) fn search(
         .map(|p| &p.entity)
         .filter(|e| filter_expr.as_ref().is_none_or(|f| filter::matches(f, e)))
         .collect();
-    if !orderby.is_empty() {
+    if orderby.is_empty() {
+        // No order asked, none given: each answer in another order.
+        use rand::seq::SliceRandom as _;
+        hits.shuffle(&mut *shared.rng.lock().unwrap());
+    } else {
         hits.sort_by(|a, b| {
             for k in &orderby {
                 let (va, vb) = (
@@ -166,8 +179,9 @@ pub(crate) fn search(
     if count {
         body.insert("@odata.count".into(), json!(total));
     }
+    let full = page.len() == top;
     body.insert("value".into(), Value::Array(page));
-    if top > 0 && skip + top < total {
+    if top > 0 && full && skip + top <= MAX_SKIP {
         let mut pairs: Vec<String> = raw_pairs
             .iter()
             .filter(|p| !p.starts_with("$skip=") && !p.starts_with("%24skip="))

@@ -1,7 +1,7 @@
 //! fake-creodias: a local double of CREODIAS (Keycloak token endpoint, zipper, OData catalogue).
 //!
 //! Every test and benchmark of the project talks to this double instead of the real services
-//! (there is no internet where they run). It follows `/work/shared/protocol.md`: the same paths,
+//! (there is no internet where they run). It follows `docs/protocol.md`: the same paths,
 //! the same status codes and error bodies, real TOTP, JWT-shaped tokens that expire, HTTP ranges
 //! served from product files on disk, and fault switches ([`Faults`]) that a test flips at run time.
 //!
@@ -37,11 +37,11 @@ use tokio::sync::watch;
 pub use keycloak::{SessionLimit, TokenFault};
 pub use log::LogEntry;
 
-/// The client id of CREODIAS's public OpenID client (protocol.md, "Identity").
+/// The client id of CREODIAS's public OpenID client (docs/protocol.md, "Identity").
 pub const CREODIAS_CLIENT_ID: &str = "CLOUDFERRO_PUBLIC";
 /// Keycloak realm path of CREODIAS; the CDSE realm (`CDSE`) is served too.
 pub const TOKEN_PATH: &str = "/auth/realms/Creodias-new/protocol/openid-connect/token";
-/// The client id of CDSE's public OpenID client (protocol.md, "Identity").
+/// The client id of CDSE's public OpenID client (docs/protocol.md, "Identity").
 pub const CDSE_CLIENT_ID: &str = "cdse-public";
 /// Keycloak realm path of CDSE.
 pub const CDSE_TOKEN_PATH: &str = "/auth/realms/CDSE/protocol/openid-connect/token";
