@@ -26,21 +26,33 @@ fn a_copy_longer_than_the_session_max_is_exact_and_logs_in_again_early() {
     let m = Mount::start(&ws, &double, &["--product", TUTORIAL_ID, "--no-cache-dir"]);
     let copy = ws.path().join("copy.zip");
     let t = Instant::now();
-    sh(Command::new("cp").arg(m.path(&format!("{TUTORIAL_NAME}.zip"))).arg(&copy));
+    sh(Command::new("cp")
+        .arg(m.path(&format!("{TUTORIAL_NAME}.zip")))
+        .arg(&copy));
     let took = t.elapsed();
     assert_eq!(file_sha256(&copy), file_sha256(&local), "exact");
     let log = double.log();
     let logins = password_logins(&log).len();
     eprintln!("copy took {took:?}; {logins} password logins");
-    assert!(took > Duration::from_secs(9), "the copy outlived the session ({took:?})");
+    assert!(
+        took > Duration::from_secs(9),
+        "the copy outlived the session ({took:?})"
+    );
     assert!(logins >= 2, "a new session was opened by password");
-    assert!(reused_steps(&log).is_empty(), "no TOTP step twice: {:?}", reused_steps(&log));
+    assert!(
+        reused_steps(&log).is_empty(),
+        "no TOTP step twice: {:?}",
+        reused_steps(&log)
+    );
     let refused_reads = log
         .iter()
         .filter(|e| e.service == "zipper" && e.status == 401)
         .count();
     let text = m.log_text();
-    assert!(text.contains("session ends in"), "the early login is logged:\n{text}");
+    assert!(
+        text.contains("session ends in"),
+        "the early login is logged:\n{text}"
+    );
     assert!(!text.contains("ERROR"), "no read failed:\n{text}");
     eprintln!("zipper 401s: {refused_reads}");
     m.stop();

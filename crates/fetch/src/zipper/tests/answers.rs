@@ -20,7 +20,14 @@ fn outcomes(d: &Double, outcome: &str) -> usize {
 
 #[tokio::test]
 async fn expired_token_is_109_and_renewed_once() {
-    let s = setup_full(|c| c.access_lifetime = Duration::from_secs(1), |_, _| {}).await;
+    let s = setup_full(
+        |c| {
+            c.access_lifetime = Duration::from_secs(1);
+            c.faults = ranged();
+        },
+        |_, _| {},
+    )
+    .await;
     let (id, _, _) = SMALL;
     s.zipper.get_range(id, 0..10).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1300)).await;
@@ -165,7 +172,7 @@ async fn throttled_without_retry_after_backs_off_and_regrows() {
     assert!(refused >= 1);
 
     // The cap goes: parallelism comes back to the configured 4.
-    s.double.set_faults(Faults::default());
+    s.double.set_faults(ranged());
     for _ in 0..4 {
         let got = read_all(&s.zipper, id, size as u64, 256 << 10, 4)
             .await

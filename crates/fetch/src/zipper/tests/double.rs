@@ -145,6 +145,7 @@ async fn zipper_with_the_token_manager_across_expiry_and_revocation() {
     let data = write_products(dir.path());
     let mut config = Config::with_user(USER, PASSWORD, TOTP_SECRET).products(dir.path());
     config.access_lifetime = Duration::from_secs(3);
+    config.faults = ranged();
     config.faults.bandwidth_per_conn = Some(1 << 20);
     let double = Double::start(config).await.unwrap();
     let tokens = eodata_auth::TokenManager::new(
