@@ -33,7 +33,7 @@ pub fn run(args: &CacheArgs) -> anyhow::Result<ExitCode> {
             let (mut total, mut count) = (0u64, 0usize);
             for p in store.products() {
                 let name = names.get(&p.id).map(String::as_str).unwrap_or("-");
-                let size = p.size.map_or("?".to_string(), |s| mib(s));
+                let size = p.size.map_or("?".to_string(), mib);
                 let state = if p.whole { "whole" } else { "partial" };
                 out.push_str(&format!(
                     "{}  {} of {} MiB  {state}  {name}\n",

@@ -335,7 +335,7 @@ fn a_server_ignoring_range_gives_the_right_bytes_or_eio_never_wrong_ones() {
 /// cost at most two login attempts, fail fast, and the mount log must say why once.
 fn refusal_during_a_mount(spoil: impl FnOnce(&Double), outcome: &str) {
     let products = products(2, 48);
-    let double = start_double(double_config(Some(&products)));
+    let double = start_double(ranged_config(Some(&products)));
     let ws = Workspace::new();
     let mount = Mount::start(&ws, &double, &[]);
     let (name, local, _) = product(&products, 0);
@@ -346,6 +346,7 @@ fn refusal_during_a_mount(spoil: impl FnOnce(&Double), outcome: &str) {
     spoil(&double);
     double.set_faults(Faults {
         refuse_refresh: true,
+        range: true,
         ..Faults::default()
     });
     double.revoke_tokens();

@@ -52,7 +52,8 @@ impl Catalogue {
     /// [`CatalogueError::NotFound`].
     pub async fn list_nodes(&self, id: &str, path: &[String]) -> Result<Vec<Node>, CatalogueError> {
         let url = nodes_url(&self.base, id, path);
-        match http::get_json(&self.http, &url, &self.opts).await? {
+        // A 404 names a folder that does not exist, as for an entity.
+        match http::get_json(&self.http, &url, &self.opts, http::Kind::Entity).await? {
             Answer::NotFound => Err(CatalogueError::NotFound(format!("{id}/{}", path.join("/")))),
             Answer::Json(json) => parse_nodes(&json).map_err(|reason| CatalogueError::Protocol {
                 url: url.to_string(),
