@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the token endpoint, zipper and catalogue on 127.0.0.1.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a directory of test products and its index.json.
     Generate(fake_creodias::generate::GenerateArgs),
 }
@@ -253,7 +253,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(a) => tokio::runtime::Runtime::new()?.block_on(serve(a)),
+        Command::Serve(a) => tokio::runtime::Runtime::new()?.block_on(serve(*a)),
         Command::Generate(a) => fake_creodias::generate::run(a),
     }
 }
