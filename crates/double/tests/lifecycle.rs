@@ -105,6 +105,7 @@ async fn binary_prints_its_url_first_and_stops_on_sigterm() {
             PASSWORD,
             "--totp-secret",
             SECRET,
+            "--range",
         ])
         .arg("--products")
         .arg(store.dir.path())

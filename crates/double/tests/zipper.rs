@@ -9,6 +9,12 @@ use common::*;
 use fake_creodias::{Config, Double, Faults};
 use serde_json::Value;
 
+/// A zipper that honours Range (the double ignores it by default, as the real one does).
+fn ranged(mut c: Config) -> Config {
+    c.faults.range = true;
+    c
+}
+
 async fn setup(cfg: impl FnOnce(Config) -> Config) -> (Double, reqwest::Client, Store, String) {
     fresh_step(5).await;
     let store = store();
@@ -26,7 +32,7 @@ fn zipper_log(d: &Double) -> Vec<fake_creodias::LogEntry> {
 
 #[tokio::test]
 async fn whole_body_with_download_headers() {
-    let (d, c, store, token) = setup(|c| c).await;
+    let (d, c, store, token) = setup(ranged).await;
     let r = c
         .get(url_for(&d, ID))
         .query(&[("token", &token)])
@@ -57,7 +63,7 @@ async fn whole_body_with_download_headers() {
 
 #[tokio::test]
 async fn ranges_give_206_with_content_range() {
-    let (d, c, store, token) = setup(|c| c).await;
+    let (d, c, store, token) = setup(ranged).await;
     let get = |range: &'static str| {
         let (c, url, token) = (c.clone(), url_for(&d, ID), token.clone());
         async move {
@@ -108,7 +114,7 @@ async fn ranges_give_206_with_content_range() {
 
 #[tokio::test]
 async fn head_answers_headers_only() {
-    let (d, c, _store, token) = setup(|c| c).await;
+    let (d, c, _store, token) = setup(ranged).await;
     let legacy = d.legacy_download_template().replace("{id}", ID);
     let r = c
         .head(&legacy)
@@ -510,7 +516,7 @@ async fn outage_drops_requests_then_service_resumes() {
 
 #[tokio::test]
 async fn no_auth_serves_files_index_and_zipper_without_token() {
-    let (d, c, store, _token) = setup(|c| c).await;
+    let (d, c, store, _token) = setup(ranged).await;
     assert_eq!(
         c.get(d.files_url()).send().await.unwrap().status(),
         404,
