@@ -111,14 +111,7 @@ async fn configuration(
     http: &reqwest::Client,
     s: &mut Section,
 ) -> Option<Settings> {
-    let overrides = eodata_config::Overrides {
-        config: common.config.clone(),
-        token_url: common.token_url.clone(),
-        client_id: common.client_id.clone(),
-        download_url: common.download_url.clone(),
-        catalogue_url: common.catalogue_url.clone(),
-        provider: common.provider.clone(),
-    };
+    let overrides = crate::stack::overrides(common);
     let settings = match eodata_config::load(&overrides, &|k| std::env::var(k).ok()) {
         Ok(settings) => settings,
         Err(e) => {

@@ -32,14 +32,7 @@ pub async fn run(common: &CommonArgs, args: &SearchArgs) -> anyhow::Result<ExitC
         }
     };
     tracing::info!(filter = %filter, "catalogue search");
-    let overrides = eodata_config::Overrides {
-        config: common.config.clone(),
-        token_url: common.token_url.clone(),
-        client_id: common.client_id.clone(),
-        download_url: common.download_url.clone(),
-        catalogue_url: common.catalogue_url.clone(),
-        provider: common.provider.clone(),
-    };
+    let overrides = crate::stack::overrides(common);
     let endpoints = eodata_config::load_endpoints_only(&overrides, &|k| std::env::var(k).ok())?;
     let catalogue = Catalogue::new(
         endpoints.catalogue_url.clone(),

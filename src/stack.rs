@@ -42,17 +42,21 @@ fn big_buffers_get_their_own_mappings() {
     }
 }
 
-/// Flags > environment > secrets.conf > provider defaults, validated.
-pub fn settings(common: &CommonArgs) -> anyhow::Result<Settings> {
-    let overrides = Overrides {
+/// What the command line says about the configuration, for `eodata_config::load`.
+pub fn overrides(common: &CommonArgs) -> Overrides {
+    Overrides {
         config: common.config.clone(),
         token_url: common.token_url.clone(),
         client_id: common.client_id.clone(),
         download_url: common.download_url.clone(),
         catalogue_url: common.catalogue_url.clone(),
         provider: common.provider.clone(),
-    };
-    let settings = eodata_config::load(&overrides, &|k| std::env::var(k).ok())?;
+    }
+}
+
+/// Flags > environment > secrets.conf > provider defaults, validated.
+pub fn settings(common: &CommonArgs) -> anyhow::Result<Settings> {
+    let settings = eodata_config::load(&overrides(common), &|k| std::env::var(k).ok())?;
     for w in &settings.endpoints.warnings {
         eprintln!("eodata-mount: warning: {w}");
     }

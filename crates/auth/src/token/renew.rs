@@ -103,24 +103,31 @@ enum Outcome {
 }
 
 impl Inner {
-    /// One renewal, under the cross-process lock.
-    pub(super) async fn renew(&self) -> Result<AccessToken, AuthError> {
-        let (file, _lock) = match &self.shared {
+    /// The shared state file read under its cross-process lock (held while the guard lives);
+    /// without a shared file, or when its lock cannot be had (e.g. the runtime directory was
+    /// removed at logout under a running mount), an empty state: this process carries on as
+    /// a lone one rather than stop serving tokens.
+    async fn open_shared(&self) -> (Disk<'_>, Option<super::cache::LockGuard>) {
+        let (file, lock) = match &self.shared {
             Some(shared) => match shared.lock().await {
                 Ok(guard) => (Some(shared), Some(guard)),
                 Err(e) => {
-                    // E.g. the runtime directory was removed at logout under a running mount:
-                    // carry on as a lone process rather than stop serving tokens.
-                    tracing::warn!("{e}; renewing without the shared token cache this time");
+                    tracing::warn!("{e}; going on without the shared token cache this time");
                     (None, None)
                 }
             },
             None => (None, None),
         };
-        let mut disk = Disk {
+        let disk = Disk {
             state: file.and_then(|f| f.read()).unwrap_or_default(),
             file,
         };
+        (disk, lock)
+    }
+
+    /// One renewal, under the cross-process lock.
+    pub(super) async fn renew(&self) -> Result<AccessToken, AuthError> {
+        let (mut disk, _lock) = self.open_shared().await;
         if disk.salt.is_none() {
             disk.salt = Some(new_salt());
         }

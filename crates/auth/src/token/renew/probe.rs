@@ -15,7 +15,6 @@ use serde::Deserialize;
 
 use super::super::endpoint::{self, Failure, Grant};
 use super::super::{Inner, TokenManager};
-use super::Disk;
 use crate::clock::ServerOffset;
 use crate::{AccessToken, AuthError, Secret};
 
@@ -75,20 +74,7 @@ impl Inner {
     /// diagnosis reports them). A refusal another process recorded for these credentials within
     /// the last minutes is returned without any request.
     pub(crate) async fn probe_login(&self) -> Result<LoginProbe, AuthError> {
-        let (file, _lock) = match &self.shared {
-            Some(shared) => match shared.lock().await {
-                Ok(guard) => (Some(shared), Some(guard)),
-                Err(e) => {
-                    tracing::warn!("{e}; logging in without the shared token cache");
-                    (None, None)
-                }
-            },
-            None => (None, None),
-        };
-        let mut disk = Disk {
-            state: file.and_then(|f| f.read()).unwrap_or_default(),
-            file,
-        };
+        let (mut disk, _lock) = self.open_shared().await;
         if let Some(access) = self.merge_disk(&disk) {
             let refresh_left = self.lock_state().tokens.as_ref().and_then(|t| {
                 t.refresh.as_ref()?;
@@ -174,17 +160,7 @@ impl Inner {
                     .into(),
             });
         };
-        let (file, _lock) = match &self.shared {
-            Some(shared) => match shared.lock().await {
-                Ok(guard) => (Some(shared), Some(guard)),
-                Err(_) => (None, None),
-            },
-            None => (None, None),
-        };
-        let mut disk = Disk {
-            state: file.and_then(|f| f.read()).unwrap_or_default(),
-            file,
-        };
+        let (mut disk, _lock) = self.open_shared().await;
         match self
             .probe_exchange(Grant::Refresh {
                 refresh_token: &refresh,
