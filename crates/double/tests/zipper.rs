@@ -524,6 +524,7 @@ async fn no_auth_serves_files_index_and_zipper_without_token() {
     );
     d.set_faults(Faults {
         no_auth: true,
+        range: true,
         ..Faults::default()
     });
     let index = c
