@@ -17,7 +17,9 @@ pub mod token;
 pub mod totp;
 
 pub use clock::{Clock, ServerOffset, SystemClock, TestClock};
-pub use secret::{redact_url, Secret};
+/// One redaction for every crate: the HTTP room's (tokens, passwords, codes, signatures).
+pub use eodata_http::redact_url;
+pub use secret::Secret;
 pub use token::{
     default_cache_dir, public_claims, renewal_margin, LoginConfig, LoginProbe, LoginSource,
     RefreshProbe, RetryPolicy, TokenManager, TokenStatus,

@@ -2,7 +2,8 @@
 //!
 //! Every password, TOTP secret, TOTP code and token in this workspace lives in a [`Secret`]: its
 //! `Debug` and `Display` print `***`, so a stray `{:?}` in a log line cannot leak it. URLs that may
-//! carry a `token=` query parameter go through [`redact_url`] before they are logged. A
+//! carry a `token=` query parameter go through [`crate::redact_url`] (the HTTP room's) before they
+//! are logged. A
 //! [`Secret`]'s memory is overwritten with zeros when it is dropped (`zeroize`), so a freed
 //! password does not linger in the heap for a core dump or swap to find.
 
@@ -45,45 +46,10 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Query parameters whose values are credentials and are replaced by `***` when a URL is logged.
-const SECRET_PARAMS: &[&str] = &[
-    "token",
-    "access_token",
-    "refresh_token",
-    "password",
-    "totp",
-    "otp",
-];
-
-/// The URL as text safe for a log line: credential query values and any userinfo are replaced
-/// by `***`. Text that does not parse as a URL is replaced whole, since it cannot be checked.
-pub fn redact_url(raw: &str) -> String {
-    let Ok(mut url) = url::Url::parse(raw) else {
-        return "<unparseable url>".to_string();
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        let _ = url.set_username("***");
-        let _ = url.set_password(None);
-    }
-    if url.query().is_some() {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let secret = SECRET_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p));
-                (
-                    k.into_owned(),
-                    if secret { "***".into() } else { v.into_owned() },
-                )
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redact_url;
 
     #[test]
     fn secret_never_formats_its_value() {
