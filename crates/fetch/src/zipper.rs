@@ -47,6 +47,7 @@ use reqwest::{Method, StatusCode};
 
 use crate::{FetchError, ObjectInfo, RangeSource, RangeSupport};
 use budget::Budget;
+pub use budget::{AccountSlot, AccountSlots};
 use parse::parse_content_disposition;
 use request::{RangeSpec, RetryState};
 
@@ -95,6 +96,9 @@ pub struct ZipperConfig {
     /// Allow plain-http download URLs to hosts other than this machine (the token then
     /// travels in clear). Off: such a URL fails with [`FetchError::Insecure`].
     pub insecure_http: bool,
+    /// The account-wide connection cap shared with other machines (a cluster coordinator);
+    /// `None`: this machine's `max_connections` only.
+    pub account_slots: Option<Arc<dyn AccountSlots>>,
 }
 
 impl ZipperConfig {
@@ -109,6 +113,7 @@ impl ZipperConfig {
             max_retries: DEFAULT_MAX_RETRIES,
             deadline: DEFAULT_DEADLINE,
             insecure_http: false,
+            account_slots: None,
         }
     }
 }
@@ -223,7 +228,7 @@ impl<T: TokenSource> Zipper<T> {
     /// [`eodata_http::client`]. (A client that follows them loses the bearer header on a cross-host hop
     /// and carries a query token to any host; a warning is logged if one is detected.)
     pub fn new(cfg: ZipperConfig, tokens: T, http: reqwest::Client) -> Self {
-        let budget = Budget::new(cfg.max_connections);
+        let budget = Budget::with_account(cfg.max_connections, cfg.account_slots.clone());
         let host = url::Url::parse(&cfg.url_template.replace("{id}", "x"))
             .ok()
             .and_then(|u| u.host_str().map(str::to_string))

@@ -254,8 +254,9 @@ pub(crate) struct LockGuard {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl SharedFile {
-    pub(crate) fn new(dir: &Path, user: &str, token_url: &str) -> Self {
-        let id = &sha256_hex(&[user, token_url])[..16];
+    /// The files of the account `key` ([`super::store::account_key`]) in `dir`.
+    pub(crate) fn new(dir: &Path, key: &str) -> Self {
+        let id = key;
         SharedFile {
             state_path: dir.join(format!("{id}.json")),
             lock_path: dir.join(format!("{id}.lock")),
@@ -323,46 +324,45 @@ impl SharedFile {
         }
     }
 
-    /// The state as another process left it, or `None` when there is none or it cannot be
-    /// read (then it is overwritten by the next write). Small file on a local disk: read
-    /// inline, under the lock.
-    pub(crate) fn read(&self) -> Option<StateFile> {
-        let text = match OpenOptions::new()
+    /// The state file's bytes as another process left them, or `None` when there is none or
+    /// it cannot be read (then it is overwritten by the next write).
+    pub(crate) fn read_bytes(&self) -> Option<Vec<u8>> {
+        match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&self.state_path)
         {
-            Ok(file) => match std::io::read_to_string(file) {
-                Ok(text) => text,
-                Err(e) => {
-                    tracing::debug!(path = %self.state_path.display(), "ignoring unreadable token cache: {e}");
-                    return None;
+            Ok(mut file) => {
+                let mut bytes = Vec::new();
+                match std::io::Read::read_to_end(&mut file, &mut bytes) {
+                    Ok(_) => Some(bytes),
+                    Err(e) => {
+                        tracing::debug!(path = %self.state_path.display(), "ignoring unreadable token cache: {e}");
+                        None
+                    }
                 }
-            },
-            Err(e) if e.kind() == ErrorKind::NotFound => return None,
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => {
                 tracing::debug!(path = %self.state_path.display(), "ignoring unreadable token cache: {e}");
-                return None;
-            }
-        };
-        match serde_json::from_str::<StateFile>(&text) {
-            Ok(state) if state.version == STATE_VERSION => Some(state),
-            Ok(state) => {
-                tracing::debug!(path = %self.state_path.display(), version = state.version, "ignoring token cache of another version");
-                None
-            }
-            Err(e) => {
-                // Line and column only: serde's message could quote a token.
-                tracing::debug!(path = %self.state_path.display(), line = e.line(), column = e.column(), "ignoring corrupt token cache");
                 None
             }
         }
     }
 
-    /// Replaces the state file atomically: a 0600 temporary file beside it, then rename.
+    /// The state, parsed ([`StateFile::parse`]).
+    #[cfg(test)]
+    pub(crate) fn read(&self) -> Option<StateFile> {
+        StateFile::parse(&self.read_bytes()?)
+    }
+
+    #[cfg(test)]
     pub(crate) fn write(&self, state: &StateFile) -> Result<(), AuthError> {
-        let json = serde_json::to_vec(state)
-            .map_err(|e| cache_error(&self.state_path, format!("cannot encode: {e}")))?;
+        self.write_bytes(&state.encode())
+    }
+
+    /// Replaces the state file atomically: a 0600 temporary file beside it, then rename.
+    pub(crate) fn write_bytes(&self, json: &[u8]) -> Result<(), AuthError> {
         let dir = self.state_path.parent().unwrap_or(Path::new("."));
         let name = self
             .state_path
@@ -376,7 +376,7 @@ impl SharedFile {
         ));
         let result = (|| {
             let mut file = open_private(&tmp, true)?;
-            file.write_all(&json)?;
+            file.write_all(json)?;
             std::fs::rename(&tmp, &self.state_path)
         })();
         if let Err(e) = result {
@@ -384,6 +384,38 @@ impl SharedFile {
             return Err(cache_error(&self.state_path, format!("cannot write: {e}")));
         }
         Ok(())
+    }
+}
+
+impl StateFile {
+    /// The state in a document a store keeps, or `None` when it does not parse or is of
+    /// another version (then it is ignored, and overwritten by the next write).
+    pub(crate) fn parse(bytes: &[u8]) -> Option<StateFile> {
+        match serde_json::from_slice::<StateFile>(bytes) {
+            Ok(state) if state.version == STATE_VERSION => Some(state),
+            Ok(state) => {
+                tracing::debug!(
+                    version = state.version,
+                    "ignoring token state of another version"
+                );
+                None
+            }
+            Err(e) => {
+                // Line and column only: serde's message could quote a token.
+                tracing::debug!(
+                    line = e.line(),
+                    column = e.column(),
+                    "ignoring corrupt token state"
+                );
+                None
+            }
+        }
+    }
+
+    /// The document a store keeps.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        // A struct of strings and numbers always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 
@@ -453,7 +485,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("cache");
         prepare_dir(&dir).unwrap();
-        let shared = SharedFile::new(&dir, "user@example.com", "https://id.example/token");
+        let shared = SharedFile::new(
+            &dir,
+            &super::super::store::account_key("user@example.com", "https://id.example/token"),
+        );
         assert!(shared.read().is_none());
         let state = StateFile {
             access_token: Some("tok".into()),
@@ -480,14 +515,15 @@ mod tests {
     #[test]
     fn state_file_name_depends_on_user_and_url() {
         let d = Path::new("/x");
-        let a = SharedFile::new(d, "u", "https://a/token");
-        let b = SharedFile::new(d, "u", "https://b/token");
-        let c = SharedFile::new(d, "v", "https://a/token");
+        let a = SharedFile::new(d, &super::super::store::account_key("u", "https://a/token"));
+        let b = SharedFile::new(d, &super::super::store::account_key("u", "https://b/token"));
+        let c = SharedFile::new(d, &super::super::store::account_key("v", "https://a/token"));
         assert_ne!(a.state_path, b.state_path);
         assert_ne!(a.state_path, c.state_path);
         assert_eq!(
             a.state_path,
-            SharedFile::new(d, "u", "https://a/token").state_path
+            SharedFile::new(d, &super::super::store::account_key("u", "https://a/token"))
+                .state_path
         );
     }
 
@@ -496,7 +532,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("run");
         prepare_dir(&dir).unwrap();
-        let shared = SharedFile::new(&dir, "u", "t");
+        let shared = SharedFile::new(&dir, &super::super::store::account_key("u", "t"));
         std::fs::remove_dir_all(&dir).unwrap();
         drop(shared.lock().await.unwrap());
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
@@ -505,8 +541,8 @@ mod tests {
     #[tokio::test]
     async fn lock_is_exclusive_between_handles() {
         let tmp = tempfile::tempdir().unwrap();
-        let a = SharedFile::new(tmp.path(), "u", "t");
-        let b = SharedFile::new(tmp.path(), "u", "t");
+        let a = SharedFile::new(tmp.path(), &super::super::store::account_key("u", "t"));
+        let b = SharedFile::new(tmp.path(), &super::super::store::account_key("u", "t"));
         let guard = a.lock().await.unwrap();
         let waiting = tokio::spawn(async move { b.lock().await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -525,8 +561,8 @@ mod tests {
     #[tokio::test]
     async fn the_lock_wait_has_a_timeout() {
         let tmp = tempfile::tempdir().unwrap();
-        let a = SharedFile::new(tmp.path(), "u", "t");
-        let b = SharedFile::new(tmp.path(), "u", "t");
+        let a = SharedFile::new(tmp.path(), &super::super::store::account_key("u", "t"));
+        let b = SharedFile::new(tmp.path(), &super::super::store::account_key("u", "t"));
         let _held = a.lock().await.unwrap();
         let t = std::time::Instant::now();
         let e = b.lock_within(Duration::from_millis(300)).await.unwrap_err();

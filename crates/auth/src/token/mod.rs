@@ -35,10 +35,12 @@ mod cache;
 mod endpoint;
 mod renew;
 mod retry;
+mod store;
 
 pub use cache::default_cache_dir;
 pub use renew::probe::{public_claims, LoginProbe, LoginSource, RefreshProbe};
 pub use retry::RetryPolicy;
+pub use store::{account_key, FileStore, SharedStore, StoreFuture, StoreLock};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,7 +49,7 @@ use std::time::{Duration, SystemTime};
 use crate::clock::{Clock, ServerOffset, SystemClock};
 use crate::totp::{self, Totp, TotpSecretProblem};
 use crate::{redact_url, AccessToken, AuthError, Secret, TokenSource};
-use cache::{sha256_hex, SharedFile};
+use cache::sha256_hex;
 
 pub use renew::PASSWORD_SPACING;
 
@@ -246,7 +248,11 @@ pub(crate) struct Inner {
     retry: RetryPolicy,
     /// For the refresh grant: spends nothing, so it may retry for minutes.
     refresh_retry: RetryPolicy,
-    shared: Option<SharedFile>,
+    /// Where the state is shared with other processes (and machines); `None`: this process
+    /// alone.
+    shared: Option<Arc<dyn SharedStore>>,
+    /// The local state file, when there is a cache directory (for `status` and `doctor`).
+    state_path: Option<PathBuf>,
     state: Mutex<State>,
     /// Carries the renewal generation each time a renewal task finishes.
     done: tokio::sync::watch::Sender<u64>,
@@ -315,11 +321,7 @@ impl TokenManager {
         let shared = match &cfg.cache_dir {
             Some(dir) => match cache::prepare_dir(dir) {
                 // Keyed by the user name as Keycloak compares it: case-insensitively.
-                Ok(()) => Some(SharedFile::new(
-                    dir,
-                    &cfg.user.to_lowercase(),
-                    &cfg.token_url,
-                )),
+                Ok(()) => Some(FileStore::new(dir, &cfg.user, &cfg.token_url)),
                 Err(e) => {
                     // Another local user may have created the directory first: carry on as a
                     // lone process rather than let them stop this one.
@@ -351,7 +353,8 @@ impl TokenManager {
                 clock: Arc::new(SystemClock),
                 retry: RetryPolicy::default(),
                 refresh_retry: RetryPolicy::refresh_default(),
-                shared,
+                state_path: shared.as_ref().map(FileStore::state_path),
+                shared: shared.map(|s| Arc::new(s) as Arc<dyn SharedStore>),
                 state: Mutex::new(State::default()),
                 done,
             }),
@@ -392,9 +395,21 @@ impl TokenManager {
         self
     }
 
-    /// The shared state file, when there is a cache directory.
+    /// Shares the state through the store `wrap` makes of the local one (`None` without a
+    /// cache directory): a cluster coordinator keeps the state in Redis and falls back to the
+    /// local store while Redis cannot be reached.
+    pub fn with_shared_store(
+        mut self,
+        wrap: impl FnOnce(Option<Arc<dyn SharedStore>>) -> Arc<dyn SharedStore>,
+    ) -> Self {
+        let inner = self.inner_mut();
+        inner.shared = Some(wrap(inner.shared.take()));
+        self
+    }
+
+    /// The local shared state file, when there is a cache directory.
     pub fn state_file(&self) -> Option<&Path> {
-        self.inner.shared.as_ref().map(|s| s.state_path())
+        self.inner.state_path.as_deref()
     }
 
     /// The server clock's offset (server minus local) as last measured, if any.

@@ -14,9 +14,10 @@ pub(super) mod probe;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use super::cache::{from_millis, new_salt, sha256_hex, to_millis, Refusal, SharedFile, StateFile};
+use super::cache::{from_millis, new_salt, sha256_hex, to_millis, Refusal, StateFile};
 use super::endpoint::{self, Failure, Grant, Granted, TOO_MANY_SESSIONS_ERROR};
 use super::retry::Backoff;
+use super::store::{SharedStore, StoreLock};
 use super::{is_fresh, session_margin, Inner, Tokens};
 use crate::clock::ServerOffset;
 use crate::totp;
@@ -62,19 +63,19 @@ const OFFSET_MAX: Duration = Duration::from_secs(15 * 60);
 /// of it, nor less than this: the refresh should land before the token dies.
 const REFRESH_MIN_WAIT: Duration = Duration::from_millis(500);
 
-/// The shared state as read at the start of a renewal, and the file to save it to (`None`
+/// The shared state as read at the start of a renewal, and the store to save it to (`None`
 /// without a shared cache, or when its lock could not be taken: then nothing is written).
-struct Disk<'a> {
+pub(super) struct Disk<'a> {
     state: StateFile,
-    file: Option<&'a SharedFile>,
+    file: Option<&'a dyn SharedStore>,
 }
 
 impl Disk<'_> {
     /// Writes the state. A failure is logged, not returned: the tokens are good, and the worst
     /// outcome is that another process logs in by itself.
-    fn save(&self) {
+    async fn save(&self) {
         if let Some(file) = self.file {
-            if let Err(e) = file.write(&self.state) {
+            if let Err(e) = file.write(self.state.encode()).await {
                 tracing::warn!("{e}");
             }
         }
@@ -107,10 +108,10 @@ impl Inner {
     /// without a shared file, or when its lock cannot be had (e.g. the runtime directory was
     /// removed at logout under a running mount), an empty state: this process carries on as
     /// a lone one rather than stop serving tokens.
-    async fn open_shared(&self) -> (Disk<'_>, Option<super::cache::LockGuard>) {
+    async fn open_shared(&self) -> (Disk<'_>, Option<StoreLock>) {
         let (file, lock) = match &self.shared {
             Some(shared) => match shared.lock().await {
-                Ok(guard) => (Some(shared), Some(guard)),
+                Ok(guard) => (Some(shared.as_ref()), Some(guard)),
                 Err(e) => {
                     tracing::warn!("{e}; going on without the shared token cache this time");
                     (None, None)
@@ -118,21 +119,39 @@ impl Inner {
             },
             None => (None, None),
         };
+        let state = match file {
+            Some(f) => f.read().await.and_then(|b| StateFile::parse(&b)),
+            None => None,
+        };
         let disk = Disk {
-            state: file.and_then(|f| f.read()).unwrap_or_default(),
+            state: state.unwrap_or_default(),
             file,
         };
         (disk, lock)
     }
 
+    /// Lets go of the shared store's lock, waiting until it is released.
+    async fn close_shared(&self, lock: Option<StoreLock>) {
+        if let (Some(store), Some(lock)) = (&self.shared, lock) {
+            store.unlock(lock).await;
+        }
+    }
+
     /// One renewal, under the cross-process lock.
     pub(super) async fn renew(&self) -> Result<AccessToken, AuthError> {
-        let (mut disk, _lock) = self.open_shared().await;
+        let (mut disk, lock) = self.open_shared().await;
+        let renewed = self.renew_locked(&mut disk).await;
+        drop(disk);
+        self.close_shared(lock).await;
+        renewed
+    }
+
+    async fn renew_locked(&self, disk: &mut Disk<'_>) -> Result<AccessToken, AuthError> {
         if disk.salt.is_none() {
             disk.salt = Some(new_salt());
         }
-        self.forget_rejected_in_file(&mut disk);
-        if let Some(token) = self.merge_disk(&disk) {
+        self.forget_rejected_in_file(disk).await;
+        if let Some(token) = self.merge_disk(disk) {
             return Ok(token);
         }
         let ending = self.session_ending();
@@ -141,7 +160,7 @@ impl Inner {
         } else if let Some(refresh) = self.usable_refresh() {
             tracing::debug!("renewing by refresh");
             match self.refresh(&refresh).await {
-                Ok(granted) => return Ok(self.store(granted, &mut disk, false)),
+                Ok(granted) => return Ok(self.store(granted, disk, false).await),
                 Err(Outcome::Refused(error, description)) => {
                     tracing::debug!(
                         "refresh refused ({error}: {description}); logging in with password and TOTP"
@@ -153,29 +172,29 @@ impl Inner {
                     if disk.refresh_token.as_deref() == Some(refresh.expose()) {
                         disk.refresh_token = None;
                         disk.refresh_expires_at = None;
-                        disk.save();
+                        disk.save().await;
                     }
                 }
                 Err(Outcome::Failed(e)) => return Err(e),
             }
         }
-        if let Some(e) = self.refused_elsewhere(&disk) {
+        if let Some(e) = self.refused_elsewhere(disk) {
             self.lock_state().refused = Some(e.clone());
             return Err(e);
         }
-        match self.password_login(&mut disk, ending.is_some()).await {
-            Ok(granted) => Ok(self.store(granted, &mut disk, true)),
+        match self.password_login(disk, ending.is_some()).await {
+            Ok(granted) => Ok(self.store(granted, disk, true).await),
             Err(e) => {
                 if let AuthError::Refused { reason, .. } = &e {
                     // The caller reports the error itself (once); this records it for `-v`.
                     tracing::info!("{e}");
                     self.lock_state().refused = Some(e.clone());
                     disk.refusal = Some(Refusal {
-                        fingerprint: self.fingerprint(&disk),
+                        fingerprint: self.fingerprint(disk),
                         at: to_millis(self.clock.now()),
                         reason: reason.clone(),
                     });
-                    disk.save();
+                    disk.save().await;
                 }
                 Err(e)
             }
@@ -211,7 +230,7 @@ impl Inner {
 
     /// A server rejected the token the shared file holds: blank it there, so that no other
     /// process adopts it while this one renews.
-    fn forget_rejected_in_file(&self, disk: &mut Disk<'_>) {
+    async fn forget_rejected_in_file(&self, disk: &mut Disk<'_>) {
         let rejected = self.lock_state().rejected.clone();
         let held_rejected = match (&disk.access_token, rejected) {
             (Some(value), Some(rejected)) => sha256_hex(&[value]) == rejected,
@@ -220,7 +239,7 @@ impl Inner {
         if held_rejected {
             disk.access_token = None;
             disk.access_expires_at = None;
-            disk.save();
+            disk.save().await;
         }
     }
 
@@ -321,7 +340,7 @@ impl Inner {
     /// Keeps new tokens in memory and in the shared file. After a password login (which proves
     /// the credentials good) a recorded refusal of these credentials is cleared; a refresh
     /// proves nothing about them and leaves it.
-    fn store(&self, granted: Granted, disk: &mut Disk<'_>, by_password: bool) -> AccessToken {
+    async fn store(&self, granted: Granted, disk: &mut Disk<'_>, by_password: bool) -> AccessToken {
         let access = AccessToken {
             value: granted.access.clone(),
             expires_at: granted.access_expires_at,
@@ -372,7 +391,7 @@ impl Inner {
             disk.refusal = None;
         }
         disk.credentials = Some(fingerprint);
-        disk.save();
+        disk.save().await;
         access
     }
 
@@ -511,7 +530,7 @@ impl Inner {
             if step.is_some() {
                 disk.last_totp_step = step;
             }
-            disk.save();
+            disk.save().await;
             let code = match (&self.totp, step) {
                 (Some(totp), Some(step)) => {
                     tracing::debug!(user = %self.user, "password login at TOTP step {step}");

@@ -5,10 +5,29 @@
 //! AIMD like TCP: a 429 halves the number of connections in use (floor 1), a run of successes
 //! gives one back, up to the configured maximum. Every request of one `Zipper` (mount reads,
 //! read-ahead, the download command) draws from the same budget.
+//!
+//! On a cluster the cap belongs to the account, not to a machine: a connection then also takes
+//! a slot of the account-wide [`AccountSlots`] (a leased semaphore in Redis, crate
+//! `eodata-coord`), after this machine's own budget has let it through, so a machine never
+//! queues for account slots it could not use.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+
+/// A slot of the account's connections, held while a request is open; dropping it gives the
+/// slot back.
+pub type AccountSlot = Box<dyn Send + Sync>;
+
+/// The account-wide connection cap, shared by every machine of the account.
+pub trait AccountSlots: std::fmt::Debug + Send + Sync + 'static {
+    /// Waits for a free slot of the account. Never fails: when the shared cap cannot be
+    /// reached, the implementation says so and lets the request through (the machine's own
+    /// budget still bounds it), so reads go on.
+    fn acquire(&self) -> Pin<Box<dyn Future<Output = AccountSlot> + Send + '_>>;
+}
 
 /// Successes in a row after which one more connection is tried again. Small enough that the
 /// budget recovers within seconds once a competing session ends; large enough that a server
@@ -31,19 +50,36 @@ pub(crate) struct Budget {
     max: usize,
     state: Mutex<State>,
     changed: Notify,
+    account: Option<Arc<dyn AccountSlots>>,
 }
 
 /// One open connection's share of the budget; given back on drop.
-#[derive(Debug)]
 pub(crate) struct Permit {
     budget: Arc<Budget>,
     epoch: u64,
+    /// The account-wide slot, when there is a shared cap; dropped with the permit.
+    _slot: Option<AccountSlot>,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("epoch", &self.epoch)
+            .finish()
+    }
 }
 
 impl Budget {
+    #[cfg(test)]
     pub(crate) fn new(max: usize) -> Arc<Budget> {
+        Self::with_account(max, None)
+    }
+
+    /// A budget of `max` connections on this machine, each also taking a slot of `account`.
+    pub(crate) fn with_account(max: usize, account: Option<Arc<dyn AccountSlots>>) -> Arc<Budget> {
         let max = max.max(1);
         Arc::new(Budget {
+            account,
             max,
             state: Mutex::new(State {
                 limit: max,
@@ -60,8 +96,16 @@ impl Budget {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits for a free connection.
+    /// Waits for a free connection: this machine's, then the account's.
     pub(crate) async fn acquire(self: &Arc<Self>) -> Permit {
+        let mut permit = self.acquire_local().await;
+        if let Some(account) = &self.account {
+            permit._slot = Some(account.acquire().await);
+        }
+        permit
+    }
+
+    async fn acquire_local(self: &Arc<Self>) -> Permit {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -74,6 +118,7 @@ impl Budget {
                     return Permit {
                         budget: Arc::clone(self),
                         epoch: s.epoch,
+                        _slot: None,
                     };
                 }
             }

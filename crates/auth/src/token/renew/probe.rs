@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::super::endpoint::{self, Failure, Grant};
 use super::super::{Inner, TokenManager};
+use super::Disk;
 use crate::clock::ServerOffset;
 use crate::{AccessToken, AuthError, Secret};
 
@@ -74,8 +75,15 @@ impl Inner {
     /// diagnosis reports them). A refusal another process recorded for these credentials within
     /// the last minutes is returned without any request.
     pub(crate) async fn probe_login(&self) -> Result<LoginProbe, AuthError> {
-        let (mut disk, _lock) = self.open_shared().await;
-        if let Some(access) = self.merge_disk(&disk) {
+        let (mut disk, lock) = self.open_shared().await;
+        let probed = self.probe_login_locked(&mut disk).await;
+        drop(disk);
+        self.close_shared(lock).await;
+        probed
+    }
+
+    async fn probe_login_locked(&self, disk: &mut Disk<'_>) -> Result<LoginProbe, AuthError> {
+        if let Some(access) = self.merge_disk(disk) {
             let refresh_left = self.lock_state().tokens.as_ref().and_then(|t| {
                 t.refresh.as_ref()?;
                 t.refresh_expires_at?.duration_since(self.clock.now()).ok()
@@ -90,7 +98,7 @@ impl Inner {
                 server_offset: self.lock_state().offset,
             });
         }
-        if let Some(e) = self.refused_elsewhere(&disk) {
+        if let Some(e) = self.refused_elsewhere(disk) {
             return Err(e);
         }
         // Always measure the server's clock first: the diagnosis reports it, and a skewed
@@ -106,7 +114,7 @@ impl Inner {
         let now = self.clock.now();
         self.lock_state().last_password_at = Some(now);
         disk.last_password_at = Some(super::super::cache::to_millis(now));
-        disk.save();
+        disk.save().await;
         let code = match (&self.totp, step) {
             (Some(totp), Some(step)) => Some(totp.code(step)),
             _ => None,
@@ -121,7 +129,7 @@ impl Inner {
                 let refresh_left = granted
                     .refresh_expires_at
                     .and_then(|t| t.duration_since(self.clock.now()).ok());
-                let access = self.store(granted, &mut disk, true);
+                let access = self.store(granted, disk, true).await;
                 Ok(LoginProbe {
                     source: LoginSource::Password,
                     access,
@@ -137,11 +145,11 @@ impl Inner {
                 if let AuthError::Refused { reason, .. } = &e {
                     self.lock_state().refused = Some(e.clone());
                     disk.refusal = Some(super::super::cache::Refusal {
-                        fingerprint: self.fingerprint(&disk),
+                        fingerprint: self.fingerprint(disk),
                         at: super::super::cache::to_millis(self.clock.now()),
                         reason: reason.clone(),
                     });
-                    disk.save();
+                    disk.save().await;
                 }
                 Err(e)
             }
@@ -160,16 +168,27 @@ impl Inner {
                     .into(),
             });
         };
-        let (mut disk, _lock) = self.open_shared().await;
+        let (mut disk, lock) = self.open_shared().await;
+        let probed = self.probe_refresh_locked(&refresh, &mut disk).await;
+        drop(disk);
+        self.close_shared(lock).await;
+        probed
+    }
+
+    async fn probe_refresh_locked(
+        &self,
+        refresh: &Secret,
+        disk: &mut Disk<'_>,
+    ) -> Result<RefreshProbe, AuthError> {
         match self
             .probe_exchange(Grant::Refresh {
-                refresh_token: &refresh,
+                refresh_token: refresh,
             })
             .await
         {
             Ok((granted, lifetimes)) => {
                 let new_refresh_token = lifetimes.refresh_token.is_some_and(|t| !t.is_empty());
-                let access = self.store(granted, &mut disk, false);
+                let access = self.store(granted, disk, false).await;
                 Ok(RefreshProbe {
                     access,
                     expires_in: lifetimes.expires_in,
