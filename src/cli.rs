@@ -233,6 +233,24 @@ pub struct CommonArgs {
     /// then travels in clear; without this flag such a URL is refused.
     #[arg(long, global = true, env = "EODATA_INSECURE_HTTP")]
     pub insecure_http: bool,
+
+    /// Share this account's tokens and connection cap with the other machines that name the
+    /// same Redis (or Valkey): redis://[user:pass@]host:port[/db], rediss:// for TLS. Also
+    /// EODATA_COORDINATOR, or coordinator= in [endpoints] of secrets.conf (better places for a
+    /// password than the command line, which every local user sees in ps).
+    #[arg(long, global = true, value_name = "URL")]
+    pub coordinator: Option<String>,
+
+    /// Allow a plain redis:// coordinator on another machine: its live tokens then cross the
+    /// network in clear (only on a network private to the cluster).
+    #[arg(long, global = true, env = "EODATA_COORDINATOR_INSECURE")]
+    pub coordinator_insecure: bool,
+
+    /// Download connections the whole account may have open, shared by every machine of the
+    /// coordinator (CDSE allows 4 per user); each machine also keeps to --max-connections.
+    #[arg(long, global = true, default_value_t = eodata_coord::DEFAULT_ACCOUNT_CONNECTIONS as u64,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub account_connections: u64,
 }
 
 /// Options of the mount (the default command).

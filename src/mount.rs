@@ -114,7 +114,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         },
     ));
     fs.set_node_lister(Arc::new(CatalogueNodes(catalogue)));
-    fs.set_status_source(status_source(tokens, zipper, spools, disk));
+    let coordinator = stack::coordinator(common, &settings)?;
+    fs.set_status_source(status_source(tokens, zipper, spools, disk, coordinator));
     // --product names are typed by hand: an unknown one fails the mount. A products file may
     // hold hundreds, looked up LOOKUPS_AT_ONCE at a time; an unknown one there is a warning.
     let mut wanted: Vec<(String, bool)> = cli
@@ -406,6 +407,7 @@ fn status_source(
     zipper: Arc<stack::Client>,
     spools: eodata_fetch::spool::SpoolMonitor,
     disk: Option<Arc<eodata_fetch::disk::DiskStore>>,
+    coordinator: Option<eodata_coord::Coordinator>,
 ) -> StatusSource {
     Box::new(move || {
         use std::fmt::Write as _;
@@ -450,6 +452,18 @@ fn status_source(
             None => "not known yet",
         };
         let _ = writeln!(s, "zipper.range: {ranges}");
+        match &coordinator {
+            Some(c) => {
+                let link = c.link();
+                let state = if link.is_down() {
+                    "unreachable (this machine's own token cache and connection budget)"
+                } else {
+                    "shared"
+                };
+                let _ = writeln!(s, "coordinator: {} {state}", link.shown());
+            }
+            None => s.push_str("coordinator: none\n"),
+        }
         match &disk {
             Some(d) => {
                 let _ = writeln!(s, "disk_cache.dir: {}", d.root().display());

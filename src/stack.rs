@@ -51,6 +51,7 @@ pub fn overrides(common: &CommonArgs) -> Overrides {
         download_url: common.download_url.clone(),
         catalogue_url: common.catalogue_url.clone(),
         provider: common.provider.clone(),
+        coordinator: common.coordinator.clone(),
     }
 }
 
@@ -87,10 +88,40 @@ pub fn token_manager(
         totp_secret: settings.totp_secret.clone(),
         cache_dir,
     };
-    Ok(Arc::new(
-        TokenManager::new(cfg, http_client(common)?)?
-            .with_client_secret(settings.endpoints.client_secret.clone()),
-    ))
+    let mut manager = TokenManager::new(cfg, http_client(common)?)?
+        .with_client_secret(settings.endpoints.client_secret.clone());
+    if let Some(coord) = coordinator(common, settings)? {
+        manager = manager.with_shared_store(|local| coord.token_store(local));
+    }
+    Ok(Arc::new(manager))
+}
+
+/// The process's one coordinator: the token manager and the zipper share its link to Redis,
+/// so an outage is said once and one connection serves both.
+static COORDINATOR: std::sync::OnceLock<Option<eodata_coord::Coordinator>> =
+    std::sync::OnceLock::new();
+
+/// The cluster's coordinator, when one is configured: checked here (a plain `redis://` to
+/// another machine is refused without --coordinator-insecure), connected at first use.
+pub fn coordinator(
+    common: &CommonArgs,
+    settings: &Settings,
+) -> anyhow::Result<Option<eodata_coord::Coordinator>> {
+    if let Some(made) = COORDINATOR.get() {
+        return Ok(made.clone());
+    }
+    let made = match &settings.endpoints.coordinator {
+        None => None,
+        Some(url) => {
+            let address = eodata_coord::Address::parse(url.expose(), common.coordinator_insecure)?;
+            Some(eodata_coord::Coordinator::new(
+                &address,
+                &settings.user,
+                settings.endpoints.token_url.as_str(),
+            )?)
+        }
+    };
+    Ok(COORDINATOR.get_or_init(|| made).clone())
 }
 
 pub fn catalogue(common: &CommonArgs, settings: &Settings) -> anyhow::Result<Arc<Catalogue>> {
@@ -128,6 +159,9 @@ pub fn zipper(
     cfg.trusted_hosts
         .extend(common.trusted_hosts.iter().cloned());
     cfg.insecure_http = common.insecure_http;
+    if let Some(coord) = coordinator(common, settings)? {
+        cfg.account_slots = Some(coord.account_slots(common.account_connections as usize));
+    }
     let zipper = Zipper::new(cfg, tokens, http_client(common)?);
     zipper.check()?;
     Ok(Arc::new(zipper))

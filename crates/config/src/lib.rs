@@ -42,6 +42,8 @@ pub struct Overrides {
     pub catalogue_url: Option<String>,
     /// `--provider`: `creodias` or `cdse`.
     pub provider: Option<String>,
+    /// `--coordinator`: the cluster's Redis (`redis://` or `rediss://`).
+    pub coordinator: Option<String>,
 }
 
 /// Everything needed to log in and fetch products, validated.
@@ -73,6 +75,10 @@ pub struct Endpoints {
     /// http(s) URL once a UUID is put in.
     pub download_url: String,
     pub catalogue_url: url::Url,
+    /// The Redis that coordinates several machines on this account (`--coordinator`,
+    /// `EODATA_COORDINATOR`, `coordinator` in `[endpoints]`); `None`: this machine alone. A
+    /// `Secret`, since the address may hold Redis's password. Checked by `eodata-coord`.
+    pub coordinator: Option<Secret>,
     /// The secrets file that was read, if one was found (credentials may all come from the
     /// environment).
     pub config_path: Option<PathBuf>,
@@ -261,13 +267,14 @@ fn read_file(path: PathBuf) -> Result<File, ConfigError> {
 }
 
 /// Keys the `[endpoints]` section may hold.
-const ENDPOINT_KEYS: [&str; 6] = [
+const ENDPOINT_KEYS: [&str; 7] = [
     "token_url",
     "client_id",
     "client_secret",
     "download_url",
     "catalogue_url",
     "provider",
+    "coordinator",
 ];
 
 /// Group or others may read the file: warn, since it holds a password and the TOTP secret.
@@ -438,6 +445,14 @@ fn endpoints(
         )?,
         defaults.catalogue_url,
     );
+    let coordinator = pick(
+        (&overrides.coordinator, "--coordinator"),
+        env,
+        "EODATA_COORDINATOR",
+        &file,
+        "coordinator",
+    )?
+    .map(|(v, _)| Secret::new(v.trim()));
     let token_url = http_url(token_url)?;
     let catalogue_url = http_url(catalogue_url)?;
     let download_url = download_template(download_url)?;
@@ -453,6 +468,7 @@ fn endpoints(
         client_secret,
         download_url,
         catalogue_url,
+        coordinator,
         config_path,
         warnings,
     })

@@ -616,3 +616,30 @@ fn totp_secret_may_be_left_out_and_client_secret_is_read_and_hidden() {
     assert!(s.totp_secret.is_empty());
     assert!(s.endpoints.client_secret.is_none());
 }
+
+#[test]
+fn the_coordinator_comes_from_flag_env_or_file_and_is_never_printed() {
+    let mut f = Fixture::new();
+    f.write(
+        "cwd/secrets.conf",
+        &format!("{VALID}[endpoints]\ncoordinator = rediss://:filepw@redis.cluster:6380\n"),
+    );
+    let s = f.load(&Overrides::default()).unwrap();
+    let c = s.endpoints.coordinator.clone().unwrap();
+    assert_eq!(c.expose(), "rediss://:filepw@redis.cluster:6380");
+    assert!(!format!("{:?}", s.endpoints).contains("filepw"));
+    f.set("EODATA_COORDINATOR", "redis://127.0.0.1:6379");
+    let s = f.load(&Overrides::default()).unwrap();
+    assert_eq!(
+        s.endpoints.coordinator.unwrap().expose(),
+        "redis://127.0.0.1:6379"
+    );
+    let o = Overrides {
+        coordinator: Some("redis://localhost:7000".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.load(&o).unwrap().endpoints.coordinator.unwrap().expose(),
+        "redis://localhost:7000"
+    );
+}

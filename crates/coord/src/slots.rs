@@ -70,11 +70,13 @@ return 0
 ";
 
 /// Renews the leases of the slots named in ARGV[2..] that are still held (XX: a slot that
-/// lapsed meanwhile is not taken back behind the others' backs). KEYS: slots. ARGV: lease (ms),
-/// holder ids.
+/// lapsed meanwhile is not taken back behind the others' backs), and drops every lapsed slot
+/// (a dead machine's), so the set shows the truth even while nobody waits. KEYS: slots.
+/// ARGV: lease (ms), holder ids.
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local n = 0
 for i = 2, #ARGV do
   n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i])

@@ -373,6 +373,10 @@ impl<T: TokenSource> Inner<T> {
     ) -> Result<Exchange, FetchError> {
         let origin = self.product_url(id)?;
         loop {
+            // The connection first, then the token: a wait for a connection (the account's
+            // cap, shared with other machines) may outlast a short-lived token, and a token
+            // taken before it would reach the server expired.
+            let permit = self.budget.acquire().await;
             // A refused login is final: FetchError::Auth at once, never a retry per read.
             let token = match self.tokens.token().await {
                 Ok(t) => t,
@@ -388,7 +392,6 @@ impl<T: TokenSource> Inner<T> {
                 }
             };
             self.note_token(&token);
-            let permit = self.budget.acquire().await;
             let (resp, url, credentialed) = match self.send(&method, &origin, range, &token).await {
                 Ok(r) => r,
                 Err(SendError::Fatal(e)) => return Err(e),
