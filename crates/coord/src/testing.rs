@@ -27,9 +27,15 @@ impl RedisServer {
 
     /// Starts a server on `port` (to restart one where its clients expect it).
     pub fn start_on(port: u16) -> Option<RedisServer> {
+        Self::start_with(port, &[])
+    }
+
+    /// Starts a server on plain `port` with `extra` arguments (TLS settings, say).
+    pub fn start_with(port: u16, extra: &[&str]) -> Option<RedisServer> {
         let spawned = Command::new("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -105,7 +111,7 @@ impl Drop for RedisServer {
 }
 
 /// A port nobody listens on now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -217,3 +217,49 @@ async fn sixteen_managers_on_four_machines_log_in_once() {
         "{refreshes} refreshes in {run_for:?}"
     );
 }
+
+/// `rediss://`: a Redis serving TLS with a certificate of a private CA, trusted through
+/// `SSL_CERT_FILE` (read by the system trust store loader, as on a cluster node whose CA is
+/// installed): slots are taken over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_redis_works() {
+    if !std::path::Path::new("/usr/bin/openssl").exists() {
+        eprintln!("skipped: no openssl to make certificates");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    std::fs::write(d("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for args in [
+        vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &d("ca.key"), "-out",
+             &d("ca.pem"), "-days", "1", "-subj", "/CN=eodata test CA"],
+        vec!["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &d("server.key"), "-out",
+             &d("server.csr"), "-subj", "/CN=127.0.0.1"],
+        vec!["x509", "-req", "-in", &d("server.csr"), "-CA", &d("ca.pem"), "-CAkey",
+             &d("ca.key"), "-CAcreateserial", "-out", &d("server.pem"), "-days", "1",
+             "-extfile", &d("san.ext")],
+    ] {
+        let out = std::process::Command::new("openssl").args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let plain = eodata_coord::testing::free_port();
+    let tls = eodata_coord::testing::free_port();
+    let Some(redis) = RedisServer::start_with(
+        plain,
+        &[
+            "--tls-port", &tls.to_string(), "--tls-cert-file", &d("server.pem"),
+            "--tls-key-file", &d("server.key"), "--tls-ca-cert-file", &d("ca.pem"),
+            "--tls-auth-clients", "no",
+        ],
+    ) else {
+        return;
+    };
+    std::env::set_var("SSL_CERT_FILE", d("ca.pem"));
+    let address = Address::parse(&format!("rediss://127.0.0.1:{tls}"), false).unwrap();
+    let coord = Coordinator::new(&address, USER, TOKEN_URL).unwrap();
+    let slots = coord.account_slots(2);
+    let slot = slots.acquire().await;
+    assert!(!coord.link().is_down(), "TLS connection failed");
+    assert_eq!(held(&redis), 1, "the slot was taken over TLS");
+    drop(slot);
+}
