@@ -476,9 +476,12 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             }
         }
         // The catalogue's ContentLength is only a hint: the download's own size is the truth,
-        // and for one product named by hand it is worth a request now. Offline products cannot
-        // be asked; they keep the hint.
-        let size = if meta.online {
+        // made exact at open, as for listed products. Asked now only when the catalogue gives
+        // none: on a server that ignores Range (the real zipper) the question is a GET of the
+        // whole product, and a mount of --product names asked it for every product at start (3
+        // products: 3 bodies started, parked 10 s holding a connection each, then dropped
+        // unread). Offline products cannot be asked; they keep the hint.
+        let size = if meta.online && meta.size_hint.unwrap_or(0) == 0 {
             Some(self.cache.source().info(&meta.id).await?.size)
         } else {
             None
