@@ -70,6 +70,7 @@ async fn diagnose(common: &CommonArgs, args: &DoctorArgs) -> Report {
         login.fail("login", "not tried: the configuration failed");
         return Report::new(vec![config, login, machine::check()]);
     };
+    coordinator(common, &settings, &mut config).await;
     let mut login = Section::new("login");
     let tokens = login_checks(common, &settings, &mut login).await;
     let mut catalogue = Section::new("catalogue");
@@ -86,6 +87,21 @@ async fn diagnose(common: &CommonArgs, args: &DoctorArgs) -> Report {
         ),
     }
     Report::new(vec![config, login, download, catalogue, machine::check()])
+}
+
+/// The cluster's coordinator, when one is configured: its address is usable and it answers.
+async fn coordinator(common: &CommonArgs, settings: &Settings, s: &mut Section) {
+    if settings.endpoints.coordinator.is_none() {
+        return;
+    }
+    match crate::stack::coordinator(common, settings) {
+        Ok(Some(c)) => match c.probe().await {
+            Ok(text) => s.ok("coordinator", text),
+            Err(text) => s.warn("coordinator", text),
+        },
+        Ok(None) => {}
+        Err(e) => s.fail("coordinator", format!("{e:#}")),
+    }
 }
 
 /// The doctor's own HTTP client: no redirects followed (the download check follows them

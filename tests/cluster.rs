@@ -318,3 +318,27 @@ fn a_plain_redis_address_to_another_host_is_refused_and_nothing_is_mounted() {
         "refused before logging in"
     );
 }
+
+#[test]
+fn doctor_reports_the_coordinator_answering_or_away() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let double = start_double(double_config(None));
+    let ws = Workspace::new();
+    let out = ws.run(&double, &["doctor", "--coordinator", &redis.url()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("coordinator"))
+        .unwrap_or_else(|| panic!("no coordinator line:\n{stdout}"));
+    assert!(line.contains("answers (Redis 7"), "{line}");
+    redis.stop();
+    let out = ws.run(&double, &["doctor", "--coordinator", &redis.url()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("coordinator") && l.contains("cannot be reached"))
+        .unwrap_or_else(|| panic!("no unreachable coordinator line:\n{stdout}"));
+    assert!(line.contains(&redis.url()), "{line}");
+}

@@ -168,6 +168,47 @@ impl Coordinator {
         &self.link
     }
 
+    /// Asks the coordinator's Redis, for `doctor`: its version and the account's slots held
+    /// now, or why it cannot be reached (in words for the user).
+    pub async fn probe(&self) -> Result<String, String> {
+        let Some(mut conn) = self.link.get().await else {
+            return Err(format!(
+                "{} cannot be reached (see the warning above); mounts carry on with this \
+                 machine's own token cache and connection budget",
+                self.link.shown()
+            ));
+        };
+        let info: String = match redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(i) => i,
+            Err(e) => {
+                self.link.failed(&e).await;
+                return Err(format!(
+                    "{} answered INFO with an error: {e}",
+                    self.link.shown()
+                ));
+            }
+        };
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string();
+        let held: usize = redis::cmd("ZCARD")
+            .arg(self.key("slots"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        Ok(format!(
+            "{} answers (Redis {version}); {held} of the account's download slots held now",
+            self.link.shown()
+        ))
+    }
+
     /// The token store for this account, falling back to `local` while Redis is away.
     pub fn token_store(
         &self,

@@ -231,25 +231,76 @@ async fn tls_to_redis_works() {
     let d = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
     std::fs::write(d("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
     for args in [
-        vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &d("ca.key"), "-out",
-             &d("ca.pem"), "-days", "1", "-subj", "/CN=eodata test CA"],
-        vec!["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &d("server.key"), "-out",
-             &d("server.csr"), "-subj", "/CN=127.0.0.1"],
-        vec!["x509", "-req", "-in", &d("server.csr"), "-CA", &d("ca.pem"), "-CAkey",
-             &d("ca.key"), "-CAcreateserial", "-out", &d("server.pem"), "-days", "1",
-             "-extfile", &d("san.ext")],
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &d("ca.key"),
+            "-out",
+            &d("ca.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=eodata test CA",
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &d("server.key"),
+            "-out",
+            &d("server.csr"),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &d("server.csr"),
+            "-CA",
+            &d("ca.pem"),
+            "-CAkey",
+            &d("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &d("server.pem"),
+            "-days",
+            "1",
+            "-extfile",
+            &d("san.ext"),
+        ],
     ] {
-        let out = std::process::Command::new("openssl").args(&args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let plain = eodata_coord::testing::free_port();
     let tls = eodata_coord::testing::free_port();
     let Some(redis) = RedisServer::start_with(
         plain,
         &[
-            "--tls-port", &tls.to_string(), "--tls-cert-file", &d("server.pem"),
-            "--tls-key-file", &d("server.key"), "--tls-ca-cert-file", &d("ca.pem"),
-            "--tls-auth-clients", "no",
+            "--tls-port",
+            &tls.to_string(),
+            "--tls-cert-file",
+            &d("server.pem"),
+            "--tls-key-file",
+            &d("server.key"),
+            "--tls-ca-cert-file",
+            &d("ca.pem"),
+            "--tls-auth-clients",
+            "no",
         ],
     ) else {
         return;
