@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 /// Mount Copernicus EODATA products from CREODIAS as local files.
 ///
 /// Products appear as MOUNTPOINT/<Name>.zip and are read on demand with authenticated HTTP
-/// Range requests; the TOTP code and the Keycloak token are handled for you.
+/// Range requests; the TOTP code and the Keycloak token are handled for you. The root also holds
+/// the /eodata tree of a CREODIAS machine (MOUNTPOINT/Sentinel-2/MSI/L1C/2018/09/27/<Name>.zip;
+/// off with --no-tree or --listed-only).
 #[derive(Debug, Parser)]
 #[command(
     name = "eodata-mount",
@@ -264,7 +266,7 @@ pub struct MountArgs {
     #[arg(short, long)]
     pub foreground: bool,
 
-    /// A product to list in the root (Name or UUID); repeatable.
+    /// A product to list in the root (Name, UUID, or an /eodata/... path); repeatable.
     #[arg(long = "product", value_name = "ID")]
     pub products: Vec<String>,
 
@@ -326,12 +328,19 @@ pub struct MountArgs {
     /// <Name>.zip.
     #[arg(long)]
     pub no_safe_view: bool,
+
+    /// Do not show the /eodata tree (Sentinel-1/ Sentinel-2/ ... down to
+    /// Sentinel-2/MSI/L1C/YYYY/MM/DD/<Name>.zip) in the root. The tree is also off under
+    /// --listed-only, since it would let anyone with access to the mount open any product.
+    #[arg(long)]
+    pub no_tree: bool,
 }
 
 /// Options of `download`.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// Products: Names (with or without .SAFE) or UUIDs.
+    /// Products: Names (with or without .SAFE), UUIDs, or /eodata/... paths (as on a CREODIAS
+    /// machine or in a mount's tree: the last component is the Name, .zip or not).
     #[arg(value_name = "PRODUCT")]
     pub products: Vec<String>,
 

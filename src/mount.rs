@@ -110,6 +110,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             listing_ttl: std::time::Duration::from_secs(cli.mount.listing_ttl),
             safe_view: !cli.mount.no_safe_view,
             listed_only: cli.mount.listed_only,
+            tree: !cli.mount.no_tree,
             ..FsConfig::default()
         },
     ));
