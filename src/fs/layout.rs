@@ -336,17 +336,23 @@ pub fn mission(name: &str) -> Option<TreeKey> {
         .map(TreeKey::Mission)
 }
 
-/// Whether a product's `S3Path` lies directly in the directory `dir` (both as
-/// [`TreeKey::path`] writes them); trailing `_` of each component are ignored, since the
-/// archive writes Sentinel-3 types both short and padded (see the module doc).
+/// Whether a product's `S3Path` lies directly in the directory `dir` (as [`TreeKey::path`]
+/// writes it). Compared from the bucket on (`/eodata/`, `s3://EODATA/` alike), with trailing
+/// `_` of each component ignored, since the archive writes Sentinel-3 types both short and
+/// padded (see the module doc).
 pub fn same_path(s3_path: &str, dir: &str) -> bool {
     let parent = s3_path
         .trim_end_matches('/')
         .rsplit_once('/')
         .map_or("", |(p, _)| p);
     let parts = |p: &str| -> Vec<String> {
-        p.split('/')
-            .filter(|c| !c.is_empty())
+        let all: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+        let from = all
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case("eodata"))
+            .map_or(0, |i| i + 1);
+        all[from..]
+            .iter()
             .map(|c| c.trim_end_matches('_').to_string())
             .collect()
     };

@@ -53,9 +53,6 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
 
     /// The inode of a tree directory (made on first use).
     fn tree_ino(&self, key: TreeKey, parent: u64) -> u64 {
-        if let Some(ino) = self.tree.by_key.lock().unwrap().get(&key) {
-            return *ino;
-        }
         let mut by_key = self.tree.by_key.lock().unwrap();
         if let Some(ino) = by_key.get(&key) {
             return *ino;
@@ -196,12 +193,9 @@ mod tests {
         }
     }
 
-    fn fs(
-        config: FsConfig,
-    ) -> (
-        Arc<Fs<Arc<DayResolver>, Arc<MemorySource>>>,
-        Arc<DayResolver>,
-    ) {
+    type TestFs = Fs<Arc<DayResolver>, Arc<MemorySource>>;
+
+    fn fs(config: FsConfig) -> (Arc<TestFs>, Arc<DayResolver>) {
         let resolver = Arc::new(DayResolver {
             products: vec![
                 meta("a", NAME, Some(&format!("{DAY}/{NAME}"))),
@@ -227,7 +221,7 @@ mod tests {
         (Arc::new(Fs::new(resolver.clone(), cache, config)), resolver)
     }
 
-    async fn names(fs: &Fs<Arc<DayResolver>, Arc<MemorySource>>, ino: u64) -> Vec<String> {
+    async fn names(fs: &TestFs, ino: u64) -> Vec<String> {
         fs.readdir(ino)
             .await
             .unwrap()
@@ -237,10 +231,7 @@ mod tests {
             .collect()
     }
 
-    async fn walk(
-        fs: &Fs<Arc<DayResolver>, Arc<MemorySource>>,
-        path: &str,
-    ) -> Result<Attr, FsError> {
+    async fn walk(fs: &TestFs, path: &str) -> Result<Attr, FsError> {
         let mut ino = ROOT_INO;
         let mut attr = fs.getattr(ROOT_INO).await?;
         for part in path.split('/').filter(|p| !p.is_empty()) {
@@ -437,8 +428,16 @@ mod tests {
             "/eodata/Sentinel-3/OLCI/OL_1_EFR___/2024/04/15/S3B_OL_1_EFR____X.SEN3",
             &day.path()
         ));
+        assert!(layout::same_path(
+            "s3://EODATA/Sentinel-3/OLCI/OL_1_EFR/2024/04/15/x.SEN3/",
+            &day.path()
+        ));
         assert!(!layout::same_path(
             "/eodata/Sentinel-3/OLCI/OL_1_ERR/2024/04/15/x",
+            &day.path()
+        ));
+        assert!(!layout::same_path(
+            "/eodata/Sentinel-3/OLCI/OL_1_EFR/2024/04/15",
             &day.path()
         ));
         assert!(!layout::same_path(
