@@ -146,7 +146,7 @@ pub struct CacheArgs {
 pub enum CacheAction {
     /// One line a product: UUID, bytes held of its size, whole or partial, its Name if known.
     List,
-    /// Drop every product, or the ones named (Name or UUID).
+    /// Drop every product, or the ones named (Name, UUID or /eodata/... path).
     Clear {
         #[arg(value_name = "PRODUCT")]
         products: Vec<String>,
