@@ -114,6 +114,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             ..FsConfig::default()
         },
     ));
+    if cli.mount.listed_only && !cli.mount.no_tree {
+        tracing::info!("--listed-only: no /eodata tree in the root (it would open every product)");
+    }
     fs.set_node_lister(Arc::new(CatalogueNodes(catalogue)));
     let coordinator = stack::coordinator(common, &settings)?;
     fs.set_status_source(status_source(tokens, zipper, spools, disk, coordinator));
