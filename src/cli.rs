@@ -275,8 +275,9 @@ pub struct MountArgs {
     pub products_file: Option<PathBuf>,
 
     /// Only products listed by --product, --products-file or --query can be opened: a lookup of
-    /// any other <Name>.zip or <uuid>.zip fails (ENOENT) without a request. Use it with
-    /// --allow-other, or every local user can download anything on your account.
+    /// any other <Name>.zip or <uuid>.zip fails (ENOENT) without a request, and the /eodata tree
+    /// is not shown. Use it with --allow-other, or every local user can download anything on
+    /// your account.
     #[arg(long)]
     pub listed_only: bool,
 
