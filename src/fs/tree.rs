@@ -133,6 +133,26 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         Some((dir.parent, names))
     }
 
+    /// The status file's lines about the tree: on or off, and the days listed so far (each
+    /// cost the catalogue requests of its listing).
+    pub(super) fn tree_status(&self) -> String {
+        if !self.tree_on() {
+            return "tree: off\n".into();
+        }
+        let nodes: Vec<Arc<TreeNode>> = self.tree.nodes.lock().unwrap().values().cloned().collect();
+        let (mut days, mut products) = (0, 0);
+        for day in nodes.iter().filter_map(|n| n.day.as_ref()) {
+            // A listing being fetched right now counts on the next read.
+            if let Ok(l) = day.listing.try_lock() {
+                if l.fetched_at.is_some() {
+                    days += 1;
+                    products += l.entries.len();
+                }
+            }
+        }
+        format!("tree: on\ntree.days_listed: {days}\ntree.products_listed: {products}\n")
+    }
+
     /// The parent of a tree directory (for `..`).
     pub(super) fn tree_parent(&self, ino: u64) -> Option<u64> {
         self.tree.node(ino).map(|n| n.parent)
@@ -338,6 +358,11 @@ mod tests {
             fs.open(day.ino, false).await,
             Err(FsError::IsADirectory)
         ));
+        let status = fs.status_text();
+        assert!(
+            status.contains("tree: on\ntree.days_listed: 2\ntree.products_listed: 4\n"),
+            "{status}"
+        );
     }
 
     #[tokio::test]
@@ -351,6 +376,7 @@ mod tests {
         ] {
             let (fs, resolver) = fs(config);
             assert!(names(&fs, ROOT_INO).await.is_empty());
+            assert!(fs.status_text().contains("tree: off\n"));
             assert!(matches!(
                 walk(&fs, "Sentinel-2").await,
                 Err(FsError::NotFound)
