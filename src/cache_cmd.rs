@@ -97,15 +97,17 @@ fn names(dir: &Path) -> HashMap<String, String> {
         .collect()
 }
 
-/// The id of a product named by UUID, Name, Name without `.SAFE`, or `<Name>.zip`.
+/// The id of a product named by UUID, Name, Name without `.SAFE`, or `<Name>.zip`, or by an
+/// `/eodata/...` path ending in one of these.
 fn find(
     want: &str,
     held: &[eodata_fetch::disk::CachedProduct],
     names: &HashMap<String, String>,
 ) -> anyhow::Result<String> {
-    let bare = want.trim_end_matches(".zip").trim_end_matches(".SAFE");
+    let key = eodata_catalogue::product_of(want);
+    let bare = key.trim_end_matches(".zip").trim_end_matches(".SAFE");
     let hit = held.iter().find(|p| {
-        p.id.eq_ignore_ascii_case(want)
+        p.id.eq_ignore_ascii_case(key.trim_end_matches(".zip"))
             || names
                 .get(&p.id)
                 .is_some_and(|n| n.trim_end_matches(".SAFE") == bare)
@@ -113,5 +115,40 @@ fn find(
     match hit {
         Some(p) => Ok(p.id.clone()),
         None => bail!("{want} is not in the disk cache (see eodata-mount cache list)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_are_found_by_uuid_name_or_eodata_path() {
+        let id = "db0c8ef3-8ec0-5185-a537-812dad3c58f8";
+        let name = "S2A_MSIL1C_20180927T051221_N0206_R033_T42FXL_20180927T073143.SAFE";
+        let held = [eodata_fetch::disk::CachedProduct {
+            id: id.into(),
+            size: None,
+            held: 0,
+            whole: false,
+        }];
+        let names = HashMap::from([(id.to_string(), name.to_string())]);
+        for want in [
+            id.to_string(),
+            format!("{}.zip", id.to_uppercase()),
+            name.to_string(),
+            format!("{name}.zip"),
+            name.trim_end_matches(".SAFE").to_string(),
+            format!("/eodata/Sentinel-2/MSI/L1C/2018/09/27/{name}"),
+            format!("/mnt/eodata/Sentinel-2/MSI/L1C/2018/09/27/{name}.zip"),
+        ] {
+            assert_eq!(find(&want, &held, &names).unwrap(), id, "{want}");
+        }
+        assert!(find(
+            "/eodata/Sentinel-2/MSI/L1C/2018/09/27/S2B_OTHER.SAFE",
+            &held,
+            &names
+        )
+        .is_err());
     }
 }

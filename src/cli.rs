@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 /// Mount Copernicus EODATA products from CREODIAS as local files.
 ///
 /// Products appear as MOUNTPOINT/<Name>.zip and are read on demand with authenticated HTTP
-/// Range requests; the TOTP code and the Keycloak token are handled for you.
+/// Range requests; the TOTP code and the Keycloak token are handled for you. The root also holds
+/// the /eodata tree of a CREODIAS machine (MOUNTPOINT/Sentinel-2/MSI/L1C/2018/09/27/<Name>.zip;
+/// off with --no-tree or --listed-only).
 #[derive(Debug, Parser)]
 #[command(
     name = "eodata-mount",
@@ -144,7 +146,7 @@ pub struct CacheArgs {
 pub enum CacheAction {
     /// One line a product: UUID, bytes held of its size, whole or partial, its Name if known.
     List,
-    /// Drop every product, or the ones named (Name or UUID).
+    /// Drop every product, or the ones named (Name, UUID or /eodata/... path).
     Clear {
         #[arg(value_name = "PRODUCT")]
         products: Vec<String>,
@@ -264,7 +266,7 @@ pub struct MountArgs {
     #[arg(short, long)]
     pub foreground: bool,
 
-    /// A product to list in the root (Name or UUID); repeatable.
+    /// A product to list in the root (Name, UUID, or an /eodata/... path); repeatable.
     #[arg(long = "product", value_name = "ID")]
     pub products: Vec<String>,
 
@@ -273,8 +275,9 @@ pub struct MountArgs {
     pub products_file: Option<PathBuf>,
 
     /// Only products listed by --product, --products-file or --query can be opened: a lookup of
-    /// any other <Name>.zip or <uuid>.zip fails (ENOENT) without a request. Use it with
-    /// --allow-other, or every local user can download anything on your account.
+    /// any other <Name>.zip or <uuid>.zip fails (ENOENT) without a request, and the /eodata tree
+    /// is not shown. Use it with --allow-other, or every local user can download anything on
+    /// your account.
     #[arg(long)]
     pub listed_only: bool,
 
@@ -326,12 +329,19 @@ pub struct MountArgs {
     /// <Name>.zip.
     #[arg(long)]
     pub no_safe_view: bool,
+
+    /// Do not show the /eodata tree (Sentinel-1/ Sentinel-2/ ... down to
+    /// Sentinel-2/MSI/L1C/YYYY/MM/DD/<Name>.zip) in the root. The tree is also off under
+    /// --listed-only, since it would let anyone with access to the mount open any product.
+    #[arg(long)]
+    pub no_tree: bool,
 }
 
 /// Options of `download`.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// Products: Names (with or without .SAFE) or UUIDs.
+    /// Products: Names (with or without .SAFE), UUIDs, or /eodata/... paths (as on a CREODIAS
+    /// machine or in a mount's tree: the last component is the Name, .zip or not).
     #[arg(value_name = "PRODUCT")]
     pub products: Vec<String>,
 

@@ -110,9 +110,13 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             listing_ttl: std::time::Duration::from_secs(cli.mount.listing_ttl),
             safe_view: !cli.mount.no_safe_view,
             listed_only: cli.mount.listed_only,
+            tree: !cli.mount.no_tree,
             ..FsConfig::default()
         },
     ));
+    if cli.mount.listed_only && !cli.mount.no_tree {
+        tracing::info!("--listed-only: no /eodata tree in the root (it would open every product)");
+    }
     fs.set_node_lister(Arc::new(CatalogueNodes(catalogue)));
     let coordinator = stack::coordinator(common, &settings)?;
     fs.set_status_source(status_source(tokens, zipper, spools, disk, coordinator));

@@ -30,6 +30,7 @@ fn store(catalogue_only: usize) -> PathBuf {
         seed: 7,
         geotiff: false,
         catalogue_only,
+        same_day: 0,
     })
     .expect("generate the listing store")
 }
@@ -155,8 +156,8 @@ fn xattrs_match_the_catalogue_and_offline_products_fail_clearly() {
     let products = store(30);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
-    // One unnamed query: its products fill the root.
-    let mount = Mount::start(&ws, &double, &["--query", ALL]);
+    // One unnamed query: its products fill the root (the /eodata tree aside).
+    let mount = Mount::start(&ws, &double, &["--query", ALL, "--no-tree"]);
     let entries = index(&products);
     assert_eq!(names_in(&mount.dir).len(), entries.len());
     for e in &entries {
@@ -297,9 +298,18 @@ fn named_queries_are_directories_and_the_status_file_reports() {
     );
     let mut root = names_in(&mount.dir);
     root.sort();
+    // Beside the /eodata tree.
     assert_eq!(
         root,
-        vec![format!("{TUTORIAL_NAME}.zip"), "none".into(), "one".into()]
+        vec![
+            format!("{TUTORIAL_NAME}.zip"),
+            "Sentinel-1".into(),
+            "Sentinel-2".into(),
+            "Sentinel-3".into(),
+            "Sentinel-5P".into(),
+            "none".into(),
+            "one".into()
+        ]
     );
     assert_eq!(names_in(&mount.path("one")), vec![format!("{first}.zip")]);
     assert!(names_in(&mount.path("none")).is_empty());

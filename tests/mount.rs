@@ -20,7 +20,8 @@ fn tools_read_identical_bytes_through_the_mount() {
     let products = products(2, SIZE_MIB);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
-    let mount = Mount::start(&ws, &double, &["--product", TUTORIAL_ID]);
+    // Without the /eodata tree (tests/eodata_tree.rs), the root is the product alone.
+    let mount = Mount::start(&ws, &double, &["--product", TUTORIAL_ID, "--no-tree"]);
     let local = product_file(&products, 0);
     let want = file_sha256(&local);
     let file = mount.path(&format!("{TUTORIAL_NAME}.zip"));

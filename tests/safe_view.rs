@@ -65,7 +65,7 @@ fn setup(
     // Listed by a query, the product costs no download request at mount time (`--product`
     // would ask the zip's size), so the log shows only what the folder view fetched.
     let query = format!("Name eq '{TUTORIAL_NAME}'");
-    let mut args = vec!["--query", query.as_str()];
+    let mut args = vec!["--query", query.as_str(), "--no-tree"];
     args.extend_from_slice(extra);
     let mount = Mount::start(&ws, &double, &args);
     (product_file(&products, 0), double, ws, mount)

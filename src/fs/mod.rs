@@ -28,11 +28,13 @@
 //! state per open handle. The adapter in `crate::fuse` turns [`FsError`] into errno.
 
 mod inodes;
+mod layout;
 mod query;
 mod safe_view;
 mod status;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -68,6 +70,19 @@ pub struct ProductMeta {
     pub size_hint: Option<u64>,
     /// Extra facts exposed as `user.eodata.*` extended attributes.
     pub xattrs: Vec<(String, String)>,
+}
+
+/// The extended attribute that holds the catalogue's `S3Path`.
+pub const S3PATH_XATTR: &str = "user.eodata.s3path";
+
+impl ProductMeta {
+    /// The catalogue's `S3Path` (`/eodata/Sentinel-2/MSI/L1C/2018/09/27/<Name>`), if it gave one.
+    pub fn s3_path(&self) -> Option<&str> {
+        self.xattrs
+            .iter()
+            .find(|(k, _)| k == S3PATH_XATTR)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Finds products by any of their names, and lists the results of queries. Implemented over
@@ -203,6 +218,9 @@ pub struct FsConfig {
     /// Most products that lookups of unlisted names may add to the root; past it such lookups
     /// are ENOENT (see [`DEFAULT_MAX_LOOKED_UP`]).
     pub max_looked_up: usize,
+    /// The `/eodata` tree in the root (`tree`; the mount turns it on, `--no-tree` off). Never
+    /// under `listed_only`: the tree would make every product of the archive openable.
+    pub tree: bool,
 }
 
 /// Default bound on products resolved by lookup: 10,000 is far beyond a person's or a script's
@@ -233,6 +251,7 @@ impl Default for FsConfig {
             safe_view: false,
             listed_only: false,
             max_looked_up: DEFAULT_MAX_LOOKED_UP,
+            tree: false,
         }
     }
 }
@@ -268,6 +287,8 @@ pub struct Fs<R: Resolver, S: RangeSource> {
     last_error: Mutex<Option<(SystemTime, String)>>,
     status_source: Mutex<Option<StatusSource>>,
     view: safe_view::SafeView,
+    /// The directories of the `/eodata` tree met so far.
+    tree: tree::Tree,
     /// Products added to the root by lookups of names not listed before.
     looked_up: AtomicU64,
     /// Ids whose bytes changed at the download service while this mount read them (a failed
@@ -323,6 +344,8 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
                 Arc::new(QueryDir {
                     spec: spec.clone(),
                     listing: tokio::sync::Mutex::new(Listing::default()),
+                    max_results: config.max_results,
+                    place: None,
                 }),
             );
         }
@@ -341,6 +364,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             last_error: Mutex::new(None),
             status_source: Mutex::new(None),
             view: safe_view::SafeView::default(),
+            tree: tree::Tree::default(),
             looked_up: AtomicU64::new(0),
             changed: Mutex::default(),
         }
@@ -351,8 +375,10 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         *self.status_source.lock().unwrap() = Some(source);
     }
 
-    /// Resolve a product and list it in the root (used for `--product` at start-up).
+    /// Resolve a product and list it in the root (used for `--product` at start-up). An
+    /// `/eodata/...` path names the product of its last component.
     pub async fn add_product(&self, name: &str) -> Result<Attr, FsError> {
+        let name = eodata_catalogue::product_of(name);
         match self.find_or_resolve(name, Via::MountTime).await? {
             Some(node) => Ok(self.file_attr(&node)),
             None => Err(FsError::NotFound),
@@ -376,9 +402,14 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         // The folder view: inside a view folder, or `<Name>` beside a listed `<Name>.zip`.
-        let zip_here = match self.queries.get(&parent) {
+        let zip_here = match self
+            .queries
+            .get(&parent)
+            .cloned()
+            .or_else(|| self.tree_day(parent))
+        {
             Some(dir) => {
-                let entries = self.listing(dir, false).await?;
+                let entries = self.listing(&dir, false).await?;
                 if let Some(node) = entries.get(name).and_then(|ino| self.node(*ino)) {
                     return Ok(self.file_attr(&node));
                 }
@@ -402,8 +433,11 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             return found;
         }
         if parent != ROOT_INO {
-            if self.queries.contains_key(&parent) {
+            if self.queries.contains_key(&parent) || self.tree_day(parent).is_some() {
                 return Err(FsError::NotFound);
+            }
+            if self.is_tree_dir(parent) {
+                return self.tree_lookup(parent, name);
             }
             return Err(self.not_a_directory(parent));
         }
@@ -412,6 +446,9 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         }
         if let Some(ino) = self.query_names.get(name) {
             return self.getattr(*ino).await;
+        }
+        if let Some(attr) = self.tree_lookup_root(name) {
+            return Ok(attr);
         }
         let Some(stem) = name.strip_suffix(".zip") else {
             return Err(FsError::NotFound);
@@ -502,7 +539,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         if ino == STATUS_INO {
             return Ok(self.status_attr());
         }
-        if self.queries.contains_key(&ino) {
+        if self.queries.contains_key(&ino) || self.is_tree_dir(ino) {
             return Ok(self.dir_attr(ino));
         }
         if let Some(attr) = self.view_attr(ino) {
@@ -525,13 +562,20 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             return Ok(fh);
         }
         let mut names: BTreeMap<String, u64> = BTreeMap::new();
-        if let Some(dir) = self.queries.get(&ino) {
+        if let Some(dir) = self
+            .queries
+            .get(&ino)
+            .cloned()
+            .or_else(|| self.tree_day(ino))
+        {
             names.extend(
-                self.listing(dir, true)
+                self.listing(&dir, true)
                     .await?
                     .iter()
                     .map(|(k, v)| (k.clone(), *v)),
             );
+        } else if let Some((_, children)) = self.tree_entries(ino) {
+            names = children;
         } else if ino != ROOT_INO {
             return Err(self.not_a_directory(ino));
         }
@@ -539,9 +583,11 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             names.extend(self.query_names.iter().map(|(k, v)| (k.clone(), *v)));
             let nodes = self.inodes.lock().unwrap().listed();
             names.extend(nodes.iter().map(|n| (n.file_name(), n.ino)));
+            self.tree_add_root(&mut names);
         }
         self.view_add_tops(&mut names);
-        let mut entries = vec![(".".to_string(), ino), ("..".to_string(), ROOT_INO)];
+        let parent = self.tree_parent(ino).unwrap_or(ROOT_INO);
+        let mut entries = vec![(".".to_string(), ino), ("..".to_string(), parent)];
         entries.extend(names);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dir_handles
@@ -570,16 +616,17 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             .ok_or(FsError::BadHandle)?;
         let mut out = Vec::with_capacity(entries.len().saturating_sub(offset).min(max));
         for (name, ino) in entries.iter().skip(offset).take(max) {
-            let attr = if *ino == ROOT_INO || self.queries.contains_key(ino) {
-                self.dir_attr(*ino)
-            } else if let Some(attr) = self.view_attr(*ino) {
-                attr
-            } else {
-                match self.node(*ino) {
-                    Some(node) => self.file_attr(&node),
-                    None => continue,
-                }
-            };
+            let attr =
+                if *ino == ROOT_INO || self.queries.contains_key(ino) || self.is_tree_dir(*ino) {
+                    self.dir_attr(*ino)
+                } else if let Some(attr) = self.view_attr(*ino) {
+                    attr
+                } else {
+                    match self.node(*ino) {
+                        Some(node) => self.file_attr(&node),
+                        None => continue,
+                    }
+                };
             out.push(DirEntry {
                 name: name.clone(),
                 attr,
@@ -603,7 +650,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
 
     /// Open a product for reading. `write` is true for any open that asks to write.
     pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
-        if ino == ROOT_INO || self.queries.contains_key(&ino) {
+        if ino == ROOT_INO || self.queries.contains_key(&ino) || self.is_tree_dir(ino) {
             return Err(FsError::IsADirectory);
         }
         if write {
@@ -742,7 +789,15 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
 
     /// Names of the `user.eodata.*` attributes of `ino`.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {
-        if ino == ROOT_INO || ino == STATUS_INO || self.queries.contains_key(&ino) {
+        if self.tree_day(ino).is_some() {
+            // A day says which query lists it, as a query directory does.
+            return Ok(vec!["user.eodata.filter".to_string()]);
+        }
+        if ino == ROOT_INO
+            || ino == STATUS_INO
+            || self.queries.contains_key(&ino)
+            || self.is_tree_dir(ino)
+        {
             return Ok(Vec::new());
         }
         if let Some(x) = self.view_xattrs(ino) {
@@ -753,7 +808,15 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
     }
 
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
-        if let Some(dir) = self.queries.get(&ino) {
+        if self.is_tree_dir(ino) && self.tree_day(ino).is_none() {
+            return Err(FsError::NoAttribute);
+        }
+        if let Some(dir) = self
+            .queries
+            .get(&ino)
+            .cloned()
+            .or_else(|| self.tree_day(ino))
+        {
             // A query directory says what it shows.
             if name == "user.eodata.filter" {
                 return Ok(dir.spec.filter.clone().into_bytes());
@@ -788,7 +851,12 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
 
     /// A directory's attributes; a query directory's mtime is when its listing was fetched.
     fn dir_attr(&self, ino: u64) -> Attr {
-        let mtime = match self.queries.get(&ino) {
+        let mtime = match self
+            .queries
+            .get(&ino)
+            .cloned()
+            .or_else(|| self.tree_day(ino))
+        {
             Some(dir) => match dir.listing.try_lock() {
                 Ok(l) => l.fetched_wall.unwrap_or(self.created),
                 // Being refetched: the creation time will do for this one answer.

@@ -8,6 +8,7 @@
 //! its own snapshot, see `Fs::opendir`).
 //!
 //! This file holds the `Fs` methods that fetch listings ([`Fs::refresh_queries`], `listing`).
+//! The days of the `/eodata` tree (`tree`) are query directories too, made on first use.
 //!
 //! A refetch that fails keeps the old listing (logged), so a catalogue outage does not empty a
 //! directory that tools are working in; without an old listing the error reaches the caller.
@@ -80,6 +81,12 @@ pub(super) struct QueryDir {
     pub spec: QuerySpec,
     /// The listing; an async lock so that concurrent `ls` after expiry share one refetch.
     pub listing: tokio::sync::Mutex<Listing>,
+    /// Most products listed (`--max-results` for `--query`; a day of the tree lists more).
+    pub max_results: usize,
+    /// For a day of the `/eodata` tree (`tree`): its path, e.g.
+    /// `/eodata/Sentinel-2/MSI/L1C/2018/09/27`; a product whose `S3Path` names another
+    /// directory is left out (it is listed where its `S3Path` says).
+    pub place: Option<String>,
 }
 
 /// What a query found, as file names to product inodes.
@@ -128,22 +135,28 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             return Ok(listing.entries.clone());
         }
         let started = Instant::now();
-        match self
-            .resolver
-            .query(&dir.spec.filter, self.config.max_results)
-            .await
-        {
+        match self.resolver.query(&dir.spec.filter, dir.max_results).await {
             Ok(found) => {
-                if found.len() >= self.config.max_results {
+                if found.len() >= dir.max_results {
                     tracing::warn!(
-                        "query {:?} stopped at --max-results {}: raise it or narrow the filter",
+                        "query {:?} stopped at {} products{}",
                         dir.spec.filter,
-                        self.config.max_results
+                        dir.max_results,
+                        if dir.place.is_some() {
+                            ""
+                        } else {
+                            " (--max-results): raise it or narrow the filter"
+                        }
                     );
                 }
                 let mut entries = BTreeMap::new();
                 let mut table = self.inodes.lock().unwrap();
                 for meta in found {
+                    if let (Some(place), Some(s3)) = (&dir.place, meta.s3_path()) {
+                        if !super::layout::same_path(s3, place) {
+                            continue;
+                        }
+                    }
                     let id = meta.id.clone();
                     let node = table.insert(meta, None, &id);
                     entries.insert(node.file_name(), node.ino);

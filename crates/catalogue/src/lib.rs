@@ -381,10 +381,18 @@ impl Catalogue {
     }
 }
 
-/// The cache key of what a user typed: blanks and a trailing `.zip` dropped, a UUID in lower
-/// case (names are case-sensitive and kept as they are).
+/// The product a user names, as a Name, UUID or path: of a path (`/eodata/Sentinel-2/MSI/L1C/
+/// 2018/09/27/<Name>`, as on a CREODIAS machine or in a mount's tree, or a local copy of one) the
+/// last component, since product names never hold a `/`.
+pub fn product_of(text: &str) -> &str {
+    let t = text.trim().trim_end_matches('/');
+    t.rsplit('/').next().unwrap_or(t)
+}
+
+/// The cache key of what a user typed: blanks, a leading path (see [`product_of`]) and a
+/// trailing `.zip` dropped, a UUID in lower case (names are case-sensitive and kept as they are).
 fn normalise(name_or_id: &str) -> String {
-    let s = name_or_id.trim();
+    let s = product_of(name_or_id);
     let s = match s.len().checked_sub(4) {
         Some(cut) if s.is_char_boundary(cut) && s[cut..].eq_ignore_ascii_case(".zip") => &s[..cut],
         _ => s,

@@ -560,6 +560,22 @@ fn normalise_drops_zip_and_lowercases_uuids() {
     assert_eq!(normalise("é"), "é");
 }
 
+#[test]
+fn eodata_paths_name_their_last_component() {
+    let name = "S2A_MSIL1C_20180927T051221_N0206_R033_T42FXL_20180927T073143.SAFE";
+    for path in [
+        format!("/eodata/Sentinel-2/MSI/L1C/2018/09/27/{name}"),
+        format!("/eodata/Sentinel-2/MSI/L1C/2018/09/27/{name}.zip"),
+        format!("/eodata/Sentinel-2/MSI/L1C/2018/09/27/{name}/"),
+        format!("/mnt/eodata/Sentinel-2/MSI/L1C/2018/09/27/{name}.zip"),
+        format!(" {name} "),
+    ] {
+        assert_eq!(normalise(&path), name, "{path}");
+    }
+    assert_eq!(product_of("/"), "");
+    assert_eq!(normalise("/eodata/x/"), "x");
+}
+
 /// A seeded xorshift: the same inputs on every run, no dependency.
 struct Rng(u64);
 

@@ -60,15 +60,19 @@ pub fn ensure(opts: &GenerateOptions) -> Result<PathBuf> {
     result.map(|()| out)
 }
 pub(super) fn stamp_text(opts: &GenerateOptions) -> String {
-    serde_json::json!({
+    let mut stamp = serde_json::json!({
         "generator": GENERATOR_VERSION,
         "count": opts.count,
         "size": opts.size,
         "seed": opts.seed,
         "geotiff": opts.geotiff,
         "catalogue_only": opts.catalogue_only,
-    })
-    .to_string()
+    });
+    // Only when asked for, so that directories stamped before the option existed stay valid.
+    if opts.same_day > 0 {
+        stamp["same_day"] = opts.same_day.into();
+    }
+    stamp.to_string()
 }
 
 fn stamp_matches_in(dir: &Path, opts: &GenerateOptions) -> bool {

@@ -45,6 +45,9 @@ use safe::write_product;
 pub const TUTORIAL_NAME: &str = "S2A_MSIL1C_20180927T051221_N0206_R033_T42FXL_20180927T073143.SAFE";
 /// The tutorial's product id (its `url_download` ends with it).
 pub const TUTORIAL_ID: &str = "db0c8ef3-8ec0-5185-a537-812dad3c58f8";
+/// The tutorial's product's sensing day, in days since 1970-01-01 (2018-09-27): the day
+/// [`GenerateOptions::same_day`] crowds.
+const TUTORIAL_DAY: i64 = 17_801;
 
 /// Filler write size: large enough that per-call overhead vanishes, small enough to never hold a
 /// product in memory.
@@ -76,6 +79,9 @@ pub struct GenerateOptions {
     pub geotiff: bool,
     /// Extra index entries without a zip file, for listing tests of thousands of products.
     pub catalogue_only: usize,
+    /// More entries without a zip file, all sensed on the tutorial's day (2018-09-27), for
+    /// listings of one crowded day of the `/eodata` tree.
+    pub same_day: usize,
 }
 
 /// Writes `<out>/<Id>.zip` for each product, `<out>/index.json`, and a stamp of the options
@@ -86,7 +92,14 @@ pub fn generate(opts: &GenerateOptions) -> Result<Vec<IndexEntry>> {
     if stamp.exists() {
         fs::remove_file(&stamp).with_context(|| format!("removing {}", stamp.display()))?;
     }
-    let all = specs(opts.count + opts.catalogue_only, opts.size, opts.seed);
+    let mut all = specs(opts.count + opts.catalogue_only, opts.size, opts.seed);
+    all.extend(names::specs_on_day(
+        opts.same_day,
+        opts.size,
+        opts.seed,
+        TUTORIAL_DAY,
+        &all,
+    ));
     let mut entries = Vec::with_capacity(all.len());
     for (i, spec) in all.iter().enumerate() {
         if i < opts.count {
@@ -133,6 +146,10 @@ pub struct GenerateArgs {
     /// Extra index entries without a zip file (for listing tests)
     #[arg(long, default_value_t = 0)]
     pub catalogue_only: usize,
+    /// More entries without a zip file, all sensed on 2018-09-27, the tutorial's day (for
+    /// listings of one crowded day: MOUNT/Sentinel-2/MSI/L1C/2018/09/27/)
+    #[arg(long, default_value_t = 0)]
+    pub same_day: usize,
 }
 
 /// The `generate` subcommand: regenerates `--out` and prints what it made.
@@ -150,6 +167,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         geotiff: !args.no_geotiff,
         catalogue_only: args.catalogue_only,
+        same_day: args.same_day,
     };
     let started = Instant::now();
     let entries = generate(&opts)?;
@@ -162,7 +180,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     println!(
         "wrote {} products and {} catalogue-only entries to {} in {:.1} s",
         opts.count,
-        opts.catalogue_only,
+        opts.catalogue_only + opts.same_day,
         opts.out.display(),
         started.elapsed().as_secs_f64()
     );
@@ -220,10 +238,41 @@ mod tests {
             seed: 9,
             geotiff: false,
             catalogue_only: 3,
+            same_day: 0,
         };
         assert!(stamp_matches(&reuse), "ensure reuses what the CLI made");
         let bad = <Cli as clap::Parser>::try_parse_from(["generate", "--count", "1"]);
         assert!(bad.is_err(), "--out is required");
+    }
+
+    #[test]
+    fn same_day_entries_crowd_the_tutorials_day() {
+        let dir = TempDir::new("same-day");
+        let mut o = opts(dir.0.join("p"), 1, MIB / 2, false);
+        o.catalogue_only = 5;
+        let without = generate(&o).unwrap();
+        o.same_day = 40;
+        o.out = dir.0.join("q");
+        let with = generate(&o).unwrap();
+        assert_eq!(with[..6], without[..], "the other entries do not change");
+        let day = &with[6..];
+        assert_eq!(day.len(), 40);
+        let names: std::collections::HashSet<_> = with.iter().map(|e| &e.name).collect();
+        assert_eq!(names.len(), 46);
+        for e in day {
+            assert!(
+                e.s3_path
+                    .starts_with("/eodata/Sentinel-2/MSI/L1C/2018/09/27/"),
+                "{}",
+                e.s3_path
+            );
+            assert!(e.content_date.start.starts_with("2018-09-27T"));
+            assert!(e.file.is_none() && e.name.contains("_MSIL1C_20180927T"));
+        }
+        assert!(day.iter().any(|e| !e.online) && day.iter().any(|e| e.online));
+        assert!(stamp_matches(&o));
+        o.same_day = 41;
+        assert!(!stamp_matches(&o));
     }
 
     /// Debug builds too must stay fast: tests generate hundreds of MiB.

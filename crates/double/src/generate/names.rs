@@ -26,7 +26,37 @@ pub fn specs(count: usize, size: u64, seed: u64) -> Vec<ProductSpec> {
         });
     }
     while out.len() < count {
-        let name = random_name(&mut rng);
+        let name = random_name(&mut rng, None);
+        let id = random_uuid(&mut rng);
+        if seen.insert(name.clone()) && seen.insert(id.clone()) {
+            out.push(ProductSpec {
+                id,
+                name,
+                size,
+                online: true,
+            });
+        }
+    }
+    out
+}
+
+/// `count` more specs like [`specs`]' but all sensed on `day` (days since 1970-01-01), none
+/// with a name or id among `taken`: a crowded day for listings of the `/eodata` tree.
+pub fn specs_on_day(
+    count: usize,
+    size: u64,
+    seed: u64,
+    day: i64,
+    taken: &[ProductSpec],
+) -> Vec<ProductSpec> {
+    let mut rng = Xoshiro::new(seed ^ 0xDA7_DA7 ^ day as u64);
+    let mut seen: std::collections::HashSet<String> = taken
+        .iter()
+        .flat_map(|s| [s.name.clone(), s.id.clone()])
+        .collect();
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let name = random_name(&mut rng, Some(day));
         let id = random_uuid(&mut rng);
         if seen.insert(name.clone()) && seen.insert(id.clone()) {
             out.push(ProductSpec {
@@ -129,10 +159,13 @@ fn band_south_lat(band: u8) -> f64 {
     -80.0 + 8.0 * idx as f64
 }
 
-fn random_name(rng: &mut Xoshiro) -> String {
-    // Sensing between 2017-01-01 and 2023-12-31; baselines roughly follow the years.
+/// A plausible name sensed on `on_day` (days since 1970-01-01), else on a day drawn between
+/// 2017-01-01 and 2023-12-31 (drawn either way, so the sequence of [`specs`] stays the same).
+fn random_name(rng: &mut Xoshiro, on_day: Option<i64>) -> String {
+    // Baselines roughly follow the years.
     let start = days_from_civil(2017, 1, 1);
-    let day = start + rng.below(7 * 365) as i64;
+    let drawn = start + rng.below(7 * 365) as i64;
+    let day = on_day.unwrap_or(drawn);
     let sensing = day * 86400 + rng.below(86400) as i64;
     let generation = sensing + 3600 + rng.below(3 * 3600) as i64;
     let (year, _, _) = civil_from_days(day);
