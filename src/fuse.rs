@@ -107,6 +107,19 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
         });
     }
 
+    /// `close` of a file handle: nothing to write back on a read-only mount. Answered, so that
+    /// fuser does not log "[Not Implemented] flush" at the first close of every session.
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn release(
         &self,
         _req: &Request,

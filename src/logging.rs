@@ -111,6 +111,11 @@ pub fn init(verbose: u8, destination: Destination) -> anyhow::Result<()> {
     for krate in CAPPED_CRATES {
         filter = filter.add_directive(format!("{krate}=warn").parse().expect("static directive"));
     }
+    // fuser's session warns "Failed to umount filesystem: Invalid argument" whenever the mount
+    // was unmounted from outside (fusermount3 -u, `eodata-mount unmount`, umount: the normal way
+    // to stop a mount), because it unmounts again on the way out; the warning is its only one,
+    // and it is false. Its errors still show.
+    filter = filter.add_directive("fuser::session=error".parse().expect("static directive"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match &destination {
         Destination::File(path) => {

@@ -343,3 +343,43 @@ fn a_closed_dev_fuse_is_said_before_logging_in() {
     assert!(password_logins(&double.log()).is_empty(), "no login");
     assert!(!tree.mounted());
 }
+
+/// A session as a user runs it (default verbosity, a copy, an unmount from outside) leaves no
+/// warning in its log: fuser's "[Not Implemented] flush" at the first close and its false
+/// "Failed to umount filesystem" after an outside unmount are gone.
+#[test]
+fn a_plain_session_logs_no_warning() {
+    let products = products(1, 1);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let dir = ws.path().join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = ws.path().join("session.log");
+    let mut child = ws
+        .command(&double)
+        .arg(&dir)
+        .args(["--foreground", "--no-tree", "--log-file"])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !(is_mounted(&dir) && std::fs::read_dir(&dir).is_ok()) {
+        assert!(started.elapsed() < Duration::from_secs(30), "not mounted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let name = index(&products)[0]["Name"].as_str().unwrap().to_string();
+    let copy = ws.path().join("copy.zip");
+    sh(Command::new("cp")
+        .arg(dir.join(format!("{name}.zip")))
+        .arg(&copy));
+    assert_eq!(file_sha256(&copy), file_sha256(&product_file(&products, 0)));
+    sh(Command::new("fusermount3").arg("-u").arg(&dir));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !text.contains("WARN") && !text.contains("ERROR"),
+        "warnings in a plain session's log:\n{text}"
+    );
+}
