@@ -30,6 +30,7 @@ fn store(catalogue_only: usize) -> PathBuf {
         seed: 7,
         geotiff: false,
         catalogue_only,
+        bands: 1,
     })
     .expect("generate the listing store")
 }

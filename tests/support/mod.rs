@@ -38,6 +38,7 @@ pub fn products(count: usize, size_mib: u64) -> PathBuf {
         seed: 42,
         geotiff: true,
         catalogue_only: 0,
+        bands: 1,
     })
     .expect("generate test products")
 }

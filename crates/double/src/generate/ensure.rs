@@ -60,15 +60,20 @@ pub fn ensure(opts: &GenerateOptions) -> Result<PathBuf> {
     result.map(|()| out)
 }
 pub(super) fn stamp_text(opts: &GenerateOptions) -> String {
-    serde_json::json!({
+    let mut stamp = serde_json::json!({
         "generator": GENERATOR_VERSION,
         "count": opts.count,
         "size": opts.size,
         "seed": opts.seed,
         "geotiff": opts.geotiff,
         "catalogue_only": opts.catalogue_only,
-    })
-    .to_string()
+    });
+    // Only when split: one filler makes the same bytes as before the option existed, so
+    // directories stamped then stay valid.
+    if opts.bands != 1 {
+        stamp["bands"] = opts.bands.into();
+    }
+    stamp.to_string()
 }
 
 fn stamp_matches_in(dir: &Path, opts: &GenerateOptions) -> bool {

@@ -34,6 +34,7 @@ pub(super) fn opts(out: PathBuf, count: usize, size: u64, geotiff: bool) -> Gene
         seed: 7,
         geotiff,
         catalogue_only: 0,
+        bands: 1,
     }
 }
 
