@@ -315,6 +315,29 @@ fn cp_r_of_the_folder_is_exact_and_reads_ahead_across_files() {
             .count();
         assert!(whole <= 1, "{member} was fetched whole {whole} times");
     }
+    // Several files in flight at once: at 20 MB/s a band of 2 MiB takes at least 104 ms on
+    // its connection, so bands whose transfers ended less than that apart overlapped.
+    let band = 2u64 << 20;
+    let min_ms = band * 1000 / 20_000_000;
+    let mut ends: Vec<u64> = gets
+        .iter()
+        .filter(|e| e.path.contains(".jp2") && e.bytes_sent >= band)
+        .map(|e| e.t_ms)
+        .collect();
+    ends.sort_unstable();
+    let at_once = (0..ends.len())
+        .map(|i| {
+            ends[i..]
+                .iter()
+                .take_while(|t| **t < ends[i] + min_ms)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        at_once >= 3,
+        "bands ended at {ends:?} ms: at most {at_once} were in flight at once"
+    );
     // Files were opened in order, so the next ones were read ahead.
     let text = mount.log_text();
     drop(mount);
