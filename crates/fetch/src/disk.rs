@@ -680,7 +680,7 @@ impl<S: RangeSource> DiskCache<S> {
 
     /// Bytes `range` of node `id` from its product's cached zip, when held (see
     /// [`Self::in_cached_zip`]); `None`: the caller fetches them as usual.
-    async fn from_cached_zip(
+    async fn read_cached_zip(
         &self,
         store: &Arc<DiskStore>,
         id: &str,
@@ -740,7 +740,7 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
         let Some(store) = &self.store else {
             return self.inner.get_range(id, range).await;
         };
-        if let Some(bytes) = self.from_cached_zip(store, id, &range).await {
+        if let Some(bytes) = self.read_cached_zip(store, id, &range).await {
             return Ok(bytes);
         }
         let size = self.info(id).await?.size;
