@@ -107,6 +107,9 @@ pub struct DiskStore {
     writes: AtomicU64,
     evicted: AtomicU64,
     temp_counter: AtomicU64,
+    /// Products dropped by [`DiskStore::remove_product`] in this process: what was read from
+    /// their blocks before (a zip's directory) is read again.
+    dropped: AtomicU64,
 }
 
 /// A directory name for a product id: ids are UUIDs, anything else is hex-encoded so no id can
@@ -150,6 +153,7 @@ impl DiskStore {
             writes: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             temp_counter: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         };
         let now = SystemTime::now();
         let mut used = 0;
@@ -580,6 +584,7 @@ impl DiskStore {
 
     /// Deletes the product's blocks and info (its bytes changed at the source).
     pub fn remove_product(&self, id: &str) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
         let dir = self.product_dir(id);
         let Ok(files) = std::fs::read_dir(&dir) else {
             return;
@@ -606,8 +611,9 @@ pub struct DiskCache<S> {
     inner: S,
     store: Option<Arc<DiskStore>>,
     infos: Mutex<HashMap<String, ObjectInfo>>,
-    /// Central directories of products whose zip tail is held, by product id (`members`).
-    zips: Mutex<HashMap<String, Arc<ZipDirectory>>>,
+    /// Central directories of products whose zip tail is held, by product id (`members`),
+    /// with the store's count of dropped products when each was read.
+    zips: Mutex<HashMap<String, (u64, Arc<ZipDirectory>)>>,
 }
 
 impl<S: RangeSource> DiskCache<S> {
@@ -633,9 +639,10 @@ impl<S: RangeSource> DiskCache<S> {
     /// product's cached zip: `(product id, data offset in the zip, member size, zip size)`.
     /// `None` when `id` is not a node id, when the product's info or the blocks of its
     /// central directory or of the member's local header are not held, or when the member is
-    /// not stored as it is. The directory is parsed once per product and kept; the local
-    /// header is read and checked (signature and name) on every call, so blocks dropped or
-    /// replaced since give `None`, never another member's bytes.
+    /// not stored as it is. The directory is parsed once per product and kept until a product
+    /// is dropped from the store (its bytes changed at the source); the local header is read
+    /// and checked (signature and name) on every call, so blocks dropped or replaced since
+    /// give `None`, never another member's bytes.
     async fn in_cached_zip(
         &self,
         store: &Arc<DiskStore>,
@@ -643,12 +650,14 @@ impl<S: RangeSource> DiskCache<S> {
     ) -> Option<(String, u64, u64, u64)> {
         let (uuid, path) = crate::nodes::split_node_id(id)?;
         let (uuid, name) = (uuid.to_string(), path.join("/"));
+        let dropped = store.dropped.load(Ordering::Relaxed);
         let known = self
             .zips
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&uuid)
-            .cloned();
+            .filter(|(gen, _)| *gen == dropped)
+            .map(|(_, dir)| Arc::clone(dir));
         let (s, key) = (Arc::clone(store), uuid.clone());
         let (dir, at, size) = blocking(move || {
             let dir = match known {
@@ -673,8 +682,8 @@ impl<S: RangeSource> DiskCache<S> {
                 id = %uuid,
                 "the product's zip is in the disk cache: its files are read from there"
             );
-            zips.insert(uuid.clone(), dir);
         }
+        zips.insert(uuid.clone(), (dropped, dir));
         Some((uuid, at, size, zip_size))
     }
 

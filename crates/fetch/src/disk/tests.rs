@@ -211,19 +211,30 @@ fn odd_ids_stay_inside_the_cache() {
 /// A generated product (a real zip, every member stored, one band split in four so that
 /// members cross 1 MiB blocks) with its id, bytes and file members as `unzip` sees them.
 fn product_zip(dir: &Path) -> (String, Bytes, Vec<(String, Vec<u8>)>) {
+    product_zip_with(dir, 3, 4)
+}
+
+/// [`product_zip`] with another seed and number of bands (the first product's id is the same
+/// whatever the seed: another build of the same product).
+fn product_zip_with(
+    dir: &Path,
+    seed: u64,
+    bands: usize,
+) -> (String, Bytes, Vec<(String, Vec<u8>)>) {
     use fake_creodias::generate::{generate, GenerateOptions};
+    let out = dir.join(format!("products-{seed}-{bands}"));
     let e = generate(&GenerateOptions {
-        out: dir.join("products"),
+        out: out.clone(),
         count: 1,
         size: 5 * MIB,
-        seed: 3,
+        seed,
         geotiff: false,
         catalogue_only: 0,
-        bands: 4,
+        bands,
     })
     .unwrap()
     .remove(0);
-    let path = dir.join("products").join(e.file.unwrap());
+    let path = out.join(e.file.unwrap());
     let unzip = |args: &[&str]| {
         let out = std::process::Command::new("unzip")
             .arg(args[0])
@@ -314,4 +325,47 @@ async fn a_file_whose_zip_blocks_are_not_all_held_is_fetched_as_a_file() {
     assert!(second.source().stats().requests >= 1, "fetched as a file");
     // The zip's blocks were not fetched for it: the product itself was not asked for.
     assert_eq!(second.source().stats_for(&id).requests, 0);
+}
+
+#[tokio::test]
+async fn a_product_dropped_and_cached_again_is_read_from_its_new_zip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, zip, members) = product_zip(dir.path());
+    let (id2, zip2, members2) = product_zip_with(dir.path(), 9, 2);
+    assert_eq!(id, id2, "one product, two builds");
+    let cache = dir.path().join("cache");
+    let node = |name: &str| {
+        crate::nodes::node_id(&id, &name.split('/').map(String::from).collect::<Vec<_>>())
+    };
+    let c = layer(
+        &cache,
+        MemorySource::new().with_product(&id, zip.clone()),
+        BIG,
+    );
+    c.get_range(&id, 0..zip.len() as u64).await.unwrap();
+    let (name, want) = &members[0];
+    assert_eq!(
+        &c.get_range(&node(name), 0..want.len() as u64)
+            .await
+            .unwrap()[..],
+        &want[..]
+    );
+    // Its bytes changed at the source: dropped, then the new build read whole.
+    c.store().unwrap().remove_product(&id);
+    let fresh = layer(
+        &cache,
+        MemorySource::new().with_product(&id, zip2.clone()),
+        BIG,
+    );
+    fresh.get_range(&id, 0..zip2.len() as u64).await.unwrap();
+    for (name, want) in &members2 {
+        let got = c
+            .get_range(&node(name), 0..want.len() as u64)
+            .await
+            .unwrap();
+        assert!(
+            got[..] == want[..],
+            "{name}: the old build's directory was used"
+        );
+    }
 }
