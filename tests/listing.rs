@@ -31,6 +31,7 @@ fn store(catalogue_only: usize) -> PathBuf {
         geotiff: false,
         catalogue_only,
         same_day: 0,
+        bands: 1,
     })
     .expect("generate the listing store")
 }

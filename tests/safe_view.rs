@@ -315,6 +315,29 @@ fn cp_r_of_the_folder_is_exact_and_reads_ahead_across_files() {
             .count();
         assert!(whole <= 1, "{member} was fetched whole {whole} times");
     }
+    // Several files in flight at once: at 20 MB/s a band of 2 MiB takes at least 104 ms on
+    // its connection, so bands whose transfers ended less than that apart overlapped.
+    let band = 2u64 << 20;
+    let min_ms = band * 1000 / 20_000_000;
+    let mut ends: Vec<u64> = gets
+        .iter()
+        .filter(|e| e.path.contains(".jp2") && e.bytes_sent >= band)
+        .map(|e| e.t_ms)
+        .collect();
+    ends.sort_unstable();
+    let at_once = (0..ends.len())
+        .map(|i| {
+            ends[i..]
+                .iter()
+                .take_while(|t| **t < ends[i] + min_ms)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        at_once >= 3,
+        "bands ended at {ends:?} ms: at most {at_once} were in flight at once"
+    );
     // Files were opened in order, so the next ones were read ahead.
     let text = mount.log_text();
     drop(mount);
@@ -322,6 +345,99 @@ fn cp_r_of_the_folder_is_exact_and_reads_ahead_across_files() {
         text.contains("read-ahead: the start of"),
         "no read-ahead in the mount's log"
     );
+}
+
+/// Waits until `eodata-mount cache list` calls the product whole: the stream hands its
+/// blocks to the disk cache as they arrive, a moment after the copy has them.
+fn wait_whole(ws: &Workspace, double: &fake_creodias::Double, cache: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = ws.run(
+            double,
+            &["cache", "list", "--cache-dir", cache.to_str().unwrap()],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text
+            .lines()
+            .any(|l| l.starts_with(TUTORIAL_ID) && l.contains(" whole "))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the product never became whole in the disk cache: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Every file of the folder equals `unzip -p` of its member, and reading them made no
+/// download request (neither a node's `$value` nor the zip) since log entry `mark`.
+fn folder_reads_from_the_cached_zip(
+    mount: &Mount,
+    double: &fake_creodias::Double,
+    zip: &Path,
+    mark: usize,
+) {
+    let all = members(zip);
+    assert!(all.len() >= 7, "{all:?}");
+    for member in &all {
+        let got = std::fs::read(mount.dir.join(member)).unwrap_or_else(|e| panic!("{member}: {e}"));
+        assert!(
+            got == unzip_p(zip, member),
+            "{member} differs from unzip -p"
+        );
+    }
+    let log = double.log();
+    let after = &log[mark..];
+    assert!(
+        node_gets(after).is_empty(),
+        "the folder view downloaded files its cached zip holds: {:#?}",
+        node_gets(after)
+    );
+    assert!(zipper_gets(after).is_empty(), "{:#?}", zipper_gets(after));
+    assert!(
+        mount.log_text().contains("its files are read from there"),
+        "the mount did not say it reads the folder from the cached zip"
+    );
+}
+
+#[test]
+fn once_the_whole_zip_is_in_the_disk_cache_the_folder_reads_from_it_not_the_network() {
+    let products = products(1, SIZE_MIB);
+    let double = start_double(double_config(Some(&products)));
+    let zip = product_file(&products, 0);
+    let ws = Workspace::new();
+    let cache = ws.path().join("cache");
+    let query = format!("Name eq '{TUTORIAL_NAME}'");
+    let args = [
+        "--query",
+        query.as_str(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    let mount = Mount::start(&ws, &double, &args);
+    // The whole zip, read once through the mount (the double ignores Range: one stream).
+    let copy = ws.path().join("copy.zip");
+    sh(Command::new("cp")
+        .arg(mount.path(&format!("{TUTORIAL_NAME}.zip")))
+        .arg(&copy));
+    assert_eq!(file_sha256(&copy), file_sha256(&zip));
+    wait_whole(&ws, &double, &cache);
+    assert!(
+        node_gets(&double.log()).is_empty(),
+        "no file was read through the folder yet"
+    );
+
+    // The same mount: its folder view's files come from the zip's blocks on disk.
+    let mark = double.log().len();
+    folder_reads_from_the_cached_zip(&mount, &double, &zip, mark);
+    mount.stop();
+
+    // A remount on the same cache: the same, from the zip alone.
+    let again = Mount::start(&ws, &double, &args);
+    let mark = double.log().len();
+    folder_reads_from_the_cached_zip(&again, &double, &zip, mark);
 }
 
 #[test]

@@ -11,7 +11,12 @@
 //!
 //! Read-ahead across files: when files of one folder are opened one after another in listing
 //! order (`cp -r`, GDAL opening bands in turn), the start of the next few files is fetched
-//! while the current one is read, on the connections the current file leaves free.
+//! while the current one is read, on the connections the current file leaves free. A tree walk
+//! (`cp -r`, `rsync`) is recognised already at its first file: the folder was just listed, and
+//! so was the folder above it, so the next files start with the first one instead of waiting
+//! for the second (with 8 files on 4 connections: 2 rounds of fetches instead of 3). One tool
+//! opening one file of a folder it listed (GDAL lists the folder of what it opens) does not
+//! look like that, and fetches that file only.
 //!
 //! This file owns the view's inodes and listings ([`SafeView`]) and the `Fs` methods that serve
 //! them; `Fs` calls in through a few hooks (lookup, getattr, opendir, open, xattrs).
@@ -39,6 +44,12 @@ fn files_ahead(max_connections: usize) -> usize {
 /// well inside the default 256 MiB block cache. Where the server ignores Range, the first
 /// block starts the whole file's stream anyway.
 const AHEAD_BYTES: u64 = 16 << 20;
+
+/// A folder listed at most this long before its first file is opened, below a view folder
+/// listed before it, is being walked (so never the top folder, whose files are small
+/// metadata) (`cp -r` lists each folder right before copying its files). 10 s
+/// covers a walk slowed by a busy machine; a listing older than that says nothing of now.
+const WALK_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One entry of a folder as the Nodes listing gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +126,8 @@ pub(super) struct SafeView {
     tops: Mutex<HashMap<u64, u64>>,
     /// Per folder, the listing index of the file opened last (read-ahead follows walks).
     last_open: Mutex<HashMap<u64, usize>>,
+    /// Per folder, when it was last opened as a directory (`opendir`: `ls`, `cp -r`, GDAL).
+    opened_dir: Mutex<HashMap<u64, std::time::Instant>>,
 }
 
 impl SafeView {
@@ -280,6 +293,11 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             return Err(FsError::NotADirectory);
         }
         let entries = self.view_listing(dir).await?;
+        self.view
+            .opened_dir
+            .lock()
+            .unwrap()
+            .insert(dir.ino, std::time::Instant::now());
         let mut out = vec![(".".to_string(), dir.ino), ("..".to_string(), dir.parent)];
         out.extend(entries.iter().cloned());
         Ok(out)
@@ -315,9 +333,21 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         Ok(Open::Node { node, reader })
     }
 
-    /// When `node` is the file after the one opened last in its folder, starts fetching the
-    /// beginning of the next few files (bounded in count and bytes; the fetches run in the
-    /// block cache, which shares them with the reads that follow).
+    /// Whether `folder` is being walked: listed within [`WALK_WINDOW`], and the view folder
+    /// above it listed no later than it (see the module doc).
+    fn view_walked(&self, folder: &ViewNode) -> bool {
+        let opened = self.view.opened_dir.lock().unwrap();
+        let (Some(this), Some(above)) = (opened.get(&folder.ino), opened.get(&folder.parent))
+        else {
+            return false;
+        };
+        this.elapsed() <= WALK_WINDOW && above <= this
+    }
+
+    /// When `node` is the file after the one opened last in its folder, or the first file of
+    /// a folder being walked, starts fetching the beginning of the next few files (bounded in
+    /// count and bytes; the fetches run in the block cache, which shares them with the reads
+    /// that follow).
     fn view_read_ahead(&self, node: &Arc<ViewNode>) {
         let Some(folder) = self.view.node(node.parent) else {
             return;
@@ -339,7 +369,9 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             .lock()
             .unwrap()
             .insert(folder.ino, index);
-        if previous.is_none_or(|p| p + 1 != index) {
+        let in_order = previous.is_some_and(|p| p + 1 == index);
+        let walk_starts = index == 0 && self.view_walked(&folder);
+        if !(in_order || walk_starts) {
             return;
         }
         let bs = self.cache.block_size();
@@ -575,6 +607,45 @@ mod tests {
         }
         fs.release(fh);
         assert_eq!(source.stats_for(&band(1)).requests, 0, "nothing behind");
+    }
+
+    #[tokio::test]
+    async fn a_walk_reads_ahead_from_its_first_file_and_one_open_in_a_listed_folder_does_not() {
+        let (fs, source, _) = fixture(true, 3 << 20).await;
+        let band = |b: u32| {
+            eodata_fetch::nodes::node_id(
+                ID,
+                &[NAME.into(), "IMG_DATA".into(), format!("B0{b}.jp2")],
+            )
+        };
+        // GDAL: lists the folder of the band it opens, then opens it: nothing else is fetched.
+        let img = walk(&fs, &[NAME, "IMG_DATA"]).await;
+        fs.readdir(img.ino).await.unwrap();
+        let b1 = walk(&fs, &[NAME, "IMG_DATA", "B01.jp2"]).await;
+        let fh = fs.open(b1.ino, false).await.unwrap();
+        fs.read(fh, 0, 4096).await.unwrap();
+        fs.release(fh);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for b in [2, 3, 4] {
+            assert_eq!(source.stats_for(&band(b)).requests, 0, "B0{b}");
+        }
+        // cp -r: lists the top folder, then IMG_DATA, then opens its first file: the next
+        // three (4 connections: one for the file read) start with it.
+        let top = walk(&fs, &[NAME]).await;
+        fs.readdir(top.ino).await.unwrap();
+        fs.readdir(img.ino).await.unwrap();
+        let fh = fs.open(b1.ino, false).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for b in [2, 3, 4] {
+            while source.stats_for(&band(b)).requests == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "B0{b} was not read ahead"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        fs.release(fh);
     }
 
     #[tokio::test]

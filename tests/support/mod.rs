@@ -39,6 +39,7 @@ pub fn products(count: usize, size_mib: u64) -> PathBuf {
         geotiff: true,
         catalogue_only: 0,
         same_day: 0,
+        bands: 1,
     })
     .expect("generate test products")
 }

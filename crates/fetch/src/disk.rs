@@ -26,6 +26,10 @@
 //! reader that loses the race finds the file gone and fetches the block). Each process keeps
 //! its own estimate of the bytes used and rescans the directory when it evicts.
 //!
+//! Files of a product (node ids, see [`crate::nodes`]) are served from the product's own zip
+//! blocks when the cache holds them (`members`): a product whose zip was read once needs no
+//! download for its folder view's files.
+//!
 //! Eviction: least recently used by file mtime (touched when a block is served, at most once
 //! per [`TOUCH_INTERVAL`]), down to [`EVICT_TO`] of the budget: the budget is
 //! `--cache-dir-size`, or by default whatever keeps [`KEEP_FREE`] of the filesystem free.
@@ -42,6 +46,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::spool::{BlockSink, StreamClaim};
 use crate::{FetchError, ObjectInfo, RangeSource, RangeSupport};
+
+mod members;
+use members::ZipDirectory;
 
 /// Block size on disk: the block cache's (1 MiB), so its aligned requests map onto whole
 /// files; per-file overhead (inode, header, rename) stays under 1%, and a product read in
@@ -100,6 +107,9 @@ pub struct DiskStore {
     writes: AtomicU64,
     evicted: AtomicU64,
     temp_counter: AtomicU64,
+    /// Products dropped by [`DiskStore::remove_product`] in this process: what was read from
+    /// their blocks before (a zip's directory) is read again.
+    dropped: AtomicU64,
 }
 
 /// A directory name for a product id: ids are UUIDs, anything else is hex-encoded so no id can
@@ -143,6 +153,7 @@ impl DiskStore {
             writes: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             temp_counter: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         };
         let now = SystemTime::now();
         let mut used = 0;
@@ -244,6 +255,30 @@ impl DiskStore {
                 None
             }
         }
+    }
+
+    /// Bytes `range` of `id` (a download of `size` bytes) from the blocks held, fetching
+    /// nothing: `None` when a block is missing or fails its check. Blocking.
+    pub fn read_held(&self, id: &str, size: u64, range: Range<u64>) -> Option<Vec<u8>> {
+        let (start, end) = (range.start, range.end.min(size));
+        if start >= end {
+            return (start == end).then(Vec::new);
+        }
+        let bs = DISK_BLOCK_SIZE;
+        let blocks = (start / bs)..=((end - 1) / bs);
+        let len = |i: u64| bs.min(size - i * bs);
+        // Every file present first (a stat each), so a product held in part costs no reads.
+        if !blocks.clone().all(|i| self.has(id, i, len(i))) {
+            return None;
+        }
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for i in blocks {
+            let block = self.get(id, i, len(i))?;
+            let from = start.max(i * bs) - i * bs;
+            let to = end.min(i * bs + block.len() as u64) - i * bs;
+            out.extend_from_slice(&block[from as usize..to as usize]);
+        }
+        Some(out)
     }
 
     /// Whether block `index` of `id` has a file of the right length (not verified).
@@ -549,6 +584,7 @@ impl DiskStore {
 
     /// Deletes the product's blocks and info (its bytes changed at the source).
     pub fn remove_product(&self, id: &str) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
         let dir = self.product_dir(id);
         let Ok(files) = std::fs::read_dir(&dir) else {
             return;
@@ -575,6 +611,9 @@ pub struct DiskCache<S> {
     inner: S,
     store: Option<Arc<DiskStore>>,
     infos: Mutex<HashMap<String, ObjectInfo>>,
+    /// Central directories of products whose zip tail is held, by product id (`members`),
+    /// with the store's count of dropped products when each was read.
+    zips: Mutex<HashMap<String, (u64, Arc<ZipDirectory>)>>,
 }
 
 impl<S: RangeSource> DiskCache<S> {
@@ -584,6 +623,7 @@ impl<S: RangeSource> DiskCache<S> {
             inner,
             store,
             infos: Mutex::default(),
+            zips: Mutex::default(),
         }
     }
 
@@ -593,6 +633,76 @@ impl<S: RangeSource> DiskCache<S> {
 
     pub fn store(&self) -> Option<&Arc<DiskStore>> {
         self.store.as_ref()
+    }
+
+    /// Where the bytes of node `id` (a file of a product, [`crate::nodes`]) sit in its
+    /// product's cached zip: `(product id, data offset in the zip, member size, zip size)`.
+    /// `None` when `id` is not a node id, when the product's info or the blocks of its
+    /// central directory or of the member's local header are not held, or when the member is
+    /// not stored as it is. The directory is parsed once per product and kept until a product
+    /// is dropped from the store (its bytes changed at the source); the local header is read
+    /// and checked (signature and name) on every call, so blocks dropped or replaced since
+    /// give `None`, never another member's bytes.
+    async fn in_cached_zip(
+        &self,
+        store: &Arc<DiskStore>,
+        id: &str,
+    ) -> Option<(String, u64, u64, u64)> {
+        let (uuid, path) = crate::nodes::split_node_id(id)?;
+        let (uuid, name) = (uuid.to_string(), path.join("/"));
+        let dropped = store.dropped.load(Ordering::Relaxed);
+        let known = self
+            .zips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&uuid)
+            .filter(|(gen, _)| *gen == dropped)
+            .map(|(_, dir)| Arc::clone(dir));
+        let (s, key) = (Arc::clone(store), uuid.clone());
+        let (dir, at, size) = blocking(move || {
+            let dir = match known {
+                Some(d) => d,
+                None => {
+                    let zip_size = s.load_info(&key)?.size;
+                    let read = |r: Range<u64>| s.read_held(&key, zip_size, r);
+                    Arc::new(ZipDirectory::read(zip_size, read)?)
+                }
+            };
+            let entry = dir.get(&name)?;
+            let read = |r: Range<u64>| s.read_held(&key, dir.zip_size, r);
+            let at = members::locate(&dir, &name, entry, read)?;
+            let size = entry.size;
+            Some((dir, at, size))
+        })
+        .await?;
+        let zip_size = dir.zip_size;
+        let mut zips = self.zips.lock().unwrap_or_else(|p| p.into_inner());
+        if !zips.contains_key(&uuid) {
+            tracing::info!(
+                id = %uuid,
+                "the product's zip is in the disk cache: its files are read from there"
+            );
+        }
+        zips.insert(uuid.clone(), (dropped, dir));
+        Some((uuid, at, size, zip_size))
+    }
+
+    /// Bytes `range` of node `id` from its product's cached zip, when held (see
+    /// [`Self::in_cached_zip`]); `None`: the caller fetches them as usual.
+    async fn read_cached_zip(
+        &self,
+        store: &Arc<DiskStore>,
+        id: &str,
+        range: &Range<u64>,
+    ) -> Option<Bytes> {
+        let (uuid, at, size, zip_size) = self.in_cached_zip(store, id).await?;
+        if range.start >= size || range.start >= range.end {
+            return None;
+        }
+        let want = (at + range.start)..(at + range.end.min(size));
+        let s = Arc::clone(store);
+        let bytes = blocking(move || s.read_held(&uuid, zip_size, want)).await?;
+        Some(Bytes::from(bytes))
     }
 }
 
@@ -613,12 +723,20 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
         let (s, key) = (Arc::clone(store), id.to_string());
         let info = match blocking(move || s.load_info(&key)).await {
             Some(info) => info,
-            None => {
-                let info = self.inner.info(id).await?;
-                let (s, key, i) = (Arc::clone(store), id.to_string(), info.clone());
-                blocking(move || s.save_info(&key, &i)).await;
-                info
-            }
+            None => match self.in_cached_zip(store, id).await {
+                // A file of a product whose zip is held: its size is the member's.
+                Some((_, _, size, _)) => ObjectInfo {
+                    size,
+                    filename: None,
+                    ranges: RangeSupport::Honoured,
+                },
+                None => {
+                    let info = self.inner.info(id).await?;
+                    let (s, key, i) = (Arc::clone(store), id.to_string(), info.clone());
+                    blocking(move || s.save_info(&key, &i)).await;
+                    info
+                }
+            },
         };
         self.infos
             .lock()
@@ -631,6 +749,9 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
         let Some(store) = &self.store else {
             return self.inner.get_range(id, range).await;
         };
+        if let Some(bytes) = self.read_cached_zip(store, id, &range).await {
+            return Ok(bytes);
+        }
         let size = self.info(id).await?.size;
         let Range { start, end } = range;
         if start >= end {

@@ -7,7 +7,8 @@
 //! - `spool`: for products whose server ignores Range, one stream from byte 0 shared by all
 //!   readers, spooled to a file; reads are served as the bytes arrive. Passes Range through.
 //! - `disk`: the persistent disk cache (`--cache-dir`): verified block files and product info
-//!   across mounts; passes everything through without a directory.
+//!   across mounts; serves a product's files (node ids) from its zip's blocks when it holds
+//!   them; passes everything through without a directory.
 //! - `cache`: fixed-size aligned blocks in an LRU bounded in bytes; concurrent readers of one
 //!   block share one fetch.
 //! - `prefetch`: one per open file; detects sequential reading and reads ahead in parallel.

@@ -72,6 +72,11 @@ pub(super) fn stamp_text(opts: &GenerateOptions) -> String {
     if opts.same_day > 0 {
         stamp["same_day"] = opts.same_day.into();
     }
+    // Only when split: one filler makes the same bytes as before the option existed, so
+    // directories stamped then stay valid.
+    if opts.bands != 1 {
+        stamp["bands"] = opts.bands.into();
+    }
     stamp.to_string()
 }
 

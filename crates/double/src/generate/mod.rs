@@ -4,7 +4,9 @@
 //! and zipper read (`{"products":[{OData fields..., "file": "<Id>.zip"}]}`: a contract with the
 //! server, see [`IndexEntry`]). Products are real zips (readable by `unzip -t`, Python's
 //! `zipfile`, GDAL's `/vsizip/`) with a SAFE-like tree, a real GeoTIFF made by `gdal_translate`,
-//! and one big incompressible filler member that brings the zip to the size a test asks for.
+//! and one big incompressible filler member that brings the zip to the size a test asks for
+//! (or, with `bands`, several equal band files sharing that size: the shape of a real product's
+//! `IMG_DATA`, for `cp -r` of the folder view).
 //!
 //! Why generate rather than ship fixtures: tests need products from a few MiB to several GiB, and
 //! every byte must be checkable (a read served from the wrong offset must show). Everything is
@@ -28,7 +30,7 @@ mod testing;
 pub use ensure::ensure;
 pub use index::{read_index, Checksum, ContentDate, IndexEntry};
 pub use names::specs;
-pub use safe::{layout, Layout};
+pub use safe::{filler_members, layout, Layout};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -82,7 +84,13 @@ pub struct GenerateOptions {
     /// More entries without a zip file, all sensed on the tutorial's day (2018-09-27), for
     /// listings of one crowded day of the `/eodata` tree.
     pub same_day: usize,
+    /// Files the filler is split into, of equal size (1 to [`MAX_BANDS`]; 1: the one filler).
+    pub bands: usize,
 }
+
+/// At most this many filler bands: the Sentinel-2 bands after B01 (which the GeoTIFF holds),
+/// B02 to B12 with B8A, so every band file has a real band's name.
+pub const MAX_BANDS: usize = 12;
 
 /// Writes `<out>/<Id>.zip` for each product, `<out>/index.json`, and a stamp of the options
 /// (so [`ensure()`] can reuse the directory). Returns the index entries.
@@ -91,6 +99,9 @@ pub fn generate(opts: &GenerateOptions) -> Result<Vec<IndexEntry>> {
     let stamp = opts.out.join(STAMP_FILE);
     if stamp.exists() {
         fs::remove_file(&stamp).with_context(|| format!("removing {}", stamp.display()))?;
+    }
+    if !(1..=MAX_BANDS).contains(&opts.bands) {
+        bail!("bands must be 1 to {MAX_BANDS}, got {}", opts.bands);
     }
     let mut all = specs(opts.count + opts.catalogue_only, opts.size, opts.seed);
     all.extend(names::specs_on_day(
@@ -106,7 +117,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Vec<IndexEntry>> {
             let file = format!("{}.zip", spec.id);
             let path = opts.out.join(&file);
             let product_seed = opts.seed ^ fnv1a(spec.id.as_bytes());
-            write_product(&path, spec, product_seed, opts.geotiff)
+            write_product(&path, spec, product_seed, opts.geotiff, opts.bands)
                 .with_context(|| format!("writing {}", path.display()))?;
             let (len, md5) = md5_file(&path)?;
             entries.push(index_entry(spec, len, Some(md5), Some(file))?);
@@ -150,6 +161,9 @@ pub struct GenerateArgs {
     /// listings of one crowded day: MOUNT/Sentinel-2/MSI/L1C/2018/09/27/)
     #[arg(long, default_value_t = 0)]
     pub same_day: usize,
+    /// Split the filler into this many band files of equal size in IMG_DATA (1 to 12)
+    #[arg(long, default_value_t = 1)]
+    pub bands: usize,
 }
 
 /// The `generate` subcommand: regenerates `--out` and prints what it made.
@@ -168,6 +182,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         geotiff: !args.no_geotiff,
         catalogue_only: args.catalogue_only,
         same_day: args.same_day,
+        bands: args.bands,
     };
     let started = Instant::now();
     let entries = generate(&opts)?;
@@ -239,6 +254,7 @@ mod tests {
             geotiff: false,
             catalogue_only: 3,
             same_day: 0,
+            bands: 1,
         };
         assert!(stamp_matches(&reuse), "ensure reuses what the CLI made");
         let bad = <Cli as clap::Parser>::try_parse_from(["generate", "--count", "1"]);

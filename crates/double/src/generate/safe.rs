@@ -3,7 +3,8 @@
 //! A product is a real zip with a SAFE-like tree: directory entries, small XMLs
 //! (manifest, product and tile metadata, QI reports), the stored GeoTIFF when asked for, and one
 //! stored incompressible filler last, sized so the whole zip lands on the requested size (zip64
-//! only when the filler needs it). Timestamps and filler come from the product, so the bytes are
+//! only when the filler needs it). The filler may be split into several equal band files
+//! ([`filler_members`]), as a real product's `IMG_DATA` holds a dozen bands. Timestamps and filler come from the product, so the bytes are
 //! deterministic.
 
 use std::fmt::Write as _;
@@ -67,6 +68,20 @@ pub fn layout(name: &str) -> Result<Layout> {
         top,
     })
 }
+/// The filler's members when split into `bands` files: [`Layout::filler`] (band B02) alone for
+/// one, else bands B02, B03, ... in `IMG_DATA` (at most [`super::MAX_BANDS`]).
+pub fn filler_members(l: &Layout, bands: usize) -> Vec<String> {
+    const NAMES: [&str; super::MAX_BANDS] = [
+        "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+    ];
+    let stem = l.filler.strip_suffix("B02.dat").unwrap_or(&l.filler);
+    NAMES
+        .iter()
+        .take(bands.clamp(1, super::MAX_BANDS))
+        .map(|b| format!("{stem}{b}.dat"))
+        .collect()
+}
+
 /// Writes the zip of one product. Small XMLs and the stored GeoTIFF come first, the
 /// stored filler last, sized so that the whole zip lands on `spec.size`.
 pub(super) fn write_product(
@@ -74,9 +89,11 @@ pub(super) fn write_product(
     spec: &ProductSpec,
     seed: u64,
     geotiff: bool,
+    bands: usize,
 ) -> Result<()> {
     let p = ParsedName::parse(&spec.name)?;
     let l = layout(&spec.name)?;
+    let fillers = filler_members(&l, bands);
     let tif = if geotiff {
         Some(make_geotiff(&p, seed)?)
     } else {
@@ -112,7 +129,7 @@ pub(super) fn write_product(
         members.push(dir);
     }
     let texts = [
-        (&l.manifest, manifest_xml(spec, &l)),
+        (&l.manifest, manifest_xml(spec, &l, &fillers)),
         (&l.mtd, mtd_xml(spec, &p)),
         (&l.tile_mtd, tile_mtd_xml(&p)),
         (&l.qi[0], qi_xml(spec, "FORMAT_CORRECTNESS")),
@@ -128,11 +145,13 @@ pub(super) fn write_product(
         zip.write_all(tif)?;
         members.push(&l.tif);
     }
-    members.push(&l.filler);
+    members.extend(fillers.iter().map(String::as_str));
 
-    // Bytes still to come besides the filler's data: its local header, then the central
-    // directory (46 bytes + name per member, plus room for zip64 extras) and the end records.
-    let after_header = position.stream_position()? + 30 + l.filler.len() as u64 + 20;
+    // Bytes still to come besides the filler's data: its local headers (with room for a zip64
+    // extra), then the central directory (46 bytes + name per member, plus room for zip64
+    // extras) and the end records.
+    let headers: u64 = fillers.iter().map(|f| 30 + f.len() as u64 + 20).sum();
+    let after_header = position.stream_position()? + headers;
     let central: u64 = members
         .iter()
         .map(|m| 46 + m.len() as u64 + 28)
@@ -140,23 +159,29 @@ pub(super) fn write_product(
         + 22
         + 76;
     let filler_len = spec.size.saturating_sub(after_header + central);
-    let large = filler_len >= ZIP64_THRESHOLD;
-    zip.start_file(l.filler.as_str(), stored.large_file(large))?;
+    // Equal bands; the few bytes of the division's remainder are left out (within tolerance).
+    let band_len = filler_len / fillers.len() as u64;
+    let large = band_len >= ZIP64_THRESHOLD;
+    // One stream of random bytes across the bands: the one-filler product is unchanged.
     let mut rng = Xoshiro::new(seed);
     let mut buf = vec![0u8; CHUNK];
-    let mut left = filler_len;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        rng.fill(&mut buf[..n]);
-        zip.write_all(&buf[..n])?;
-        left -= n as u64;
+    for filler in &fillers {
+        zip.start_file(filler.as_str(), stored.large_file(large))?;
+        let mut left = band_len;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            rng.fill(&mut buf[..n]);
+            zip.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
     }
     zip.finish()?.sync_data().ok();
     Ok(())
 }
-fn manifest_xml(spec: &ProductSpec, l: &Layout) -> String {
+fn manifest_xml(spec: &ProductSpec, l: &Layout, fillers: &[String]) -> String {
     let mut objects = String::new();
-    for (i, m) in [&l.mtd, &l.tile_mtd, &l.tif, &l.filler].iter().enumerate() {
+    let listed = [&l.mtd, &l.tile_mtd, &l.tif].into_iter().chain(fillers);
+    for (i, m) in listed.enumerate() {
         let href = m.strip_prefix(&l.top).unwrap_or(m);
         let _ = writeln!(
             objects,
@@ -268,6 +293,45 @@ mod tests {
             ),
             Err(_) => eprintln!("NOTE: python3 absent, skipped"),
         }
+    }
+    #[test]
+    fn the_filler_splits_into_equal_bands_and_the_zip_keeps_its_size() {
+        let dir = TempDir::new("bands");
+        let mut o = opts(dir.0.join("p"), 1, 8 * MIB, false);
+        o.bands = 8;
+        let e = &generate(&o).unwrap()[0];
+        assert!(
+            e.content_length.abs_diff(o.size) <= TOLERANCE,
+            "{}",
+            e.content_length
+        );
+        let path = o.out.join(e.file.as_ref().unwrap());
+        let mut zip = zip::ZipArchive::new(File::open(&path).unwrap()).unwrap();
+        let l = layout(&e.name).unwrap();
+        let bands = filler_members(&l, 8);
+        assert_eq!(bands.len(), 8);
+        assert_eq!(bands[0], l.filler);
+        assert!(bands[7].ends_with("_B8A.dat"), "{bands:?}");
+        let sizes: Vec<u64> = bands
+            .iter()
+            .map(|b| zip.by_name(b).unwrap().size())
+            .collect();
+        assert!(sizes[0] > 900 * 1024, "{sizes:?}");
+        assert!(sizes.iter().all(|s| *s == sizes[0]), "{sizes:?}");
+        // Different bytes in each band (one random stream across them).
+        let mut first = Vec::new();
+        std::io::Read::read_to_end(&mut zip.by_name(&bands[0]).unwrap(), &mut first).unwrap();
+        let mut second = Vec::new();
+        std::io::Read::read_to_end(&mut zip.by_name(&bands[1]).unwrap(), &mut second).unwrap();
+        assert_ne!(first, second);
+        let mut manifest = String::new();
+        std::io::Read::read_to_string(&mut zip.by_name(&l.manifest).unwrap(), &mut manifest)
+            .unwrap();
+        assert!(manifest.contains("_B8A.dat"), "{manifest}");
+        o.bands = 0;
+        assert!(generate(&o).is_err(), "0 bands");
+        o.bands = 13;
+        assert!(generate(&o).is_err(), "13 bands");
     }
     /// Zip64 is used only when a member passes 4 GiB; 4.1 GiB of disk: run by hand.
     #[test]

@@ -35,6 +35,7 @@ pub(super) fn opts(out: PathBuf, count: usize, size: u64, geotiff: bool) -> Gene
         geotiff,
         catalogue_only: 0,
         same_day: 0,
+        bands: 1,
     }
 }
 

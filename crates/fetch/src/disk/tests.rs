@@ -207,3 +207,165 @@ fn odd_ids_stay_inside_the_cache() {
     assert_eq!(dir_name("../x"), "_2e2e2f78");
     assert_eq!(dir_name(".."), "_2e2e");
 }
+
+/// A generated product (a real zip, every member stored, one band split in four so that
+/// members cross 1 MiB blocks) with its id, bytes and file members as `unzip` sees them.
+fn product_zip(dir: &Path) -> (String, Bytes, Vec<(String, Vec<u8>)>) {
+    product_zip_with(dir, 3, 4)
+}
+
+/// [`product_zip`] with another seed and number of bands (the first product's id is the same
+/// whatever the seed: another build of the same product).
+fn product_zip_with(
+    dir: &Path,
+    seed: u64,
+    bands: usize,
+) -> (String, Bytes, Vec<(String, Vec<u8>)>) {
+    use fake_creodias::generate::{generate, GenerateOptions};
+    let out = dir.join(format!("products-{seed}-{bands}"));
+    let e = generate(&GenerateOptions {
+        out: out.clone(),
+        count: 1,
+        size: 5 * MIB,
+        seed,
+        geotiff: false,
+        catalogue_only: 0,
+        bands,
+    })
+    .unwrap()
+    .remove(0);
+    let path = out.join(e.file.unwrap());
+    let unzip = |args: &[&str]| {
+        let out = std::process::Command::new("unzip")
+            .arg(args[0])
+            .arg(&path)
+            .args(&args[1..])
+            .output()
+            .expect("unzip");
+        assert!(out.status.success());
+        out.stdout
+    };
+    let names = String::from_utf8(unzip(&["-Z1"])).unwrap();
+    let members = names
+        .lines()
+        .filter(|n| !n.ends_with('/'))
+        .map(|n| (n.to_string(), unzip(&["-p", n])))
+        .collect();
+    (e.id, Bytes::from(std::fs::read(&path).unwrap()), members)
+}
+
+#[tokio::test]
+async fn files_of_a_product_whose_zip_is_held_are_read_from_the_zip_with_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, zip, members) = product_zip(dir.path());
+    assert!(members.len() >= 8, "{members:?}");
+    let size = zip.len() as u64;
+    let cache = dir.path().join("cache");
+    let first = layer(
+        &cache,
+        MemorySource::new().with_product(&id, zip.clone()),
+        BIG,
+    );
+    first.get_range(&id, 0..size).await.unwrap();
+
+    // A new process with nothing below: every file of the product, whole and in slices
+    // crossing the zip's blocks, equals `unzip -p`, and nothing was asked of the network.
+    let second = layer(&cache, MemorySource::new(), BIG);
+    for (name, want) in &members {
+        let node =
+            crate::nodes::node_id(&id, &name.split('/').map(String::from).collect::<Vec<_>>());
+        let len = want.len() as u64;
+        assert_eq!(second.info(&node).await.unwrap().size, len, "{name}");
+        let got = second.get_range(&node, 0..len + 100).await.unwrap();
+        assert!(got[..] == want[..], "{name} differs from unzip -p");
+        if len > MIB {
+            let (a, b) = (MIB - 5, MIB + 7);
+            let got = second.get_range(&node, a..b).await.unwrap();
+            assert_eq!(&got[..], &want[a as usize..b as usize], "{name} {a}..{b}");
+        }
+        assert!(matches!(
+            second.get_range(&node, len..len + 1).await,
+            Err(FetchError::OutOfRange { .. })
+        ));
+    }
+    assert_eq!(second.source().stats().requests, 0);
+    assert_eq!(second.source().info_calls(), 0);
+
+    // A name the product does not hold is not made up: it goes to the network.
+    let missing = format!(
+        "{id}/{}/nothing.xml",
+        members[0].0.split('/').next().unwrap()
+    );
+    assert!(second.get_range(&missing, 0..1).await.is_err());
+    assert_eq!(second.source().info_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_file_whose_zip_blocks_are_not_all_held_is_fetched_as_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, zip, members) = product_zip(dir.path());
+    let size = zip.len() as u64;
+    let cache = dir.path().join("cache");
+    // Only the zip's last block (its central directory): what a zip reader's first look reads.
+    let first = layer(
+        &cache,
+        MemorySource::new().with_product(&id, zip.clone()),
+        BIG,
+    );
+    first.get_range(&id, size - 100..size).await.unwrap();
+    let (name, want) = members
+        .iter()
+        .find(|(_, b)| b.len() as u64 > MIB)
+        .expect("a band of more than a block");
+    let node = crate::nodes::node_id(&id, &name.split('/').map(String::from).collect::<Vec<_>>());
+    let src = MemorySource::new().with_product(&node, want.clone());
+    let second = layer(&cache, src, BIG);
+    let got = second.get_range(&node, 0..want.len() as u64).await.unwrap();
+    assert!(got[..] == want[..]);
+    assert!(second.source().stats().requests >= 1, "fetched as a file");
+    // The zip's blocks were not fetched for it: the product itself was not asked for.
+    assert_eq!(second.source().stats_for(&id).requests, 0);
+}
+
+#[tokio::test]
+async fn a_product_dropped_and_cached_again_is_read_from_its_new_zip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, zip, members) = product_zip(dir.path());
+    let (id2, zip2, members2) = product_zip_with(dir.path(), 9, 2);
+    assert_eq!(id, id2, "one product, two builds");
+    let cache = dir.path().join("cache");
+    let node = |name: &str| {
+        crate::nodes::node_id(&id, &name.split('/').map(String::from).collect::<Vec<_>>())
+    };
+    let c = layer(
+        &cache,
+        MemorySource::new().with_product(&id, zip.clone()),
+        BIG,
+    );
+    c.get_range(&id, 0..zip.len() as u64).await.unwrap();
+    let (name, want) = &members[0];
+    assert_eq!(
+        &c.get_range(&node(name), 0..want.len() as u64)
+            .await
+            .unwrap()[..],
+        &want[..]
+    );
+    // Its bytes changed at the source: dropped, then the new build read whole.
+    c.store().unwrap().remove_product(&id);
+    let fresh = layer(
+        &cache,
+        MemorySource::new().with_product(&id, zip2.clone()),
+        BIG,
+    );
+    fresh.get_range(&id, 0..zip2.len() as u64).await.unwrap();
+    for (name, want) in &members2 {
+        let got = c
+            .get_range(&node(name), 0..want.len() as u64)
+            .await
+            .unwrap();
+        assert!(
+            got[..] == want[..],
+            "{name}: the old build's directory was used"
+        );
+    }
+}
