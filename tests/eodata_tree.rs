@@ -162,6 +162,7 @@ fn crowded_day(n: usize) -> PathBuf {
         geotiff: false,
         catalogue_only: 0,
         same_day: n,
+        bands: 1,
     })
     .expect("generate the crowded day")
 }

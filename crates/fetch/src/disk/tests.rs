@@ -230,6 +230,7 @@ fn product_zip_with(
         seed,
         geotiff: false,
         catalogue_only: 0,
+        same_day: 0,
         bands,
     })
     .unwrap()
