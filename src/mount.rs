@@ -558,12 +558,15 @@ fn product_meta(p: &eodata_catalogue::Product) -> ProductMeta {
             xattrs.push((format!("user.eodata.{k}"), v));
         }
     };
-    put("footprint", p.footprint.clone());
+    // What GIS tools take: WKT (ogr2ogr, shapely's wkt.loads) and a GeoJSON geometry.
+    put("footprint", p.footprint_wkt().map(str::to_string));
+    put("geojson", p.footprint_geojson());
     put("checksum.md5", p.md5.clone());
     put("s3path", p.s3_path.clone());
     put("size_hint", p.size_hint.map(|s| s.to_string()));
-    put("content_start", p.content_start.map(epoch_secs));
-    put("content_end", p.content_end.map(epoch_secs));
+    put("content_start", p.content_start.map(iso8601));
+    put("content_end", p.content_end.map(iso8601));
+    put("publication_date", p.publication_date.map(iso8601));
     ProductMeta {
         id: p.id.clone(),
         name: p.name.clone(),
@@ -577,9 +580,8 @@ fn product_meta(p: &eodata_catalogue::Product) -> ProductMeta {
     }
 }
 
-/// Seconds since the epoch as text: unambiguous for tools that filter on it.
-fn epoch_secs(t: std::time::SystemTime) -> String {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs().to_string())
-        .unwrap_or_default()
+/// A time as ISO 8601 in UTC to the millisecond (`2018-09-27T05:12:21.024Z`), as the catalogue
+/// writes its dates and `date -d`, Python's `fromisoformat` and GDAL read them.
+fn iso8601(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }

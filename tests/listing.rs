@@ -165,7 +165,27 @@ fn xattrs_match_the_catalogue_and_offline_products_fail_clearly() {
         let path = mount.path(&format!("{}.zip", e["Name"].as_str().unwrap()));
         let x = |k: &str| getxattr(&path, &format!("user.eodata.{k}"));
         assert_eq!(x("id").as_deref(), e["Id"].as_str());
-        assert_eq!(x("footprint").as_deref(), e["Footprint"].as_str());
+        // WKT, as GIS tools take it: the OData wrapping gone, the polygon the same.
+        let raw = e["Footprint"].as_str().unwrap();
+        let wkt = x("footprint").unwrap();
+        assert!(wkt.starts_with("POLYGON ((") && raw.contains(&wkt), "{wkt} / {raw}");
+        // GeoJSON of the same ring: its first position is the WKT's first.
+        let geo: Value = serde_json::from_str(&x("geojson").unwrap()).unwrap();
+        assert_eq!(geo["type"], "Polygon");
+        let first = &geo["coordinates"][0][0];
+        let (lon, lat) = wkt["POLYGON ((".len()..]
+            .split(',')
+            .next()
+            .unwrap()
+            .split_once(' ')
+            .unwrap();
+        assert_eq!(first[0].as_f64().unwrap(), lon.parse::<f64>().unwrap());
+        assert_eq!(first[1].as_f64().unwrap(), lat.trim().parse::<f64>().unwrap());
+        // Dates in ISO 8601, the instant the catalogue gave.
+        let start = x("content_start").unwrap();
+        let given = e["ContentDate"]["Start"].as_str().unwrap();
+        assert!(start.ends_with('Z') && start.contains('T'), "{start}");
+        assert_eq!(start[..19], given[..19], "{start} / {given}");
         assert_eq!(
             x("online"),
             Some(e["Online"].as_bool().unwrap().to_string())

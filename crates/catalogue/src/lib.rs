@@ -16,6 +16,7 @@
 
 mod date;
 mod error;
+pub mod footprint;
 pub mod filter;
 mod http;
 pub mod nodes;

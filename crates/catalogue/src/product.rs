@@ -37,8 +37,25 @@ pub struct Product {
     pub md5: Option<String>,
     /// `Footprint` as the service writes it, e.g. `geography'SRID=4326;POLYGON((...))'`.
     pub footprint: Option<String>,
+    /// `GeoFootprint` (CDSE), a GeoJSON geometry, as compact JSON.
+    pub geo_footprint: Option<String>,
     /// `S3Path`, e.g. `/eodata/Sentinel-2/MSI/L1C/2018/09/27/<name>`.
     pub s3_path: Option<String>,
+}
+
+impl Product {
+    /// The footprint as plain WKT (`POLYGON ((lon lat, ...))`), without the OData wrapping.
+    pub fn footprint_wkt(&self) -> Option<&str> {
+        self.footprint.as_deref().map(crate::footprint::wkt)
+    }
+
+    /// The footprint as a GeoJSON geometry: the catalogue's `GeoFootprint`, else made from the
+    /// WKT (see [`crate::footprint`]).
+    pub fn footprint_geojson(&self) -> Option<String> {
+        self.geo_footprint
+            .clone()
+            .or_else(|| crate::footprint::geojson_from_wkt(self.footprint_wkt()?))
+    }
 }
 
 /// The JSON of one `Products` entity. Field names as the service spells them.
@@ -66,6 +83,8 @@ pub(crate) struct WireProduct {
     footprint: Option<String>,
     #[serde(rename = "S3Path", default)]
     s3_path: Option<String>,
+    #[serde(rename = "GeoFootprint", default)]
+    geo_footprint: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +147,10 @@ impl WireProduct {
             size_hint: size(self.content_length.as_ref()),
             online: self.online.unwrap_or(true),
             footprint: self.footprint.filter(|f| !f.is_empty()),
+            geo_footprint: self
+                .geo_footprint
+                .filter(|g| g.is_object())
+                .map(|g| g.to_string()),
             s3_path: self.s3_path.filter(|s| !s.is_empty()),
             id: self.id,
             name: self.name,
