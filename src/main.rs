@@ -23,6 +23,7 @@ mod fs;
 mod fuse;
 mod helper;
 mod logging;
+mod man;
 mod mount;
 mod mountpoint;
 mod search;
@@ -65,9 +66,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Cache(args)) => cache_cmd::run(args),
         Some(Command::Man) => {
-            match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut std::io::stdout())
-            {
+            match man::render(&mut std::io::stdout()) {
                 // `eodata-mount man | head` is not an error.
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
                 _ => Ok(ExitCode::SUCCESS),

@@ -139,4 +139,31 @@ fn completions_and_the_man_page_are_generated() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(".TH eodata-mount 1"), "{text}");
     assert!(text.contains("query"));
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "OPTIONS",
+        "EXAMPLES",
+        "FILES",
+        "ENVIRONMENT",
+        "EXIT STATUS",
+        "SEE ALSO",
+    ] {
+        assert!(text.contains(&format!(".SH {section}")), "no {section}");
+    }
+    // SEE ALSO names pages that exist here (install-deps installs their packages).
+    let see_also = text.split(".SH SEE ALSO").nth(1).unwrap();
+    let see_also = see_also.split(".SH").next().unwrap();
+    let mut named = 0;
+    for part in see_also.split("\\fB").skip(1) {
+        let (page, rest) = part.split_once("\\fR(").unwrap();
+        let section = &rest[..1];
+        let path = format!("/usr/share/man/man{section}/{page}.{section}.gz");
+        assert!(
+            std::path::Path::new(&path).exists(),
+            "SEE ALSO {page}({section}): no {path}"
+        );
+        named += 1;
+    }
+    assert!(named >= 4, "{see_also}");
 }
