@@ -73,6 +73,22 @@ pub enum Command {
 /// Options of `search`.
 #[derive(Debug, Args)]
 pub struct SearchArgs {
+    #[command(flatten)]
+    pub criteria: CriteriaArgs,
+
+    /// Print the catalogue entries as JSON.
+    #[arg(long, conflicts_with = "long")]
+    pub json: bool,
+
+    /// A header and columns: name, sensing start, size, online, UUID.
+    #[arg(long)]
+    pub long: bool,
+}
+
+/// What to look for in the catalogue: shared by `search` and `download`, turned into one OData
+/// $filter by `eodata_catalogue::filter` (the code the /eodata tree's days use too).
+#[derive(Debug, Args, Default)]
+pub struct CriteriaArgs {
     /// Collection, e.g. SENTINEL-1, SENTINEL-2, SENTINEL-3, SENTINEL-5P.
     #[arg(long, value_name = "NAME")]
     pub collection: Option<String>,
@@ -114,22 +130,30 @@ pub struct SearchArgs {
     #[arg(long)]
     pub online_only: bool,
 
-    /// Most products printed.
+    /// Most products found.
     #[arg(long, default_value_t = 100, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub limit: u64,
 
-    /// Print the catalogue entries as JSON.
-    #[arg(long, conflicts_with = "long")]
-    pub json: bool,
-
-    /// A header and columns: name, sensing start, size, online, UUID.
-    #[arg(long)]
-    pub long: bool,
-
-    /// A raw OData $filter, joined to the others with "and".
-    #[arg(long, value_name = "RAW")]
+    /// A raw OData $filter (as a query directory takes), joined to the others with "and".
+    #[arg(long, visible_alias = "query", value_name = "RAW")]
     pub filter: Option<String>,
+}
+
+impl CriteriaArgs {
+    /// Whether any criterion is given (the limit alone is none).
+    pub fn any(&self) -> bool {
+        self.collection.is_some()
+            || self.level.is_some()
+            || self.from.is_some()
+            || self.to.is_some()
+            || self.bbox.is_some()
+            || self.geometry.is_some()
+            || self.cloud_max.is_some()
+            || self.name.is_some()
+            || self.online_only
+            || self.filter.is_some()
+    }
 }
 
 /// `eodata-mount cache list|clear`.
@@ -360,4 +384,9 @@ pub struct DownloadArgs {
     /// No progress output.
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Also every product the catalogue finds for these criteria (as `search` takes them;
+    /// --query FILTER for a raw OData filter), up to --limit.
+    #[command(flatten)]
+    pub criteria: CriteriaArgs,
 }

@@ -50,8 +50,16 @@ pub async fn run(common: &CommonArgs, args: &DownloadArgs) -> anyhow::Result<Exi
                 .map(String::from),
         );
     }
+    if args.criteria.any() {
+        // The same search as `eodata-mount search` with these criteria.
+        match crate::search::find(common, &args.criteria).await? {
+            Ok(found) if found.is_empty() => bail!("no product matches the search"),
+            Ok(found) => names.extend(found.into_iter().map(|p| p.name)),
+            Err(e) => bail!("{e}"),
+        }
+    }
     if names.is_empty() {
-        bail!("no product given; usage: eodata-mount download <NAME|UUID>... [-o DIR]");
+        bail!("no product given; usage: eodata-mount download <NAME|UUID>... [-o DIR], or search criteria such as --collection, --from, --to (see --help)");
     }
     let target = Target::new(args.output.as_deref(), names.len())?;
     let settings = stack::settings(common)?;

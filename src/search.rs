@@ -11,42 +11,19 @@ use anyhow::Context;
 use eodata_catalogue::filter::{iso_millis, Area, Criteria, FilterError, Instant};
 use eodata_catalogue::{Catalogue, Product};
 
-use crate::cli::{CommonArgs, SearchArgs};
+use crate::cli::{CommonArgs, CriteriaArgs, SearchArgs};
 
 /// Exit status for input that cannot become a search (bad date, bad box), as for bad flags.
 const USAGE: u8 = 2;
 
 pub async fn run(common: &CommonArgs, args: &SearchArgs) -> anyhow::Result<ExitCode> {
-    let criteria = match criteria(args) {
-        Ok(c) => c,
+    let products = match find(common, &args.criteria).await? {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("eodata-mount: {e}");
             return Ok(ExitCode::from(USAGE));
         }
     };
-    let filter = match criteria.filter() {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("eodata-mount: {e}");
-            return Ok(ExitCode::from(USAGE));
-        }
-    };
-    tracing::info!(filter = %filter, "catalogue search");
-    let overrides = crate::stack::overrides(common);
-    let endpoints = eodata_config::load_endpoints_only(&overrides, &|k| std::env::var(k).ok())?;
-    let catalogue = Catalogue::new(
-        endpoints.catalogue_url.clone(),
-        reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(common.read_timeout))
-            .user_agent(concat!("eodata-mount/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("cannot build the HTTP client")?,
-    );
-    let products = catalogue
-        .query(&filter, args.limit as usize)
-        .await
-        .context("the catalogue search failed")?;
     let mut out = String::new();
     if args.json {
         let entries: Vec<serde_json::Value> = products.iter().map(entry).collect();
@@ -82,7 +59,36 @@ pub async fn run(common: &CommonArgs, args: &SearchArgs) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-fn criteria(args: &SearchArgs) -> Result<Criteria, FilterError> {
+/// The products the catalogue finds for `args`, at most `--limit`; the inner error is the
+/// user's input that cannot become a search (a bad date or box: exit status 2).
+pub async fn find(
+    common: &CommonArgs,
+    args: &CriteriaArgs,
+) -> anyhow::Result<Result<Vec<Product>, FilterError>> {
+    let filter = match criteria(args).and_then(|c| c.filter()) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
+    };
+    tracing::info!(filter = %filter, "catalogue search");
+    let overrides = crate::stack::overrides(common);
+    let endpoints = eodata_config::load_endpoints_only(&overrides, &|k| std::env::var(k).ok())?;
+    let catalogue = Catalogue::new(
+        endpoints.catalogue_url.clone(),
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(common.read_timeout))
+            .user_agent(concat!("eodata-mount/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot build the HTTP client")?,
+    );
+    let products = catalogue
+        .query(&filter, args.limit as usize)
+        .await
+        .context("the catalogue search failed")?;
+    Ok(Ok(products))
+}
+
+fn criteria(args: &CriteriaArgs) -> Result<Criteria, FilterError> {
     let area = match (&args.bbox, &args.geometry) {
         (Some(b), _) => Some(Area::from_bbox(b)?),
         (None, Some(path)) => {

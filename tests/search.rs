@@ -141,3 +141,60 @@ fn bad_input_is_one_line_and_exit_2() {
         "no request for bad input"
     );
 }
+
+/// `download` takes the same criteria as `search` (the same filter code) and downloads what
+/// they find; `--query` is a raw filter, as a query directory takes it.
+#[test]
+fn download_takes_the_search_criteria() {
+    let products = products(1, 1);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let out = ws.run(
+        &double,
+        &[
+            "download",
+            "-q",
+            "--collection",
+            "SENTINEL-2",
+            "--from",
+            "2018-09-27",
+            "--to",
+            "2018-09-28",
+            "-o",
+            "newdir/",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let file = ws.path().join(format!("newdir/{TUTORIAL_NAME}.zip"));
+    assert_eq!(file_sha256(&file), file_sha256(&product_file(&products, 0)));
+    // A raw filter that finds it too (the file is there: skipped, no download).
+    let out = ws.run(
+        &double,
+        &[
+            "download",
+            "-q",
+            "--query",
+            "contains(Name,'T42FXL')",
+            "-o",
+            "newdir/",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    // Criteria that find nothing: one line, non-zero, nothing written.
+    let out = ws.run(
+        &double,
+        &[
+            "download",
+            "-q",
+            "--collection",
+            "SENTINEL-1",
+            "-o",
+            "none/",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no product matches"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!ws.path().join("none").exists());
+}
