@@ -56,6 +56,44 @@ fn cp(m: &Mount, file: &str, dst: &std::path::Path) -> std::process::Child {
         .unwrap()
 }
 
+/// Starts one `cp` of product `i` on node `i` for every node, into `out`.
+fn copy_on_each(
+    nodes: &[(Workspace, Mount)],
+    products: &std::path::Path,
+    out: &std::path::Path,
+) -> Vec<std::process::Child> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (_, m))| cp(m, &name(products, i), &out.join(format!("{i}.zip"))))
+        .collect()
+}
+
+/// Waits for the copies; each must succeed and equal its product, but the one at `skip`.
+fn all_exact(
+    copies: Vec<std::process::Child>,
+    products: &std::path::Path,
+    out: &std::path::Path,
+    skip: Option<usize>,
+) {
+    for (i, c) in copies.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        if Some(i) == skip {
+            continue;
+        }
+        assert!(
+            o.status.success(),
+            "cp {i}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            file_sha256(&out.join(format!("{i}.zip"))),
+            file_sha256(&product_file(products, i)),
+            "copy {i} differs"
+        );
+    }
+}
+
 fn refused_connections(log: &[fake_creodias::LogEntry]) -> usize {
     log.iter()
         .filter(|e| e.status == 429 || e.outcome == "max_connections")
@@ -94,24 +132,8 @@ fn three_nodes_share_one_login_and_the_accounts_connections() {
     let double = cluster_double(&products, CAP, 2_000_000);
     let nodes: Vec<_> = (0..3).map(|_| node(&double, &redis, CAP)).collect();
     let out = tempfile::tempdir().unwrap();
-    let copies: Vec<_> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, (_, m))| cp(m, &name(&products, i), &out.path().join(format!("{i}.zip"))))
-        .collect();
-    for (i, c) in copies.into_iter().enumerate() {
-        let o = c.wait_with_output().unwrap();
-        assert!(
-            o.status.success(),
-            "cp {i}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert_eq!(
-            file_sha256(&out.path().join(format!("{i}.zip"))),
-            file_sha256(&product_file(&products, i)),
-            "copy {i} differs"
-        );
-    }
+    let copies = copy_on_each(&nodes, &products, out.path());
+    all_exact(copies, &products, out.path(), None);
     let log = double.log();
     assert_eq!(
         password_logins(&log).len(),
@@ -143,11 +165,7 @@ fn a_killed_nodes_slots_come_back_within_the_lease() {
     let token_url = double.token_url();
     let mut nodes: Vec<_> = (0..3).map(|_| node(&double, &redis, 2)).collect();
     let out = tempfile::tempdir().unwrap();
-    let copies: Vec<_> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, (_, m))| cp(m, &name(&products, i), &out.path().join(format!("{i}.zip"))))
-        .collect();
+    let copies = copy_on_each(&nodes, &products, out.path());
     // Wait until both slots are held, then kill -9 a node that holds one.
     let started = Instant::now();
     let victim = loop {
@@ -188,21 +206,7 @@ fn a_killed_nodes_slots_come_back_within_the_lease() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The others finish, exact.
-    for (i, c) in copies.into_iter().enumerate() {
-        let o = c.wait_with_output().unwrap();
-        if i == victim {
-            continue;
-        }
-        assert!(
-            o.status.success(),
-            "cp {i}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert_eq!(
-            file_sha256(&out.path().join(format!("{i}.zip"))),
-            file_sha256(&product_file(&products, i)),
-        );
-    }
+    all_exact(copies, &products, out.path(), Some(victim));
     // The waiting node's session may have lapsed meanwhile (8 s refresh tokens, and nobody
     // needed one while the others streamed): a new login is fair, a reused code is not.
     assert!(reused_steps(&double.log()).is_empty());
@@ -220,25 +224,10 @@ fn copies_finish_exact_when_redis_goes_away_with_one_warning() {
     let double = cluster_double(&products, CAP, 1_500_000);
     let nodes: Vec<_> = (0..2).map(|_| node(&double, &redis, CAP)).collect();
     let out = tempfile::tempdir().unwrap();
-    let copies: Vec<_> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, (_, m))| cp(m, &name(&products, i), &out.path().join(format!("{i}.zip"))))
-        .collect();
+    let copies = copy_on_each(&nodes, &products, out.path());
     std::thread::sleep(Duration::from_secs(2));
     redis.stop();
-    for (i, c) in copies.into_iter().enumerate() {
-        let o = c.wait_with_output().unwrap();
-        assert!(
-            o.status.success(),
-            "cp {i}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert_eq!(
-            file_sha256(&out.path().join(format!("{i}.zip"))),
-            file_sha256(&product_file(&products, i)),
-        );
-    }
+    all_exact(copies, &products, out.path(), None);
     for (_, m) in &nodes {
         let log = m.log_text();
         let warnings = log

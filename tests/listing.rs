@@ -168,7 +168,10 @@ fn xattrs_match_the_catalogue_and_offline_products_fail_clearly() {
         // WKT, as GIS tools take it: the OData wrapping gone, the polygon the same.
         let raw = e["Footprint"].as_str().unwrap();
         let wkt = x("footprint").unwrap();
-        assert!(wkt.starts_with("POLYGON ((") && raw.contains(&wkt), "{wkt} / {raw}");
+        assert!(
+            wkt.starts_with("POLYGON ((") && raw.contains(&wkt),
+            "{wkt} / {raw}"
+        );
         // GeoJSON of the same ring: its first position is the WKT's first.
         let geo: Value = serde_json::from_str(&x("geojson").unwrap()).unwrap();
         assert_eq!(geo["type"], "Polygon");
@@ -180,7 +183,10 @@ fn xattrs_match_the_catalogue_and_offline_products_fail_clearly() {
             .split_once(' ')
             .unwrap();
         assert_eq!(first[0].as_f64().unwrap(), lon.parse::<f64>().unwrap());
-        assert_eq!(first[1].as_f64().unwrap(), lat.trim().parse::<f64>().unwrap());
+        assert_eq!(
+            first[1].as_f64().unwrap(),
+            lat.trim().parse::<f64>().unwrap()
+        );
         // Dates in ISO 8601, the instant the catalogue gave.
         let start = x("content_start").unwrap();
         let given = e["ContentDate"]["Start"].as_str().unwrap();

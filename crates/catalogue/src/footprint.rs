@@ -88,8 +88,10 @@ fn nested(s: &str) -> Option<(Nested, &str)> {
             s = rest.trim_start();
         } else {
             let end = s.find([',', ')'])?;
-            let numbers: Option<Vec<f64>> =
-                s[..end].split_whitespace().map(|n| n.parse().ok()).collect();
+            let numbers: Option<Vec<f64>> = s[..end]
+                .split_whitespace()
+                .map(|n| n.parse().ok())
+                .collect();
             let numbers = numbers?;
             if !(2..=3).contains(&numbers.len()) {
                 return None;
@@ -124,8 +126,10 @@ mod tests {
             r#"{"type":"Polygon","coordinates":[[[69,-48.7],[70.5,-48.7],[70.5,-49.7],[69,-48.7]]]}"#
         );
         assert_eq!(
-            geojson_from_wkt("MULTIPOLYGON(((179 1,180 1,180 2,179 1)),((-180 1,-179 1,-180 2,-180 1)))")
-                .unwrap(),
+            geojson_from_wkt(
+                "MULTIPOLYGON(((179 1,180 1,180 2,179 1)),((-180 1,-179 1,-180 2,-180 1)))"
+            )
+            .unwrap(),
             r#"{"type":"MultiPolygon","coordinates":[[[[179,1],[180,1],[180,2],[179,1]]],[[[-180,1],[-179,1],[-180,2],[-180,1]]]]}"#
         );
         assert_eq!(

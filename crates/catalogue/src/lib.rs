@@ -16,8 +16,8 @@
 
 mod date;
 mod error;
-pub mod footprint;
 pub mod filter;
+pub mod footprint;
 mod http;
 pub mod nodes;
 mod odata;
