@@ -221,12 +221,12 @@ pub struct CommonArgs {
     pub no_token_cache: bool,
 
     /// Parallel HTTP connections to the download service (it caps them per user).
-    #[arg(long, global = true, default_value_t = 4, value_name = "N",
+    #[arg(long, global = true, default_value_t = eodata_fetch::zipper::DEFAULT_MAX_CONNECTIONS as u32, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_connections: u32,
 
     /// A request that makes no progress for this many seconds fails (EIO in the mount).
-    #[arg(long, global = true, default_value_t = 120, value_name = "SECS",
+    #[arg(long, global = true, default_value_t = eodata_fetch::zipper::DEFAULT_READ_TIMEOUT.as_secs(), value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub read_timeout: u64,
 
@@ -306,7 +306,7 @@ pub struct MountArgs {
     pub listed_only: bool,
 
     /// Memory for the block cache, in MiB.
-    #[arg(long, default_value_t = 256, value_name = "MIB",
+    #[arg(long, default_value_t = eodata_fetch::cache::DEFAULT_BUDGET_BYTES >> 20, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
     pub cache_size: u64,
 
@@ -341,12 +341,12 @@ pub struct MountArgs {
     pub queries: Vec<String>,
 
     /// Most products one query directory lists.
-    #[arg(long, default_value_t = 1000, value_name = "N",
+    #[arg(long, default_value_t = crate::fs::DEFAULT_MAX_RESULTS as u64, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_results: u64,
 
     /// Seconds a query's listing is kept; the next ls after that fetches it again.
-    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    #[arg(long, default_value_t = crate::fs::DEFAULT_LISTING_TTL.as_secs(), value_name = "SECS")]
     pub listing_ttl: u64,
 
     /// Do not show the folder <Name>/ (the product's own files, one by one) beside each

@@ -26,6 +26,14 @@ const MAX_BACKGROUND: u16 = 64;
 /// entries, 25 with attributes), so one call fills the kernel's buffer.
 const DIR_CHUNK: usize = 256;
 
+/// The generation of every inode: 0, because inode numbers are never reused while mounted
+/// (see `fs::inodes`), so the kernel never needs a generation to tell two lives of one apart.
+const GENERATION: Generation = Generation(0);
+
+/// `st_blksize` and statfs's block sizes, in bytes: tools size their reads by it, and one block
+/// of the cache is what one of its requests fetches.
+const BLOCK_SIZE: u32 = eodata_fetch::cache::DEFAULT_BLOCK_SIZE as u32;
+
 pub struct FuseAdapter<R: Resolver, S: RangeSource> {
     fs: Arc<Fs<R, S>>,
     rt: Handle,
@@ -52,7 +60,7 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
         let (fs, name, this) = (self.fs.clone(), name.to_owned(), self.attr_maker());
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
-                Ok(a) => reply.entry(&ttl(&a), &this(&a), Generation(0)),
+                Ok(a) => reply.entry(&ttl(&a), &this(&a), GENERATION),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -204,7 +212,7 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
                             &e.name,
                             &ttl(&e.attr),
                             &attr,
-                            Generation(0),
+                            GENERATION,
                         ) {
                             break;
                         }
@@ -217,7 +225,7 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, 0, 0, 1 << 20, 255, 1 << 20);
+        reply.statfs(0, 0, 0, 0, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -290,8 +298,7 @@ fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
         uid,
         gid,
         rdev: 0,
-        // Tools size their reads by st_blksize; 1 MiB matches the cache's blocks.
-        blksize: 1 << 20,
+        blksize: BLOCK_SIZE,
         flags: 0,
     }
 }

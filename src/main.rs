@@ -9,7 +9,7 @@
 //! - `doctor`: [`doctor`], what works and what does not, read-only, pasteable in a bug report;
 //! - `completions SHELL` and `man`: generated from the clap definitions in [`cli`];
 //! - `cache list|clear`: [`cache_cmd`], the disk cache seen and emptied;
-//! - the mount helper's form (`eodata-mount SOURCE MOUNTPOINT -o ...`): rewritten by [`helper`].
+//! - the mount helper's form (`eodata-mount SOURCE MOUNTPOINT -o ...`): rewritten by [`mount_helper`].
 //!
 //! The stack each command needs (settings, token manager, catalogue, zipper client) is built in
 //! [`stack`].
@@ -21,10 +21,10 @@ mod doctor;
 mod download;
 mod fs;
 mod fuse;
-mod helper;
 mod logging;
 mod man;
 mod mount;
+mod mount_helper;
 mod mountpoint;
 mod search;
 mod stack;
@@ -37,7 +37,7 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // `mount -t fuse.eodata-mount` calls us as `eodata-mount SOURCE MOUNTPOINT -o OPTS`.
-    let cli = match Cli::try_parse_from(helper::rewrite(std::env::args_os().collect())) {
+    let cli = match Cli::try_parse_from(mount_helper::rewrite(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };

@@ -45,6 +45,16 @@ fn tools_read_identical_bytes_through_the_mount() {
     assert_eq!(by_name.ino(), by_stem.ino());
     assert_eq!(by_name.len(), std::fs::metadata(&local).unwrap().len());
     assert_eq!(by_name.mode() & 0o777, 0o444);
+    // Tools size their reads by st_blksize and statfs: one block of the cache.
+    let block = eodata_fetch::cache::DEFAULT_BLOCK_SIZE;
+    assert_eq!(by_name.blksize(), block);
+    let statfs = sh(Command::new("stat")
+        .args(["-f", "-c", "%s %S"])
+        .arg(&mount.dir));
+    assert_eq!(
+        String::from_utf8_lossy(&statfs.stdout).trim(),
+        format!("{block} {block}")
+    );
     // Read-only: writes are refused.
     assert!(std::fs::OpenOptions::new().write(true).open(&file).is_err());
     assert!(std::fs::write(mount.path("new.zip"), b"x").is_err());

@@ -244,7 +244,7 @@ impl Default for FsConfig {
             uid: unsafe { libc::geteuid() },
             gid: unsafe { libc::getegid() },
             tail_bytes: 1 << 20,
-            max_connections: 4,
+            max_connections: eodata_fetch::zipper::DEFAULT_MAX_CONNECTIONS,
             queries: Vec::new(),
             max_results: DEFAULT_MAX_RESULTS,
             listing_ttl: DEFAULT_LISTING_TTL,

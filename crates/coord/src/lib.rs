@@ -34,8 +34,9 @@ pub use slots::RedisSlots;
 pub use tokens::RedisStore;
 
 /// Default account-wide connections: CDSE allows 4 concurrent downloads per user and refuses
-/// more with 429 "Max session number 4 exceeded" (docs/protocol.md).
-pub const DEFAULT_ACCOUNT_CONNECTIONS: usize = 4;
+/// more with 429 "Max session number 4 exceeded" (docs/protocol.md); the same cap one process
+/// keeps to by default, so it is that constant.
+pub const DEFAULT_ACCOUNT_CONNECTIONS: usize = eodata_fetch::zipper::DEFAULT_MAX_CONNECTIONS;
 
 /// A coordinator address that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -53,11 +53,6 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
 /// modest on a laptop.
 pub const DEFAULT_BUDGET_BYTES: u64 = 256 << 20;
 
-/// 1 MiB: the tail to pin when a product is opened. A zip's end-of-central-directory record sits
-/// in the last 22 bytes + comment (< 64 KiB); its central directory, ~100-300 B per member, is
-/// a few hundred KiB for a Sentinel-2 SAFE with ~1000 members. 1 MiB holds both in one request.
-pub const DEFAULT_TAIL_BYTES: u64 = 1 << 20;
-
 /// 8 MiB: the most one request asks for; a longer run of missing blocks becomes several
 /// requests. Big reads (a `download`, a 1 MiB kernel read over many small blocks) then spread over
 /// several connections, and a request that fails costs at most this much again. At ~20 MB/s it

@@ -23,8 +23,9 @@ use crate::Secret;
 /// connection hold every reader for long.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A `Retry-After` longer than this is read as this: a sanity bound on a server-given number.
-/// The retry policy caps the wait further (to its longest backoff).
+/// A `Retry-After` longer than this is read as this: a sanity bound on a server-given number,
+/// tighter than [`eodata_http::MAX_RETRY_AFTER`] because a login waits on it. The retry policy
+/// caps the wait further (to its longest backoff).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// The most of an answer's body that is read. A token answer is a few KB (three JWTs); a
@@ -302,7 +303,11 @@ pub(crate) fn classify(
         return Err(Failure::Transient {
             reason: format!("HTTP {status}{detail}"),
             may_have_arrived: true,
-            retry_after: answer.retry_after.as_deref().and_then(parse_retry_after),
+            retry_after: answer
+                .retry_after
+                .as_deref()
+                .and_then(|v| eodata_http::retry_after(v, answer.received))
+                .map(|d| d.min(MAX_RETRY_AFTER)),
         });
     }
     match oauth_error {
@@ -394,11 +399,6 @@ fn granted(
 fn secs(s: f64) -> Duration {
     // A century: anything longer is nonsense and must not overflow `SystemTime`.
     Duration::from_secs_f64(s.min(3.2e9))
-}
-
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let secs: u64 = value.trim().parse().ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// The `exp` claim of a JWT (server time), if the token is a JWT that has one. The signature is
@@ -626,6 +626,23 @@ mod tests {
         assert!(
             matches!(e, Failure::Transient { retry_after: Some(d), .. } if d == MAX_RETRY_AFTER)
         );
+        // An HTTP-date counts from when the answer was received.
+        a.retry_after = Some(httpdate::fmt_http_date(
+            a.received + Duration::from_secs(60),
+        ));
+        let e = classify(&a, None).unwrap_err();
+        assert!(
+            matches!(e, Failure::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(60))
+        );
+        a.retry_after = Some("soon".into());
+        let e = classify(&a, None).unwrap_err();
+        assert!(matches!(
+            e,
+            Failure::Transient {
+                retry_after: None,
+                ..
+            }
+        ));
         let e = classify(&answer(302, "<html>"), None).unwrap_err();
         assert!(matches!(e, Failure::Protocol(ref m) if m.contains("302")));
     }

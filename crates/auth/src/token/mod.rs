@@ -372,16 +372,6 @@ impl TokenManager {
         self
     }
 
-    /// Uses `retry` for transient failures of every grant instead of the defaults
-    /// ([`RetryPolicy::default`] for password logins, [`RetryPolicy::refresh_default`] for
-    /// refreshes).
-    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
-        let inner = self.inner_mut();
-        inner.refresh_retry = retry.clone();
-        inner.retry = retry;
-        self
-    }
-
     /// Uses `retry` for transient failures of the refresh grant only.
     pub fn with_refresh_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.inner_mut().refresh_retry = retry;

@@ -313,3 +313,28 @@ async fn without_a_sink_only_the_most_recently_used_complete_spools_are_kept() {
     );
     assert_eq!(fb.source().streams.load(Ordering::Relaxed), streams + 1);
 }
+
+#[tokio::test]
+async fn a_spool_that_cannot_be_made_is_a_local_error_not_the_service() {
+    // A regular file where the spool directory should be: creating the spool fails on this
+    // machine (as a full or read-only `$TMPDIR` does), and the reader is told so.
+    let not_a_dir = tempfile::NamedTempFile::new().unwrap();
+    let server = NoRangeServer::new(RangeMode::Ignore, &[("p", product(MIB, 2))]);
+    let fb = StreamFallback::new(
+        server,
+        SpoolConfig {
+            dir: Some(not_a_dir.path().to_path_buf()),
+            ..SpoolConfig::default()
+        },
+    );
+    let err = fb.get_range("p", 0..10).await.unwrap_err();
+    assert!(matches!(err, FetchError::Local(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.starts_with("local storage error: "), "{msg}");
+    assert!(
+        msg.contains(&not_a_dir.path().display().to_string()),
+        "{msg}"
+    );
+    assert!(!msg.contains("download service"), "{msg}");
+    assert!(!err.is_logged_once() && !err.is_login_refused());
+}

@@ -182,18 +182,6 @@ mod tests {
             assert_eq!(run(args), args.to_vec());
         }
     }
-}
-
-#[cfg(test)]
-mod more_tests {
-    use super::*;
-
-    fn run(args: &[&str]) -> Vec<String> {
-        rewrite(args.iter().map(OsString::from).collect())
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
-    }
 
     #[test]
     fn every_flag_switches_queries_and_the_attached_form() {
@@ -225,5 +213,26 @@ mod more_tests {
         // A subcommand is never a SOURCE.
         let args = ["eodata-mount", "unmount", "/mnt/e", "-oro"];
         assert_eq!(run(&args), args.to_vec());
+    }
+
+    #[test]
+    fn the_coordinator_and_the_account_cap_fit_in_o() {
+        assert_eq!(
+            run(&[
+                "eodata-mount",
+                "eodata",
+                "/mnt/e",
+                "-o",
+                "coordinator=redis://127.0.0.1:6379/0,account_connections=2",
+            ]),
+            vec![
+                "eodata-mount",
+                "/mnt/e",
+                "--coordinator",
+                "redis://127.0.0.1:6379/0",
+                "--account-connections",
+                "2",
+            ]
+        );
     }
 }
