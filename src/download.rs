@@ -36,19 +36,7 @@ const CHUNK: u64 = 8 << 20;
 pub async fn run(common: &CommonArgs, args: &DownloadArgs) -> anyhow::Result<ExitCode> {
     let mut names = args.products.clone();
     if let Some(file) = &args.from_file {
-        // `-` is standard input: `eodata-mount search ... | eodata-mount download --from-file -`.
-        let text = if file.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
-        } else {
-            std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read {}", file.display()))?
-        };
-        names.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from),
-        );
+        names.extend(crate::resolver::names_file(file)?);
     }
     if args.criteria.any() {
         // The same search as `eodata-mount search` with these criteria.

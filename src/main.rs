@@ -26,6 +26,7 @@ mod man;
 mod mount;
 mod mount_helper;
 mod mountpoint;
+mod resolver;
 mod search;
 mod stack;
 

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use eodata_auth::token::TokenManager;
 use eodata_auth::TokenSource;
-use eodata_catalogue::Catalogue;
 use eodata_fetch::cache::{BlockCache, CacheConfig};
 use eodata_fetch::disk::DiskCache;
 use eodata_fetch::spool::StreamFallback;
@@ -23,17 +22,43 @@ use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::cache_dir;
 use crate::cli::Cli;
-use crate::fs::{
-    CatalogueNodes, Fs, FsConfig, FsError, ProductMeta, QuerySpec, Resolver, StatusSource,
-};
+use crate::fs::{CatalogueNodes, Fs, FsConfig, FsError, QuerySpec, StatusSource};
 use crate::fuse::FuseAdapter;
 use crate::mountpoint;
+use crate::resolver::{CatalogueResolver, Checksums};
 use crate::stack;
 
 /// Set in the environment of the background child: it reports readiness on its stdout.
 const NOTIFY_ENV: &str = "EODATA_MOUNT_NOTIFY_READY";
 
+/// The filesystem as the mount builds it: catalogue names (with the disk cache's offline
+/// fallback) over the block cache, the disk cache, the no-Range spool and the zipper.
+type MountFs = Fs<
+    cache_dir::OfflineResolver<CatalogueResolver>,
+    DiskCache<StreamFallback<Arc<stack::Client>>>,
+>;
+
+/// The fuser adapter over [`MountFs`].
+type MountAdapter = FuseAdapter<
+    cache_dir::OfflineResolver<CatalogueResolver>,
+    DiskCache<StreamFallback<Arc<stack::Client>>>,
+>;
+
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let mountpoint = check_mountpoint(cli)?;
+    if !cli.mount.foreground {
+        return spawn_background();
+    }
+    let rt = stack::runtime()?;
+    let fs = rt.block_on(build(cli))?;
+    rt.block_on(add_listed(cli, &fs))?;
+    let session = mount(cli, fs, &mountpoint, rt.handle().clone())?;
+    serve(session, mountpoint, rt)
+}
+
+/// The mountpoint is usable (a directory, empty unless -o nonempty, /dev/fuse open to us):
+/// checked before anything else, so a bad one fails with nothing done.
+fn check_mountpoint(cli: &Cli) -> anyhow::Result<std::path::PathBuf> {
     let Some(mountpoint) = cli.mount.mountpoint.as_deref() else {
         bail!("no mountpoint given; usage: eodata-mount [OPTIONS] <MOUNTPOINT> (see --help)");
     };
@@ -56,16 +81,18 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         );
     }
     mountpoint::check_fuse_device()?;
-    if !cli.mount.foreground {
-        return spawn_background();
-    }
-    let rt = stack::runtime()?;
+    Ok(mountpoint)
+}
+
+/// Logs in (before anything is mounted: wrong credentials fail here) and builds the layers: the
+/// zipper, the spool, the disk and block caches, and the filesystem over them.
+async fn build(cli: &Cli) -> anyhow::Result<Arc<MountFs>> {
     let common = &cli.common;
     let settings = stack::settings(common)?;
     let tokens = stack::token_manager(common, &settings)?;
-    // Log in before mounting: wrong credentials must fail here, with nothing mounted. With a
-    // --cache-dir, an unreachable token endpoint is not fatal: cached products read offline.
-    match rt.block_on(tokens.token()) {
+    // With a disk cache, an unreachable token endpoint is not fatal: cached products read
+    // offline.
+    match tokens.token().await {
         Err(e @ eodata_auth::AuthError::Unavailable { .. })
             if cache_dir::resolve(&cli.mount).is_some() =>
         {
@@ -120,8 +147,16 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     fs.set_node_lister(Arc::new(CatalogueNodes(catalogue)));
     let coordinator = stack::coordinator(common, &settings)?;
     fs.set_status_source(status_source(tokens, zipper, spools, disk, coordinator));
-    // --product names are typed by hand: an unknown one fails the mount. A products file may
-    // hold hundreds, looked up LOOKUPS_AT_ONCE at a time; an unknown one there is a warning.
+    Ok(fs)
+}
+
+/// The products named by --product and --products-file, and every query's listing, before
+/// mounting. --product names are typed by hand: an unknown one fails the mount. A products
+/// file may hold hundreds, looked up LOOKUPS_AT_ONCE at a time; an unknown one there is a
+/// warning. A filter the catalogue refuses fails here, with nothing mounted, and the first
+/// `ls` finds its listing ready.
+async fn add_listed(cli: &Cli, fs: &Arc<MountFs>) -> anyhow::Result<()> {
+    use futures::StreamExt;
     let mut wanted: Vec<(String, bool)> = cli
         .mount
         .products
@@ -129,56 +164,51 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .map(|n| (n.clone(), true))
         .collect();
     if let Some(file) = &cli.mount.products_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read products file {}", file.display()))?;
-        wanted.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(|l| (l.to_string(), false)),
-        );
+        let names = crate::resolver::names_file(file).context("--products-file")?;
+        wanted.extend(names.into_iter().map(|l| (l, false)));
     }
-    rt.block_on(async {
-        use futures::StreamExt;
-        let results: Vec<_> = futures::stream::iter(&wanted)
-            .map(|(name, required)| {
-                let fs = &fs;
-                async move { (name, *required, fs.add_product(name).await) }
-            })
-            .buffer_unordered(LOOKUPS_AT_ONCE)
-            .collect()
-            .await;
-        let mut unknown = Vec::new();
-        for (name, required, result) in results {
-            match result {
-                Ok(_) => {}
-                Err(FsError::NotFound) if !required => unknown.push(name.as_str()),
-                Err(FsError::NotFound) => {
-                    bail!("product {name} not found in the catalogue")
-                }
-                Err(e) => bail!("product {name}: {e}"),
+    let results: Vec<_> = futures::stream::iter(&wanted)
+        .map(|(name, required)| async move { (name, *required, fs.add_product(name).await) })
+        .buffer_unordered(LOOKUPS_AT_ONCE)
+        .collect()
+        .await;
+    let mut unknown = Vec::new();
+    for (name, required, result) in results {
+        match result {
+            Ok(_) => {}
+            Err(FsError::NotFound) if !required => unknown.push(name.as_str()),
+            Err(FsError::NotFound) => {
+                bail!("product {name} not found in the catalogue")
             }
+            Err(e) => bail!("product {name}: {e}"),
         }
-        if !unknown.is_empty() {
-            unknown.sort_unstable();
-            warn_user(&format!(
-                "{} of the products file's names not found in the catalogue, so not listed: {}",
-                unknown.len(),
-                unknown.join(", ")
-            ));
-        }
-        // Fetch every query's listing now: a filter the catalogue refuses fails here, with
-        // nothing mounted, and the first `ls` finds its listing ready.
-        let listed = fs
-            .refresh_queries()
-            .await
-            .map_err(|e| anyhow::anyhow!("--query: {e}"))?;
-        for (dir, n) in listed {
-            tracing::info!("query directory {dir:?}: {n} products");
-        }
-        anyhow::Ok(())
-    })?;
+    }
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        warn_user(&format!(
+            "{} of the products file's names not found in the catalogue, so not listed: {}",
+            unknown.len(),
+            unknown.join(", ")
+        ));
+    }
+    let listed = fs
+        .refresh_queries()
+        .await
+        .map_err(|e| anyhow::anyhow!("--query: {e}"))?;
+    for (dir, n) in listed {
+        tracing::info!("query directory {dir:?}: {n} products");
+    }
+    Ok(())
+}
 
+/// mount(2) with the options asked for (read-only, no devices or setuid, no atime, and the
+/// access list); as a user, fuser mounts through the setuid fusermount3.
+fn mount(
+    cli: &Cli,
+    fs: Arc<MountFs>,
+    mountpoint: &std::path::Path,
+    rt: tokio::runtime::Handle,
+) -> anyhow::Result<Session<MountAdapter>> {
     let mut options = vec![
         MountOption::FSName(mountpoint::FS_NAME.into()),
         MountOption::Subtype(mountpoint::FS_NAME.into()),
@@ -205,16 +235,23 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     let mut config = Config::default();
     config.acl = acl;
-    let adapter = FuseAdapter::new(fs, rt.handle().clone());
     config.mount_options = options;
-    // As a user, fuser mounts through the setuid fusermount3; the unmount below does too.
-    let session = Session::new(adapter, &mountpoint, &config)
+    let session = Session::new(FuseAdapter::new(fs, rt), mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
-    mountpoint::raise_read_ahead(&mountpoint);
+    mountpoint::raise_read_ahead(mountpoint);
     tracing::info!("mounted on {}", mountpoint.display());
     notify_ready()?;
+    Ok(session)
+}
 
-    // SIGTERM/SIGINT: unmount; the session loop then ends and we exit.
+/// Serves until unmounted: from outside (the session ends), or by SIGTERM/SIGINT, which
+/// unmounts and exits (non-zero if the unmount failed: a mountpoint left behind is a failure
+/// the caller, a shell or systemd, must see).
+fn serve<FS: fuser::Filesystem>(
+    session: Session<FS>,
+    mountpoint: std::path::PathBuf,
+    rt: tokio::runtime::Runtime,
+) -> anyhow::Result<ExitCode> {
     let mp = mountpoint.clone();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -227,7 +264,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("signal received: unmounting {}", mp.display());
         if let Err(e) = mountpoint::unmount(&mp) {
-            // A mountpoint left behind is a failure the caller (a shell, systemd) must see.
             tracing::error!("unmount of {} failed: {e}", mp.display());
             eprintln!(
                 "eodata-mount: unmount of {} failed: {e}; unmount it with: eodata-mount unmount {}",
@@ -492,96 +528,4 @@ fn status_source(
         }
         s
     })
-}
-
-/// Product id -> the catalogue's MD5, filled as products are resolved or listed; the spool
-/// checks a product it streamed whole against it (`eodata_fetch::spool::ExpectedMd5`).
-#[derive(Clone, Default)]
-pub struct Checksums(Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>);
-
-impl Checksums {
-    fn note(&self, p: &eodata_catalogue::Product) {
-        if let Some(md5) = &p.md5 {
-            let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            m.insert(p.id.clone(), md5.clone());
-        }
-    }
-
-    /// The lookup the spool asks.
-    pub fn lookup(&self) -> eodata_fetch::spool::ExpectedMd5 {
-        let map = Arc::clone(&self.0);
-        Arc::new(move |id: &str| {
-            map.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(id)
-                .cloned()
-        })
-    }
-}
-
-/// Names to products through the OData catalogue; remembers each product's MD5.
-pub struct CatalogueResolver(pub Arc<Catalogue>, pub Checksums);
-
-impl Resolver for CatalogueResolver {
-    async fn resolve(&self, name: &str) -> Result<Option<ProductMeta>, FsError> {
-        match self.0.resolve(name).await {
-            Ok(p) => {
-                self.1.note(&p);
-                Ok(Some(product_meta(&p)))
-            }
-            Err(eodata_catalogue::CatalogueError::NotFound(_)) => Ok(None),
-            Err(e) => {
-                tracing::warn!("catalogue lookup of {name} failed: {e}");
-                Err(FsError::Catalogue(e.to_string()))
-            }
-        }
-    }
-
-    async fn query(&self, filter: &str, max_results: usize) -> Result<Vec<ProductMeta>, FsError> {
-        match self.0.query(filter, max_results).await {
-            Ok(products) => {
-                products.iter().for_each(|p| self.1.note(p));
-                Ok(products.iter().map(product_meta).collect())
-            }
-            Err(e) => {
-                tracing::warn!("catalogue query {filter:?} failed: {e}");
-                Err(FsError::Catalogue(e.to_string()))
-            }
-        }
-    }
-}
-
-fn product_meta(p: &eodata_catalogue::Product) -> ProductMeta {
-    let mut xattrs = Vec::new();
-    let mut put = |k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            xattrs.push((format!("user.eodata.{k}"), v));
-        }
-    };
-    // What GIS tools take: WKT (ogr2ogr, shapely's wkt.loads) and a GeoJSON geometry.
-    put("footprint", p.footprint_wkt().map(str::to_string));
-    put("geojson", p.footprint_geojson());
-    put("checksum.md5", p.md5.clone());
-    put("s3path", p.s3_path.clone());
-    put("size_hint", p.size_hint.map(|s| s.to_string()));
-    put("content_start", p.content_start.map(iso8601));
-    put("content_end", p.content_end.map(iso8601));
-    put("publication_date", p.publication_date.map(iso8601));
-    ProductMeta {
-        id: p.id.clone(),
-        name: p.name.clone(),
-        mtime: p
-            .modification_date
-            .or(p.publication_date)
-            .unwrap_or(std::time::UNIX_EPOCH),
-        online: p.online,
-        size_hint: p.size_hint,
-        xattrs,
-    }
-}
-
-/// A time as ISO 8601 in UTC to the millisecond (`2018-09-27T05:12:21.024Z`), as the catalogue
-/// writes its dates and `date -d`, Python's `fromisoformat` and GDAL read them.
-fn iso8601(t: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
