@@ -169,108 +169,30 @@ async fn one(
     let file_name = format!("{}.zip", file_stem(&product.name, &product.id));
     let dest = target.path_for(&file_name);
     let md5 = product.md5.as_deref().map(str::to_ascii_lowercase);
-
     let part = PathBuf::from(format!("{}.part", dest.display()));
-    // One writer per product: the .part is locked for the whole download and the rename, and
-    // whether a complete file is already there is decided under the lock.
-    let mut file = loop {
-        let Some(file) = lock_part(&part, &file_name, progress).await? else {
-            // The .part waited on was renamed (the other download finished) or removed.
-            continue;
-        };
-        if !dest.exists() || force {
-            break file;
-        }
-        if file.metadata()?.len() == 0 {
-            // Made by us just now; nobody else can be writing it while we hold the lock.
-            let _ = std::fs::remove_file(&part);
-        }
-        drop(file);
-        let len = std::fs::metadata(&dest)?.len();
-        let same = match &md5 {
-            // The catalogue's checksum settles it with no request.
-            Some(want) => &file_md5(&dest)? == want,
-            None => len == zipper.info(&product.id).await?.size,
-        };
-        if same {
-            return Ok(Outcome::Skipped(dest));
-        }
-        bail!(
-            "{} exists and is not this product's complete download; use --force to replace it",
-            dest.display()
-        );
+    let wanted = Wanted {
+        id: &product.id,
+        file_name: &file_name,
+        dest: &dest,
+        part: &part,
+        md5: md5.as_deref(),
+    };
+    let Some(mut file) = claim(&wanted, zipper, force, progress).await? else {
+        return Ok(Outcome::Skipped(dest));
     };
     let info = zipper.info(&product.id).await?;
-    let mut have = file.metadata()?.len();
-    if have > info.size {
-        // Not a prefix of this product (another version, or garbage): start over.
-        file.set_len(0)?;
-        have = 0;
-    }
-    // The MD5 covers the whole file, so a resumed download first hashes what it already has.
-    let mut hasher = Md5::new();
-    if have > 0 {
-        hash_prefix(&part, have, &mut hasher)?;
-    }
-    let bar = progress.bar(&file_name, info.size, have);
+    let (resumed_from, mut hasher) = resume_point(&mut file, &part, info.size)?;
+    let bar = progress.bar(&file_name, info.size, resumed_from);
     let start = Instant::now();
-    let resumed_from = have;
-
-    // Servers that ignore Range (answer 200 to a ranged GET) get one stream instead.
-    let mut ranged = info.ranges == RangeSupport::Honoured;
-    if ranged {
-        let chunks = (have..info.size)
-            .step_by(CHUNK as usize)
-            .map(|a| a..(a + CHUNK).min(info.size));
-        let id = product.id.clone();
-        let mut stream = futures::stream::iter(chunks)
-            .map(|r| {
-                let (zipper, id) = (zipper.clone(), id.clone());
-                async move { zipper.get_range(&id, r).await }
-            })
-            .buffered(window);
-        while let Some(chunk) = stream.next().await {
-            let bytes = match chunk {
-                Err(FetchError::RangeIgnored(_)) => {
-                    ranged = false;
-                    break;
-                }
-                chunk => chunk?,
-            };
-            append(&mut file, &part, &mut hasher, &bytes)?;
-            have += bytes.len() as u64;
-            bar.set_position(have);
-        }
-    }
-    if !ranged && have < info.size {
-        // From the end of the .part: on the wire from byte 0, what is had is skipped.
-        tracing::info!(id = %product.id, from = have, "the server ignores Range: one stream");
-        let mut stream = zipper.stream_from(&product.id, have).await?;
-        while let Some(bytes) = stream.next_chunk().await? {
-            append(&mut file, &part, &mut hasher, &bytes)?;
-            have += bytes.len() as u64;
-            bar.set_position(have);
-        }
-    }
+    let mut sink = Sink {
+        file: &mut file,
+        hasher: &mut hasher,
+        bar: &bar,
+    };
+    let have = fetch_rest(zipper, &info, &wanted, window, resumed_from, &mut sink).await?;
     file.sync_all()?;
     bar.finish_and_clear();
-    if have != info.size {
-        bail!(
-            "download ended at {have} of {} bytes; run the command again to resume",
-            info.size
-        );
-    }
-    let got = format!("{:x}", hasher.finalize());
-    if let Some(want) = md5 {
-        if got != want {
-            let _ = std::fs::remove_file(&part);
-            bail!(
-                "MD5 mismatch: the catalogue says {want}, the download has {got}; nothing was kept, run the command again"
-            );
-        }
-    }
-    std::fs::rename(&part, &dest)
-        .with_context(|| format!("cannot rename {} to {}", part.display(), dest.display()))?;
+    keep(&wanted, have, info.size, hasher)?;
     // The lock goes only now: a download waiting on it then sees the .part gone and the
     // complete file in its place.
     drop(file);
@@ -288,6 +210,140 @@ async fn one(
         }
     ));
     Ok(Outcome::Downloaded(dest))
+}
+
+/// One product's download: where it goes and what it must hash to.
+struct Wanted<'a> {
+    id: &'a str,
+    file_name: &'a str,
+    dest: &'a Path,
+    part: &'a Path,
+    /// The catalogue's MD5, lower case.
+    md5: Option<&'a str>,
+}
+
+/// The `.part`, locked for the whole download and the rename (one writer per product), or
+/// `None` when a complete file is already there (decided under the lock; by the catalogue's
+/// MD5 with no request when it has one). A different file in the way is an error unless
+/// `force`.
+async fn claim(
+    w: &Wanted<'_>,
+    zipper: &Arc<Client>,
+    force: bool,
+    progress: &Progress,
+) -> anyhow::Result<Option<std::fs::File>> {
+    loop {
+        let Some(file) = lock_part(w.part, w.file_name, progress).await? else {
+            // The .part waited on was renamed (the other download finished) or removed.
+            continue;
+        };
+        if !w.dest.exists() || force {
+            return Ok(Some(file));
+        }
+        if file.metadata()?.len() == 0 {
+            // Made by us just now; nobody else can be writing it while we hold the lock.
+            let _ = std::fs::remove_file(w.part);
+        }
+        drop(file);
+        let len = std::fs::metadata(w.dest)?.len();
+        let same = match w.md5 {
+            Some(want) => file_md5(w.dest)? == want,
+            None => len == zipper.info(w.id).await?.size,
+        };
+        if same {
+            return Ok(None);
+        }
+        bail!(
+            "{} exists and is not this product's complete download; use --force to replace it",
+            w.dest.display()
+        );
+    }
+}
+
+/// Where the `.part` resumes (its length, or 0 when it is longer than the product: another
+/// version or garbage), and the MD5 of what it already holds (the MD5 covers the whole file).
+fn resume_point(file: &mut std::fs::File, part: &Path, size: u64) -> anyhow::Result<(u64, Md5)> {
+    let mut have = file.metadata()?.len();
+    if have > size {
+        file.set_len(0)?;
+        have = 0;
+    }
+    let mut hasher = Md5::new();
+    if have > 0 {
+        hash_prefix(part, have, &mut hasher)?;
+    }
+    Ok((have, hasher))
+}
+
+/// Where the bytes go: the locked `.part`, its running MD5, the progress bar.
+struct Sink<'a> {
+    file: &'a mut std::fs::File,
+    hasher: &'a mut Md5,
+    bar: &'a ProgressBar,
+}
+
+/// Appends the product from `have` on: parallel ranged requests where the server honours
+/// Range, else (or once it turns out to ignore it) one stream from the end of the `.part`.
+/// Returns the `.part`'s length.
+async fn fetch_rest(
+    zipper: &Arc<Client>,
+    info: &eodata_fetch::ObjectInfo,
+    w: &Wanted<'_>,
+    window: usize,
+    mut have: u64,
+    sink: &mut Sink<'_>,
+) -> anyhow::Result<u64> {
+    let mut ranged = info.ranges == RangeSupport::Honoured;
+    if ranged {
+        let chunks = (have..info.size)
+            .step_by(CHUNK as usize)
+            .map(|a| a..(a + CHUNK).min(info.size));
+        let mut stream = futures::stream::iter(chunks)
+            .map(|r| async move { zipper.get_range(w.id, r).await })
+            .buffered(window);
+        while let Some(chunk) = stream.next().await {
+            let bytes = match chunk {
+                Err(FetchError::RangeIgnored(_)) => {
+                    ranged = false;
+                    break;
+                }
+                chunk => chunk?,
+            };
+            append(sink.file, w.part, sink.hasher, &bytes)?;
+            have += bytes.len() as u64;
+            sink.bar.set_position(have);
+        }
+    }
+    if !ranged && have < info.size {
+        // From the end of the .part: on the wire from byte 0, what is had is skipped.
+        tracing::info!(id = %w.id, from = have, "the server ignores Range: one stream");
+        let mut stream = zipper.stream_from(w.id, have).await?;
+        while let Some(bytes) = stream.next_chunk().await? {
+            append(sink.file, w.part, sink.hasher, &bytes)?;
+            have += bytes.len() as u64;
+            sink.bar.set_position(have);
+        }
+    }
+    Ok(have)
+}
+
+/// The `.part` becomes the product's file only when it is whole and, where the catalogue gives
+/// an MD5, hashes to it; a wrong one is removed. Nothing under the final name is ever wrong.
+fn keep(w: &Wanted<'_>, have: u64, size: u64, hasher: Md5) -> anyhow::Result<()> {
+    if have != size {
+        bail!("download ended at {have} of {size} bytes; run the command again to resume");
+    }
+    let got = format!("{:x}", hasher.finalize());
+    if let Some(want) = w.md5 {
+        if got != want {
+            let _ = std::fs::remove_file(w.part);
+            bail!(
+                "MD5 mismatch: the catalogue says {want}, the download has {got}; nothing was kept, run the command again"
+            );
+        }
+    }
+    std::fs::rename(w.part, w.dest)
+        .with_context(|| format!("cannot rename {} to {}", w.part.display(), w.dest.display()))
 }
 
 /// How often a download waiting for another one's lock on a `.part` tries again, in
