@@ -196,7 +196,7 @@ pub enum TreeKey {
 }
 
 /// A date (UTC): year, month 1-12, day 1-31.
-pub type Date = (i32, u32, u32);
+pub use eodata_catalogue::date::{civil_from_days, days_from_civil, days_in_month, Date};
 
 impl TreeKey {
     pub fn mission(&self) -> &'static Mission {
@@ -359,16 +359,6 @@ pub fn same_path(s3_path: &str, dir: &str) -> bool {
     parts(parent) == parts(dir)
 }
 
-/// Days in a month of the proleptic Gregorian calendar.
-pub fn days_in_month(y: i32, m: u32) -> u32 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
 /// Today's date, UTC.
 pub fn today() -> Date {
     let days = SystemTime::now()
@@ -376,28 +366,4 @@ pub fn today() -> Date {
         .map(|d| d.as_secs() / 86_400)
         .unwrap_or(0);
     civil_from_days(days as i64)
-}
-
-/// Days since 1970-01-01 of a date (H. Hinnant's algorithm).
-pub fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
-    let y = i64::from(y) - i64::from(m <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number since 1970-01-01 (H. Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> Date {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    ((yoe + era * 400 + i64::from(m <= 2)) as i32, m, d)
 }

@@ -1,4 +1,7 @@
-//! ISO 8601 timestamps as the catalogue writes them, to `SystemTime`.
+//! ISO 8601 timestamps as the catalogue writes them, to `SystemTime`, and the calendar
+//! arithmetic every room of the client uses (search filters, the /eodata tree's days): one copy
+//! of it in the tree. (The double keeps its own on purpose: it is an independent
+//! implementation of the service.)
 //!
 //! The OData services write `2018-09-27T05:12:21.024000Z` (CREODIAS, microseconds) and
 //! `2018-09-27T05:12:21.024Z` (CDSE, milliseconds); offsets such as `+00:00` and a missing
@@ -31,7 +34,7 @@ pub fn parse_iso8601(text: &str) -> Option<SystemTime> {
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
     // 60 admits a leap second, which then counts as the next second's start.
     if !(1..=12).contains(&month)
-        || !(1..=days_in_month(year, month)).contains(&day)
+        || !(1..=i64::from(days_in_month(year as i32, month as u32))).contains(&day)
         || hour > 23
         || minute > 59
         || second > 60
@@ -71,7 +74,10 @@ pub fn parse_iso8601(text: &str) -> Option<SystemTime> {
         }
         _ => return None,
     };
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+    let secs = days_from_civil(year as i32, month as u32, day as u32) * 86_400
+        + hour * 3600
+        + minute * 60
+        + second
         - offset_secs;
     if secs >= 0 {
         Some(UNIX_EPOCH + Duration::new(secs as u64, nanos))
@@ -83,11 +89,15 @@ pub fn parse_iso8601(text: &str) -> Option<SystemTime> {
     }
 }
 
-fn is_leap(y: i64) -> bool {
+/// A date of the proleptic Gregorian calendar: (year, month 1-12, day 1-31).
+pub type Date = (i32, u32, u32);
+
+fn is_leap(y: i32) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
 
-fn days_in_month(y: i64, m: i64) -> i64 {
+/// Days in a month.
+pub fn days_in_month(y: i32, m: u32) -> u32 {
     match m {
         2 if is_leap(y) => 29,
         2 => 28,
@@ -96,15 +106,28 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
+/// Days since 1970-01-01 of a date (Howard Hinnant's `days_from_civil`).
+pub fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
+    let y = i64::from(y) - i64::from(m <= 2);
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+pub fn civil_from_days(z: i64) -> Date {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    ((yoe + era * 400 + i64::from(m <= 2)) as i32, m, d)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! Files: [`product`] (the answer and its JSON), `odata` (quoting and URLs), `http` (one GET
 //! with retries), `date` (ISO 8601), `error`.
 
-mod date;
+pub mod date;
 mod error;
 pub mod filter;
 pub mod footprint;
