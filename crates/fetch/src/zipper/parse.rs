@@ -49,7 +49,9 @@ fn unquote(value: &str) -> String {
     out
 }
 
-/// Percent-decodes bytes; `None` on a malformed escape.
+/// Percent-decodes bytes; `None` on a malformed escape. Not the `percent-encoding` crate: its
+/// decoder keeps a malformed escape as text, where RFC 6266 wants a malformed `filename*`
+/// ignored (and the plain `filename` used).
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
