@@ -282,18 +282,13 @@ mod tests {
         assert!(triage(StatusCode::ACCEPTED, &HeaderMap::new(), None).is_err());
     }
 
-    #[test]
-    fn parsers_never_panic_on_random_input() {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let alphabet = b"bytes */-0123456789 ,;=\"\\+\t";
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let len = (x % 24) as usize;
-            let text: String = (0..len)
-                .map(|i| alphabet[((x >> (i % 60)) as usize + i) % alphabet.len()] as char)
-                .collect();
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// Header values made of the characters these parsers look at, in any order: no
+        /// panic, and a failure shrinks to the shortest such text.
+        #[test]
+        fn parsers_never_panic_on_random_input(text in "[bytes */0-9 ,;=\"\\\\+\t-]{0,32}") {
             let _ = parse_content_range(&text);
             let _ = crate::retry_after(&text, std::time::SystemTime::now());
             if let Ok(v) = HeaderValue::from_str(&text) {
