@@ -23,7 +23,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 /// Crates that may print request URLs or headers (and so tokens) at debug or trace level.
-const CAPPED_CRATES: &[&str] = &["hyper", "hyper_util", "reqwest", "h2", "rustls", "axum"];
+const CAPPED_CRATES: &[&str] = &["hyper", "hyper_util", "reqwest", "h2", "rustls"];
 
 /// Size in bytes past which a log file is moved to `<file>.1` (replacing the previous one) and
 /// started afresh: 10 MiB holds days of a mount's warn/info lines, and two of them bound the

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use crate::log::LogEntry;
@@ -183,5 +185,23 @@ pub(crate) fn stream(shared: Arc<Shared>, plan: Plan, entry: LogEntry, slot: Opt
             None => None,
         }
     });
-    Body::from_stream(s)
+    http_body_util::StreamBody::new(s.map_ok(hyper::body::Frame::data)).boxed_unsync()
+}
+
+/// Every answer's body: whole, empty, or streamed (a product), boxed so that one type serves
+/// all (hyper's own body types, no web framework: only the body type of one was used).
+pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A body of these bytes.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Method, Response, StatusCode};
+use crate::body::Body;
+use hyper::http::{Method, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use crate::filter;

@@ -12,8 +12,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{Method, Response, StatusCode};
+use bytes::Bytes;
+
+use crate::body::Body;
+use hyper::http::{Method, Response, StatusCode};
 use serde_json::json;
 
 use crate::server::json_response;

@@ -19,8 +19,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Response, StatusCode};
+use bytes::Bytes;
+
+use crate::body::Body;
+use hyper::http::{HeaderMap, Response, StatusCode};
 use serde_json::{json, Value};
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 
@@ -633,7 +635,7 @@ impl Realm {
 /// which Keycloak then reports as a missing `grant_type`.
 fn parse_form(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
     let is_form = headers
-        .get(axum::http::header::CONTENT_TYPE)
+        .get(hyper::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
             v.to_ascii_lowercase()
@@ -651,12 +653,12 @@ fn parse_form(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
 /// POST on the token endpoint. Fills `entry` (grant, user, step, outcome, token id).
 pub(crate) fn handle(
     shared: &Arc<Shared>,
-    method: &axum::http::Method,
+    method: &hyper::http::Method,
     headers: &HeaderMap,
     body: &Bytes,
     entry: &mut LogEntry,
 ) -> Response<Body> {
-    if method != axum::http::Method::POST {
+    if method != hyper::http::Method::POST {
         entry.outcome = "method_not_allowed".into();
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -21,8 +21,8 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{HeaderMap, Method, Response, StatusCode, Uri};
+use crate::body::Body;
+use hyper::http::{HeaderMap, Method, Response, StatusCode, Uri};
 use serde_json::json;
 
 use crate::log::LogEntry;

@@ -1,6 +1,6 @@
 //! The HTTP front: accept loop, routing, latency, outage, and logging of plain answers.
 //!
-//! The accept loop is ours (hyper directly, not `axum::serve`) because an outage must drop
+//! The accept loop is ours (hyper directly, no web framework) because an outage must drop
 //! connections and requests without any answer: a request refused during an outage makes the
 //! service future fail, and hyper then closes the connection without writing a response.
 //! Routing is done by hand on the raw path, since the zipper's
@@ -8,10 +8,12 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use bytes::Bytes;
+
+use crate::body::Body;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use hyper::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -293,7 +295,7 @@ fn finish(shared: &Shared, mut entry: LogEntry, resp: Response<Body>) -> Respons
 /// HEAD: the same headers, no body (Content-Length kept as the GET would send it).
 fn strip_body(resp: Response<Body>) -> Response<Body> {
     let (parts, _) = resp.into_parts();
-    Response::from_parts(parts, Body::empty())
+    Response::from_parts(parts, crate::body::empty())
 }
 
 struct Limited;
@@ -321,7 +323,7 @@ pub(crate) fn bytes_response(
     content_type: &'static str,
     body: Vec<u8>,
 ) -> Response<Body> {
-    let mut resp = Response::new(Body::from(body.clone()));
+    let mut resp = Response::new(crate::body::full(body.clone()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

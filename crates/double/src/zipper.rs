@@ -16,8 +16,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use crate::body::Body;
+use hyper::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use rand::Rng as _;
 use serde_json::json;
 
@@ -277,7 +277,7 @@ pub(crate) fn admit(
     }
     if let Some(to) = redirect_target(shared, headers, uri) {
         entry.outcome = "redirect".into();
-        let mut r = Response::new(Body::empty());
+        let mut r = Response::new(crate::body::empty());
         *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
         r.headers_mut().insert(header::LOCATION, to);
         r.headers_mut()
@@ -423,7 +423,7 @@ pub(crate) async fn serve_product(
     } else {
         parse_range(range_header, size)
     };
-    let mut resp = Response::new(Body::empty());
+    let mut resp = Response::new(crate::body::empty());
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
