@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use crate::filter;
 use crate::log::LogEntry;
-use crate::server::{html_response, json_response};
+use crate::respond::{html_response, json_response};
 use crate::state::Shared;
 
 /// The real catalogue's default page size.

@@ -18,7 +18,7 @@ use crate::body::Body;
 use hyper::http::{Method, Response, StatusCode};
 use serde_json::json;
 
-use crate::server::json_response;
+use crate::respond::json_response;
 use crate::state::Shared;
 use crate::Faults;
 

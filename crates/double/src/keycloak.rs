@@ -28,7 +28,7 @@ use totp_rs::{Algorithm, Builder, Secret, Totp};
 
 use crate::jwt;
 use crate::log::LogEntry;
-use crate::server::{html_response, json_response};
+use crate::respond::{html_response, json_response};
 use crate::state::Shared;
 use crate::{Config, User};
 

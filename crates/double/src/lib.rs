@@ -22,6 +22,7 @@ mod keycloak;
 mod log;
 mod nodes;
 mod reorder;
+mod respond;
 mod server;
 mod state;
 mod store;

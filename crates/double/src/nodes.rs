@@ -26,7 +26,7 @@ use hyper::http::{HeaderMap, Method, Response, StatusCode, Uri};
 use serde_json::json;
 
 use crate::log::LogEntry;
-use crate::server::{json_response, Answer};
+use crate::respond::{json_response, Answer};
 use crate::state::Shared;
 use crate::zipper::{admit, error, serve_product, Served};
 

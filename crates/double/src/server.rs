@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::log::{redact_path, LogEntry};
+use crate::respond::json_response;
+pub(crate) use crate::respond::Answer;
 use crate::state::Shared;
 
 /// Biggest request body read (the token form is a few KB; this bounds a hostile client).
@@ -244,19 +246,6 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
     Ok(finish(&shared, entry, resp))
 }
 
-/// What a download handler hands back: either a complete answer still to be logged, or a
-/// streaming response whose body logs itself when it ends.
-pub(crate) enum Answer {
-    Done(Response<Body>, Box<LogEntry>),
-    Streaming(Response<Body>),
-}
-
-impl Answer {
-    pub(crate) fn done(resp: Response<Body>, entry: LogEntry) -> Answer {
-        Answer::Done(resp, Box::new(entry))
-    }
-}
-
 fn log_dropped(shared: &Shared, mut entry: LogEntry) -> Dropped {
     entry.status = 0;
     entry.outcome = "outage".into();
@@ -308,27 +297,6 @@ impl Limited {
             .map(|c| c.to_bytes())
             .map_err(|_| ())
     }
-}
-
-pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    bytes_response(status, "application/json", value.to_string().into_bytes())
-}
-
-pub(crate) fn html_response(status: StatusCode, html: &str) -> Response<Body> {
-    bytes_response(status, "text/html; charset=utf-8", html.as_bytes().to_vec())
-}
-
-pub(crate) fn bytes_response(
-    status: StatusCode,
-    content_type: &'static str,
-    body: Vec<u8>,
-) -> Response<Body> {
-    let mut resp = Response::new(crate::body::full(body.clone()));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    resp
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::body::{self, Plan};
 use crate::log::LogEntry;
-use crate::server::{html_response, json_response, Answer};
+use crate::respond::{html_response, json_response, Answer};
 use crate::state::Shared;
 use crate::store::Product;
 
