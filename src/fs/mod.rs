@@ -30,6 +30,8 @@
 mod inodes;
 mod layout;
 mod query;
+#[cfg(test)]
+mod reftests;
 mod safe_view;
 mod status;
 #[cfg(test)]
