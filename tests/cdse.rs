@@ -93,16 +93,7 @@ fn download_takes_the_provider_from_secrets_conf() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (i, e) in index(&products).iter().enumerate() {
-        let saved = ws
-            .path()
-            .join("out")
-            .join(format!("{}.zip", e["Name"].as_str().unwrap()));
-        assert_eq!(
-            file_sha256(&saved),
-            file_sha256(&product_file(&products, i))
-        );
-    }
+    assert_all_saved(&ws.path().join("out"), &products);
     assert_bearer_through_redirect(&double.log());
 
     // A flag wins over the file: CREODIAS's client id, which the CDSE realm refuses.

@@ -28,16 +28,7 @@ fn two_products_in_parallel_through_expiring_tokens() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (i, e) in entries.iter().enumerate() {
-        let saved = ws
-            .path()
-            .join("out")
-            .join(format!("{}.zip", e["Name"].as_str().unwrap()));
-        assert_eq!(
-            file_sha256(&saved),
-            file_sha256(&product_file(&products, i))
-        );
-    }
+    assert_all_saved(&ws.path().join("out"), &products);
     let log = double.log();
     assert_eq!(password_logins(&log).len(), 1);
     assert!(reused_steps(&log).is_empty());
@@ -270,16 +261,7 @@ fn several_products_stream_at_the_same_time() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (i, e) in index(&products).iter().enumerate() {
-        let saved = ws
-            .path()
-            .join("out")
-            .join(format!("{}.zip", e["Name"].as_str().unwrap()));
-        assert_eq!(
-            file_sha256(&saved),
-            file_sha256(&product_file(&products, i))
-        );
-    }
+    assert_all_saved(&ws.path().join("out"), &products);
     let log = double.log();
     let whole: Vec<(f64, f64)> = zipper_gets(&log)
         .into_iter()

@@ -538,23 +538,11 @@ mod tests {
     #[tokio::test]
     async fn the_folder_sits_beside_the_zip_lists_once_and_reads_its_files() {
         let (fs, source, lister) = fixture(true, 1000).await;
-        let root: Vec<String> = fs
-            .readdir(ROOT_INO)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
+        let root = crate::fs::tests::entry_names(&fs, ROOT_INO).await;
         assert_eq!(root, vec![".", "..", NAME, &format!("{NAME}.zip")]);
         let top = walk(&fs, &[NAME]).await;
         assert_eq!(top.kind, Kind::Directory);
-        let names: Vec<String> = fs
-            .readdir(top.ino)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
+        let names = crate::fs::tests::entry_names(&fs, top.ino).await;
         assert_eq!(names, vec![".", "..", "IMG_DATA", "manifest.safe"]);
         let m = walk(&fs, &[NAME, "manifest.safe"]).await;
         assert_eq!((m.kind, m.size), (Kind::File, 5));
@@ -674,13 +662,7 @@ mod tests {
             FsConfig::default(),
         );
         fs_off.add_product(NAME).await.unwrap();
-        let root: Vec<String> = fs_off
-            .readdir(ROOT_INO)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
+        let root = crate::fs::tests::entry_names(&fs_off, ROOT_INO).await;
         assert_eq!(root, vec![".", "..", &format!("{NAME}.zip")]);
         assert!(matches!(
             fs_off.lookup(ROOT_INO, OsStr::new(NAME)).await,

@@ -41,6 +41,20 @@ impl Resolver for MapResolver {
     }
 }
 
+/// The names `readdir` lists in `ino`, `.` and `..` included: for every kernel-free test of the
+/// fs (this file, the folder view's, the tree's).
+pub(super) async fn entry_names<R: Resolver, S: RangeSource>(
+    fs: &Fs<R, S>,
+    ino: u64,
+) -> Vec<String> {
+    fs.readdir(ino)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
+}
+
 fn meta(id: &str, name: &str, online: bool) -> ProductMeta {
     ProductMeta {
         id: id.into(),
@@ -102,13 +116,7 @@ async fn all_names_of_a_product_are_one_inode_and_listed_once() {
         "size from the download, not the catalogue"
     );
     assert_eq!(a.perm, 0o444);
-    let names: Vec<_> = fs
-        .readdir(ROOT_INO)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let names = entry_names(&fs, ROOT_INO).await;
     assert_eq!(names, vec![".", "..", &format!("{NAME}.zip")]);
     // Once known, further lookups of any alias ask the catalogue nothing.
     let before = resolver.calls.load(Ordering::SeqCst);

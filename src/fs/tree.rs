@@ -241,14 +241,11 @@ mod tests {
         (Arc::new(Fs::new(resolver.clone(), cache, config)), resolver)
     }
 
+    /// The entries of `ino` but `.` and `..`.
     async fn names(fs: &TestFs, ino: u64) -> Vec<String> {
-        fs.readdir(ino)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .filter(|n| n != "." && n != "..")
-            .collect()
+        let mut all = crate::fs::tests::entry_names(fs, ino).await;
+        all.retain(|n| n != "." && n != "..");
+        all
     }
 
     async fn walk(fs: &TestFs, path: &str) -> Result<Attr, FsError> {

@@ -312,6 +312,19 @@ impl Drop for Mount {
     }
 }
 
+/// Every product of the generated store `products` was saved as `<dir>/<Name>.zip`, exact.
+pub fn assert_all_saved(dir: &Path, products: &Path) {
+    for (i, e) in index(products).iter().enumerate() {
+        let saved = dir.join(format!("{}.zip", e["Name"].as_str().unwrap()));
+        assert_eq!(
+            file_sha256(&saved),
+            file_sha256(&product_file(products, i)),
+            "{}",
+            saved.display()
+        );
+    }
+}
+
 /// Whether `dir` is a mount point now (from /proc/self/mountinfo).
 pub fn is_mounted(dir: &Path) -> bool {
     let Ok(canon) = std::fs::canonicalize(dir).or_else(|_| std::path::absolute(dir)) else {

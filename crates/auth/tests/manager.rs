@@ -631,17 +631,23 @@ async fn a_redirected_token_request_is_not_trusted() {
     assert!(e.to_string().contains("redirected to"), "{e}");
 }
 
-#[tokio::test]
-async fn a_bogus_future_step_in_the_file_does_not_block_logins() {
-    let mini = Mini::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let m = mini.manager(Some(cache_dir(&tmp)));
+/// Writes a shared state file whose last TOTP step is 1,000 steps ahead of the test clock's
+/// (as a broken clock or proxy could leave it).
+fn plant_future_step(m: &eodata_auth::TokenManager) {
     let now_step = 1_700_000_020 / 30;
     std::fs::write(
         m.state_file().unwrap(),
         format!(r#"{{"version":1,"last_totp_step":{}}}"#, now_step + 1_000),
     )
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_bogus_future_step_in_the_file_does_not_block_logins() {
+    let mini = Mini::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = mini.manager(Some(cache_dir(&tmp)));
+    plant_future_step(&m);
     let t0 = mini.clock.now();
     m.token().await.unwrap();
     assert!(mini.clock.now().duration_since(t0).unwrap() < Duration::from_secs(1));
@@ -804,12 +810,7 @@ async fn a_bogus_future_step_is_corrected_in_the_file() {
     let mini = Mini::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let m = mini.manager(Some(cache_dir(&tmp)));
-    let now_step = 1_700_000_020 / 30;
-    std::fs::write(
-        m.state_file().unwrap(),
-        format!(r#"{{"version":1,"last_totp_step":{}}}"#, now_step + 1_000),
-    )
-    .unwrap();
+    plant_future_step(&m);
     m.token().await.unwrap();
     let used = mini.grants("password")[0].step.unwrap();
     let file: serde_json::Value =

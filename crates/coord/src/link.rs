@@ -147,7 +147,7 @@ impl Link {
             tracing::warn!(
                 coordinator = %self.shown,
                 "coordinator unreachable ({}); carrying on with this machine's own token cache and connection budget until it is back",
-                redact(why, &self.shown)
+                redact(why)
             );
         }
     }
@@ -158,11 +158,9 @@ impl Link {
     }
 }
 
-/// An error text of the redis client, which may quote the address it was given: keep only the
-/// shown (password-free) form.
-fn redact(why: &str, _shown: &str) -> String {
-    // The client's messages name host and port, never the password; a userinfo-looking part
-    // is cut all the same.
+/// An error text of the redis client: its messages name host and port, never the password,
+/// but a userinfo-looking part (`scheme://...@`) is cut all the same.
+fn redact(why: &str) -> String {
     match (why.find("://"), why.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***{}", &why[..s], &why[at..]),
         _ => why.to_string(),
