@@ -75,8 +75,18 @@ impl Link {
     }
 
     /// A connection, or `None` while Redis is away (then the caller falls back).
+    ///
+    /// During an outage one caller at a time tries to reconnect and the others fall back at once
+    /// instead of queueing behind it: against a host that drops packets a try takes the whole
+    /// connect timeout, and reads must not wait for it every few seconds. Before the first
+    /// failure callers do wait for the connection being made, so that the first requests of a
+    /// mount are counted against the account's cap like all later ones.
     pub async fn get(&self) -> Option<MultiplexedConnection> {
-        let mut st = self.state.lock().await;
+        let mut st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(_) if self.is_down() => return None,
+            Err(_) => self.state.lock().await,
+        };
         if let Some(conn) = &st.conn {
             return Some(conn.clone());
         }

@@ -314,3 +314,47 @@ async fn tls_to_redis_works() {
     assert_eq!(held(&redis), 1, "the slot was taken over TLS");
     drop(slot);
 }
+
+/// A Redis that stops answering without closing (a network partition): once it is known to be
+/// away, one request at a time pays for the next reconnect try (the connect and response
+/// timeouts); the others go ahead at once instead of queueing behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_stalls_at_most_one_request_per_reconnect_try() {
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming() {
+            held.push(s);
+        }
+    });
+    let address = Address::parse(&format!("redis://127.0.0.1:{port}"), false).unwrap();
+    let coord = Coordinator::new(&address, USER, TOKEN_URL).unwrap();
+    let slots = coord.account_slots(1);
+    // The first request finds Redis away (after the response timeout) and goes ahead.
+    drop(slots.acquire().await);
+    assert!(coord.link().is_down());
+    tokio::time::sleep(eodata_coord::link::RECONNECT_EVERY + Duration::from_millis(100)).await;
+    // Ten requests at once, when a reconnect try is due.
+    let waits: Vec<_> = (0..10)
+        .map(|_| {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                drop(slots.acquire().await);
+                t.elapsed()
+            })
+        })
+        .collect();
+    let mut slow = 0;
+    for w in waits {
+        if w.await.unwrap() > Duration::from_millis(500) {
+            slow += 1;
+        }
+    }
+    assert!(
+        slow <= 1,
+        "{slow} of 10 requests waited for the reconnect try"
+    );
+}
