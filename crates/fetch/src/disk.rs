@@ -30,16 +30,23 @@
 //! blocks when the cache holds them (`members`): a product whose zip was read once needs no
 //! download for its folder view's files.
 //!
+//! A product whose every block is held is assembled into one file (`whole`, in the background
+//! once its last block lands, or at the next open): its blocks are then read from that file,
+//! still checked block by block, and [`DiskStore::whole_file`] hands it to the FUSE adapter for
+//! the kernel to read directly (passthrough).
+//!
 //! Eviction: least recently used by file mtime (touched when a block is served, at most once
 //! per [`TOUCH_INTERVAL`]), down to [`EVICT_TO`] of the budget: the budget is
 //! `--cache-dir-size`, or by default whatever keeps [`KEEP_FREE`] of the filesystem free.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -49,6 +56,8 @@ use crate::{FetchError, ObjectInfo, RangeSource, RangeSupport};
 
 mod members;
 use members::ZipDirectory;
+mod whole;
+use whole::WholeIndex;
 
 /// Block size on disk: the block cache's (1 MiB), so its aligned requests map onto whole
 /// files; per-file overhead (inode, header, rename) stays under 1%, and a product read in
@@ -66,6 +75,10 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// Temp files older than this are left-overs of a crash and are removed at open; younger ones
 /// may be another mount's write in progress.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// How often [`DiskStore::finish_assembly`] looks whether the assemblies are done: a copy of a
+/// product takes about a second per GiB, so a few tens of ms late is nothing.
+const ASSEMBLY_POLL: Duration = Duration::from_millis(20);
 
 const MAGIC: &[u8; 8] = b"EOBLK01\n";
 /// In a product's directory: held (`flock`) by the process streaming the product whole, so
@@ -93,6 +106,8 @@ pub struct DiskStats {
     pub corrupt: u64,
     pub writes: u64,
     pub evicted: u64,
+    /// Products assembled into one file (`whole`).
+    pub assembled: u64,
 }
 
 /// The cache directory. See the module doc.
@@ -110,6 +125,17 @@ pub struct DiskStore {
     /// Products dropped by [`DiskStore::remove_product`] in this process: what was read from
     /// their blocks before (a zip's directory) is read again.
     dropped: AtomicU64,
+    assembled: AtomicU64,
+    /// Whole files' indexes read in this process, by product id; each use checks that the
+    /// data file is still the one the index pairs with (one `stat`).
+    wholes: Mutex<HashMap<String, Arc<WholeIndex>>>,
+    /// Products being assembled by a thread of this process.
+    assembling: Mutex<HashSet<String>>,
+    /// Assemble a product once its last block is stored (on; tests of the block files turn
+    /// it off).
+    auto_assemble: AtomicBool,
+    /// This store, for the assembling threads it starts.
+    me: Weak<DiskStore>,
 }
 
 /// A directory name for a product id: ids are UUIDs, anything else is hex-encoded so no id can
@@ -142,7 +168,7 @@ impl DiskStore {
     pub fn open(dir: &Path, budget: DiskBudget) -> std::io::Result<Arc<DiskStore>> {
         let root = dir.join(LAYOUT);
         std::fs::create_dir_all(&root)?;
-        let store = DiskStore {
+        let store = Arc::new_cyclic(|me| DiskStore {
             root,
             budget,
             used: AtomicU64::new(0),
@@ -154,7 +180,12 @@ impl DiskStore {
             evicted: AtomicU64::new(0),
             temp_counter: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-        };
+            assembled: AtomicU64::new(0),
+            wholes: Mutex::default(),
+            assembling: Mutex::default(),
+            auto_assemble: AtomicBool::new(true),
+            me: me.clone(),
+        });
         let now = SystemTime::now();
         let mut used = 0;
         for (path, meta) in store.scan_files() {
@@ -167,12 +198,34 @@ impl DiskStore {
                 if age.is_some_and(|a| a > STALE_TEMP) {
                     let _ = std::fs::remove_file(&path);
                 }
-            } else if name.ends_with(".blk") {
+            } else if counts(&path) {
                 used += meta.len();
             }
         }
         store.used.store(used, Ordering::Relaxed);
-        Ok(Arc::new(store))
+        Ok(store)
+    }
+
+    /// Whether products are assembled into one file once whole (the default).
+    #[cfg(test)]
+    pub(crate) fn set_auto_assemble(&self, on: bool) {
+        self.auto_assemble.store(on, Ordering::Relaxed);
+    }
+
+    /// Waits, at most `within`, for the assemblies this process has started: called before
+    /// the process exits, so that a product whose last block just landed is kept as one file
+    /// now rather than at its next open.
+    pub fn finish_assembly(&self, within: Duration) {
+        let until = std::time::Instant::now() + within;
+        while !self
+            .assembling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(ASSEMBLY_POLL);
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -195,6 +248,7 @@ impl DiskStore {
             corrupt: self.corrupt.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
+            assembled: self.assembled.load(Ordering::Relaxed),
         }
     }
 
@@ -231,13 +285,20 @@ impl DiskStore {
     /// Block `index` of `id`, which must be `len` bytes long, if held and intact. A file that
     /// fails the check is deleted. Blocking.
     pub fn get(&self, id: &str, index: u64, len: u64) -> Option<Bytes> {
+        if let Some(block) = self.get_from_whole(id, index, len) {
+            return Some(block);
+        }
         let path = self.block_path(id, index);
         let raw = match std::fs::read(&path) {
             Ok(raw) => raw,
-            Err(_) => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
+            // Assembled since the look above (and its blocks deleted)?
+            Err(_) => match self.get_from_whole(id, index, len) {
+                Some(block) => return Some(block),
+                None => {
+                    self.misses.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            },
         };
         match verify(&raw, len) {
             Ok(()) => {
@@ -281,14 +342,22 @@ impl DiskStore {
         Some(out)
     }
 
-    /// Whether block `index` of `id` has a file of the right length (not verified).
+    /// Whether block `index` of `id` is held with the right length (not verified): in the
+    /// product's whole file or as a block file.
     pub fn has(&self, id: &str, index: u64, len: u64) -> bool {
+        self.whole(id)
+            .is_some_and(|w| index < w.crcs.len() as u64 && w.block_len(index) == len)
+            || self.has_block_file(id, index, len)
+    }
+
+    fn has_block_file(&self, id: &str, index: u64, len: u64) -> bool {
         std::fs::metadata(self.block_path(id, index)).is_ok_and(|m| m.len() == HEADER as u64 + len)
     }
 
-    /// Stores block `index` of `id` (temp file + rename), then evicts if over budget.
+    /// Stores block `index` of `id`, a download of `size` bytes (temp file + rename), then
+    /// evicts if over budget; the product's last block starts its assembly into one file.
     /// Blocking. Failures are logged, not returned: the cache is an optimisation.
-    pub fn put(&self, id: &str, index: u64, data: &[u8]) {
+    pub fn put(&self, id: &str, size: u64, index: u64, data: &[u8]) {
         if self.has(id, index, data.len() as u64) {
             return;
         }
@@ -301,6 +370,198 @@ impl DiskStore {
             .fetch_add((HEADER + data.len()) as u64, Ordering::Relaxed);
         if self.over_budget() {
             self.evict();
+        }
+        self.assemble_soon(id, size);
+    }
+
+    /// The index of `id`'s whole file, when it has one that pairs with its data file.
+    fn whole(&self, id: &str) -> Option<Arc<WholeIndex>> {
+        let dir = self.product_dir(id);
+        let Ok(meta) = std::fs::metadata(dir.join(whole::DATA)) else {
+            self.wholes_map().remove(id);
+            return None;
+        };
+        if let Some(w) = self.wholes_map().get(id).filter(|w| w.pairs_with(&meta)) {
+            return Some(Arc::clone(w));
+        }
+        let w = Arc::new(WholeIndex::read(&dir).filter(|w| w.block_size == DISK_BLOCK_SIZE)?);
+        self.wholes_map().insert(id.to_string(), Arc::clone(&w));
+        Some(w)
+    }
+
+    fn wholes_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<WholeIndex>>> {
+        self.wholes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Block `index` (of `len` bytes) from `id`'s whole file, checked against its index's CRC;
+    /// a whole file that fails the check is deleted.
+    fn get_from_whole(&self, id: &str, index: u64, len: u64) -> Option<Bytes> {
+        let w = self.whole(id)?;
+        if index >= w.crcs.len() as u64 || w.block_len(index) != len {
+            return None;
+        }
+        let path = self.product_dir(id).join(whole::DATA);
+        let file = std::fs::File::open(&path).ok()?;
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, index * DISK_BLOCK_SIZE).ok()?;
+        if crc32fast::hash(&buf) != w.crcs[index as usize] {
+            tracing::warn!(path = %path.display(), index, "corrupt block in a whole product in the disk cache; keeping its good blocks and fetching the bad one again");
+            self.corrupt.fetch_add(1, Ordering::Relaxed);
+            self.split_whole(id, &w);
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        touch(&path);
+        Some(Bytes::from(buf))
+    }
+
+    /// Turns `id`'s whole file, found corrupt, back into block files: the blocks that pass
+    /// their check are kept, the others are fetched again (and the product assembled again once
+    /// they are held). Rare (bit rot), so copying is fine.
+    fn split_whole(&self, id: &str, w: &WholeIndex) {
+        let dir = self.product_dir(id);
+        let Some(_lock) = whole::lock_wait(&dir) else {
+            return;
+        };
+        if let Ok(file) = std::fs::File::open(dir.join(whole::DATA)) {
+            for (i, crc) in w.crcs.iter().enumerate() {
+                let i = i as u64;
+                let mut buf = vec![0u8; w.block_len(i) as usize];
+                let good = file.read_exact_at(&mut buf, i * DISK_BLOCK_SIZE).is_ok()
+                    && crc32fast::hash(&buf) == *crc;
+                if good && self.write_block(id, i, &buf).is_ok() {
+                    self.used
+                        .fetch_add(HEADER as u64 + buf.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        if std::fs::remove_file(dir.join(whole::DATA)).is_ok() {
+            self.sub_used(w.size);
+        }
+        let _ = std::fs::remove_file(dir.join(whole::INDEX));
+        self.wholes_map().remove(id);
+    }
+
+    /// `id`'s whole file, opened for reading, when the product (a download of `size` bytes)
+    /// is held whole: for the kernel to read directly. While it is open the bytes stay
+    /// readable even if the file is evicted (unlinked) meanwhile.
+    pub fn whole_file(&self, id: &str, size: u64) -> Option<std::fs::File> {
+        let w = self.whole(id).filter(|w| w.size == size)?;
+        let path = self.product_dir(id).join(whole::DATA);
+        let file = std::fs::File::open(&path).ok()?;
+        // The file opened is the one the index pairs with (not one renamed in since).
+        if !w.pairs_with(&file.metadata().ok()?) {
+            return None;
+        }
+        touch(&path);
+        Some(file)
+    }
+
+    /// Assembles `id` (a download of `size` bytes) into one file on a thread of its own, when
+    /// its every block is held and no thread here is at it already.
+    pub fn assemble_soon(&self, id: &str, size: u64) {
+        if !self.auto_assemble.load(Ordering::Relaxed) || size == 0 {
+            return;
+        }
+        // The last block first (a stat: a product streamed in order lacks it until the end),
+        // then a count of the block files (one directory read), before a thread is started.
+        let last = (size - 1) / DISK_BLOCK_SIZE;
+        if !self.has_block_file(id, last, size - last * DISK_BLOCK_SIZE)
+            || self.block_files(id) < size.div_ceil(DISK_BLOCK_SIZE)
+            || self.whole(id).is_some()
+        {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        if !self
+            .assembling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+        {
+            return;
+        }
+        let id = id.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("disk-assemble".into())
+            .spawn({
+                let id = id.clone();
+                move || {
+                    me.assemble(&id, size);
+                    me.assembling
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                }
+            });
+        if spawned.is_err() {
+            self.assembling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+    }
+
+    /// How many block files `id` has.
+    fn block_files(&self, id: &str) -> u64 {
+        let Ok(files) = std::fs::read_dir(self.product_dir(id)) else {
+            return 0;
+        };
+        files
+            .flatten()
+            .filter(|f| {
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with('.') && name.ends_with(".blk")
+            })
+            .count() as u64
+    }
+
+    /// Assembles `id` (a download of `size` bytes) into one file from its blocks, each
+    /// verified, then deletes the blocks; true when the product is whole afterwards. Blocking.
+    pub fn assemble(&self, id: &str, size: u64) -> bool {
+        if self.whole(id).is_some() {
+            return true;
+        }
+        let bs = DISK_BLOCK_SIZE;
+        let n = size.div_ceil(bs);
+        let len = |i: u64| bs.min(size - i * bs);
+        if size == 0 || !(0..n).all(|i| self.has_block_file(id, i, len(i))) {
+            return false;
+        }
+        let dir = self.product_dir(id);
+        let read = |i: u64| {
+            let raw = std::fs::read(self.block_path(id, i)).ok()?;
+            verify(&raw, len(i)).ok()?;
+            let crc = u32::from_le_bytes(raw[16..20].try_into().expect("4 bytes"));
+            Some((raw[HEADER..].to_vec(), crc))
+        };
+        let pid = std::process::id();
+        let temp = |name: &str| {
+            let k = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+            format!(".{name}.{pid}.{k}.tmp")
+        };
+        match whole::assemble(&dir, size, bs, &temp, &read) {
+            Ok(Some(index)) => {
+                self.used.fetch_add(size, Ordering::Relaxed);
+                self.wholes_map().insert(id.to_string(), Arc::new(index));
+                for i in 0..n {
+                    if std::fs::remove_file(self.block_path(id, i)).is_ok() {
+                        self.sub_used(HEADER as u64 + len(i));
+                    }
+                }
+                self.assembled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    id,
+                    "the product is whole in the disk cache: kept as one file"
+                );
+                true
+            }
+            Ok(None) => self.whole(id).is_some(),
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot assemble the product in the disk cache");
+                false
+            }
         }
     }
 
@@ -368,7 +629,7 @@ impl DiskStore {
         let mut blocks: Vec<(SystemTime, PathBuf, u64)> = self
             .scan_files()
             .into_iter()
-            .filter(|(p, _)| p.extension().is_some_and(|e| e == "blk"))
+            .filter(|(p, _)| counts(p))
             .map(|(p, m)| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), p, m.len()))
             .collect();
         // The scan is the truth (another mount may have written or evicted).
@@ -384,6 +645,10 @@ impl DiskStore {
                 break;
             }
             if std::fs::remove_file(&path).is_ok() {
+                if path.file_name().is_some_and(|n| n == whole::DATA) {
+                    // A whole product goes at once; its index with it.
+                    let _ = std::fs::remove_file(path.with_file_name(whole::INDEX));
+                }
                 self.sub_used(len);
                 self.evicted.fetch_add(1, Ordering::Relaxed);
                 to_free = to_free.saturating_sub(len);
@@ -426,6 +691,12 @@ impl DiskStore {
             tracing::warn!(id, error = %e, "cannot save product info in the disk cache");
         }
     }
+}
+
+/// Whether a file of the store counts against its budget: block files and whole products.
+fn counts(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "blk")
+        || path.file_name().is_some_and(|n| n == whole::DATA)
 }
 
 /// Why a block file is not to be served, if it is not.
@@ -474,11 +745,12 @@ impl BlockSink for DiskStore {
     fn block_size(&self) -> u64 {
         DISK_BLOCK_SIZE
     }
-    fn put_block(&self, id: &str, _size: u64, index: u64, data: &[u8]) {
-        self.put(id, index, data);
+    fn put_block(&self, id: &str, size: u64, index: u64, data: &[u8]) {
+        self.put(id, size, index, data);
     }
     fn has_block(&self, id: &str, index: u64) -> bool {
-        self.block_path(id, index).exists()
+        self.whole(id).is_some_and(|w| index < w.crcs.len() as u64)
+            || self.block_path(id, index).exists()
     }
     fn get_block(&self, id: &str, size: u64, index: u64) -> Option<Bytes> {
         let bs = DISK_BLOCK_SIZE;
@@ -525,6 +797,15 @@ impl DiskStore {
                 .and_then(|v| v["id"].as_str().map(String::from))
                 .unwrap_or_else(|| d.file_name().to_string_lossy().into_owned());
             let size = info.as_ref().and_then(|v| v["size"].as_u64());
+            if let Some(w) = WholeIndex::read(&dir) {
+                out.push(CachedProduct {
+                    id,
+                    size: Some(w.size),
+                    held: w.size,
+                    whole: true,
+                });
+                continue;
+            }
             let (mut held, mut blocks) = (0, 0);
             for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                 if f.path().extension().is_some_and(|e| e == "blk") {
@@ -582,26 +863,31 @@ impl DiskStore {
         }
     }
 
-    /// Deletes the product's blocks and info (its bytes changed at the source).
+    /// Deletes the product's blocks, whole file and info (its bytes changed at the source).
     pub fn remove_product(&self, id: &str) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         let dir = self.product_dir(id);
+        // An assembly of the old blocks in progress finishes first, then is deleted too.
+        let _lock = whole::lock_wait(&dir);
         let Ok(files) = std::fs::read_dir(&dir) else {
             return;
         };
         for f in files.flatten() {
             let path = f.path();
-            let is_block = path.extension().is_some_and(|e| e == "blk");
+            let counted = counts(&path);
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let is_info = path.file_name().is_some_and(|n| n == "info.json");
-            if !(is_block || is_info) {
+            let is_info = path
+                .file_name()
+                .is_some_and(|n| n == "info.json" || n == whole::INDEX);
+            if !(counted || is_info) {
                 continue;
             }
             let removed = std::fs::remove_file(&path).is_ok();
-            if removed && is_block {
+            if removed && counted {
                 self.sub_used(len);
             }
         }
+        self.wholes_map().remove(id);
         tracing::info!(id, "dropped the product's blocks from the disk cache");
     }
 }
@@ -806,7 +1092,7 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
             let (s, key) = (Arc::clone(store), id.to_string());
             blocking(move || {
                 for (k, block) in fetched {
-                    s.put(&key, k, &block);
+                    s.put(&key, size, k, &block);
                 }
             })
             .await;
@@ -830,6 +1116,23 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
             pos = bend;
         }
         Ok(out.freeze())
+    }
+
+    /// The product's whole file when the store holds one of the product's size. A product
+    /// whose every block is held but not yet assembled starts its assembly (the next open
+    /// finds the file).
+    async fn backing_file(&self, id: &str) -> Option<std::fs::File> {
+        let store = self.store.as_ref()?;
+        let size = self.info(id).await.ok()?.size;
+        let (s, key) = (Arc::clone(store), id.to_string());
+        blocking(move || {
+            let file = s.whole_file(&key, size);
+            if file.is_none() {
+                s.assemble_soon(&key, size);
+            }
+            file
+        })
+        .await
     }
 }
 

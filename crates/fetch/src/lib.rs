@@ -61,6 +61,13 @@ pub trait RangeSource: Send + Sync + 'static {
         id: &str,
         range: Range<u64>,
     ) -> impl Future<Output = Result<Bytes, FetchError>> + Send;
+
+    /// A local file holding exactly the product's bytes, when this layer keeps one (the disk
+    /// cache, for a product it holds whole), for the kernel to read directly (FUSE
+    /// passthrough). `None` unless a layer has one.
+    fn backing_file(&self, _id: &str) -> impl Future<Output = Option<std::fs::File>> + Send {
+        std::future::ready(None)
+    }
 }
 
 impl<T: RangeSource> RangeSource for Arc<T> {
@@ -73,6 +80,9 @@ impl<T: RangeSource> RangeSource for Arc<T> {
         range: Range<u64>,
     ) -> impl Future<Output = Result<Bytes, FetchError>> + Send {
         (**self).get_range(id, range)
+    }
+    fn backing_file(&self, id: &str) -> impl Future<Output = Option<std::fs::File>> + Send {
+        (**self).backing_file(id)
     }
 }
 

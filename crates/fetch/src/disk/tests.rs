@@ -16,6 +16,14 @@ fn layer(dir: &Path, src: MemorySource, budget: DiskBudget) -> DiskCache<MemoryS
     DiskCache::new(src, Some(DiskStore::open(dir, budget).unwrap()))
 }
 
+/// A layer whose store keeps block files even once a product is whole, for the tests of
+/// block files themselves.
+fn blocks_layer(dir: &Path, src: MemorySource, budget: DiskBudget) -> DiskCache<MemorySource> {
+    let store = DiskStore::open(dir, budget).unwrap();
+    store.set_auto_assemble(false);
+    DiskCache::new(src, Some(store))
+}
+
 const BIG: DiskBudget = DiskBudget::Bytes(1 << 40);
 
 #[tokio::test]
@@ -57,7 +65,7 @@ async fn corrupt_torn_and_foreign_block_files_are_refetched_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let d = data();
     let size = d.len() as u64;
-    let first = layer(
+    let first = blocks_layer(
         dir.path(),
         MemorySource::new().with_product("p", d.clone()),
         BIG,
@@ -80,7 +88,7 @@ async fn corrupt_torn_and_foreign_block_files_are_refetched_never_served() {
     std::fs::write(&lying, raw).unwrap();
     std::fs::write(store.block_path("p", 5), &d[(5 * MIB) as usize..]).unwrap();
 
-    let second = layer(
+    let second = blocks_layer(
         dir.path(),
         MemorySource::new().with_product("p", d.clone()),
         BIG,
@@ -121,7 +129,7 @@ async fn eviction_drops_the_least_recently_used_blocks_first() {
     let d = data();
     // Room for 3 blocks and a bit.
     let budget = DiskBudget::Bytes(3 * MIB + 1000);
-    let c = layer(
+    let c = blocks_layer(
         dir.path(),
         MemorySource::new().with_product("p", d.clone()),
         budget,
@@ -369,4 +377,169 @@ async fn a_product_dropped_and_cached_again_is_read_from_its_new_zip() {
             "{name}: the old build's directory was used"
         );
     }
+}
+
+/// The product's whole file, waited for (its assembly runs on a thread once the last block
+/// lands).
+fn wait_whole(store: &DiskStore, id: &str, size: u64) -> std::fs::File {
+    for _ in 0..500 {
+        if let Some(f) = store.whole_file(id, size) {
+            return f;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{id} never became whole");
+}
+
+fn read_all(f: &std::fs::File) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    let mut f = f;
+    f.read_to_end(&mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_product_held_whole_becomes_one_file_whose_blocks_still_read_with_zero_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let size = d.len() as u64;
+    let first = layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        BIG,
+    );
+    let store = Arc::clone(first.store().unwrap());
+    // Read in part: nothing to assemble yet.
+    first.get_range("p", 0..MIB).await.unwrap();
+    assert!(store.whole_file("p", size).is_none());
+    // The rest, the last block last.
+    first.get_range("p", MIB..size).await.unwrap();
+    let file = wait_whole(&store, "p", size);
+    assert_eq!(read_all(&file), d.to_vec(), "the whole file is the product");
+    assert_eq!(store.stats().assembled, 1);
+    // Its blocks are gone; the budget counts the product once.
+    let blocks = (0..6)
+        .filter(|&i| store.block_path("p", i).exists())
+        .count();
+    assert_eq!(blocks, 0);
+    assert_eq!(store.used_bytes(), size);
+    assert_eq!(
+        store.products(),
+        vec![CachedProduct {
+            id: "p".into(),
+            size: Some(size),
+            held: size,
+            whole: true
+        }]
+    );
+    // Another process reads every byte from it, unaligned too, with no request.
+    let second = layer(dir.path(), MemorySource::new(), BIG);
+    assert_eq!(second.get_range("p", 0..size).await.unwrap(), d);
+    assert_eq!(
+        second.get_range("p", MIB - 3..2 * MIB + 3).await.unwrap(),
+        d.slice((MIB - 3) as usize..(2 * MIB + 3) as usize)
+    );
+    assert_eq!(second.source().stats().requests, 0);
+    assert_eq!(second.store().unwrap().used_bytes(), size);
+    // The layer hands the file out (for passthrough) only for the product's own size.
+    assert!(second.backing_file("p").await.is_some());
+    assert!(store.whole_file("p", size + 1).is_none());
+}
+
+#[tokio::test]
+async fn a_corrupt_whole_file_is_dropped_and_fetched_again_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let size = d.len() as u64;
+    let first = layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        BIG,
+    );
+    first.get_range("p", 0..size).await.unwrap();
+    let store = Arc::clone(first.store().unwrap());
+    drop(wait_whole(&store, "p", size));
+    // One bit of block 2 flipped in place (bit rot: same inode, same length).
+    let path = store.product_dir("p").join(whole::DATA);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let byte = [d[(2 * MIB + 99) as usize] ^ 0x04];
+    f.write_all_at(&byte, 2 * MIB + 99).unwrap();
+    drop(f);
+
+    let second = layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        BIG,
+    );
+    assert_eq!(second.get_range("p", 0..size).await.unwrap(), d);
+    let s2 = second.store().unwrap();
+    assert!(s2.stats().corrupt >= 1, "{:?}", s2.stats());
+    assert!(second.source().stats().requests >= 1);
+    // Fetched again and whole again, right this time.
+    assert_eq!(read_all(&wait_whole(s2, "p", size)), d.to_vec());
+}
+
+#[tokio::test]
+async fn a_whole_file_open_for_reading_reads_on_after_it_is_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let size = d.len() as u64;
+    let c = layer(
+        dir.path(),
+        MemorySource::new()
+            .with_product("p", d.clone())
+            .with_product("q", MemorySource::random_bytes((3 * MIB) as usize, 12)),
+        DiskBudget::Bytes(size + 2 * MIB),
+    );
+    c.get_range("p", 0..size).await.unwrap();
+    let store = Arc::clone(c.store().unwrap());
+    let open = wait_whole(&store, "p", size);
+    // Back-date it, then fill the budget: the whole product is evicted at once, index too.
+    open.set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    c.get_range("q", 0..3 * MIB).await.unwrap();
+    assert!(!store.product_dir("p").join(whole::DATA).exists());
+    assert!(!store.product_dir("p").join(whole::INDEX).exists());
+    assert!(store.whole_file("p", size).is_none());
+    assert!(store.used_bytes() <= size + 2 * MIB);
+    // The reader holding it open still reads every byte.
+    assert_eq!(read_all(&open), d.to_vec());
+}
+
+#[test]
+fn two_stores_assembling_one_product_at_once_leave_one_right_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let size = d.len() as u64;
+    let (a, b) = (
+        DiskStore::open(dir.path(), BIG).unwrap(),
+        DiskStore::open(dir.path(), BIG).unwrap(),
+    );
+    a.set_auto_assemble(false);
+    b.set_auto_assemble(false);
+    for i in 0..size.div_ceil(MIB) {
+        let block = &d[(i * MIB) as usize..((i + 1) * MIB).min(size) as usize];
+        a.put("p", size, i, block);
+    }
+    std::thread::scope(|s| {
+        let ta = s.spawn(|| a.assemble("p", size));
+        let tb = s.spawn(|| b.assemble("p", size));
+        // The loser may find the winner's lock held and the file not yet there.
+        let (ra, rb) = (ta.join().unwrap(), tb.join().unwrap());
+        assert!(ra || rb);
+    });
+    assert_eq!(read_all(&a.whole_file("p", size).unwrap()), d.to_vec());
+    assert_eq!(read_all(&b.whole_file("p", size).unwrap()), d.to_vec());
+    let temps = std::fs::read_dir(a.product_dir("p"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        })
+        .count();
+    assert_eq!(temps, 0);
 }
