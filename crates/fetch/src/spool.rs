@@ -566,6 +566,7 @@ impl<S: StreamSource> StreamTask<S> {
         // mid-block its head is read back from the spool.
         let bs = self.sink.as_ref().map(|s| s.block_size());
         let mut block = BytesMut::new();
+        let mut last_block = None;
         if let Some(bs) = bs {
             let head = pos - pos % bs;
             if head < pos {
@@ -597,7 +598,16 @@ impl<S: StreamSource> StreamTask<S> {
                     || (!block.is_empty() && block_start + block.len() as u64 >= size)
                 {
                     let n = (bs as usize).min(block.len());
-                    done.push((block_start / bs, block.split_to(n).freeze()));
+                    let index = block_start / bs;
+                    let data = block.split_to(n).freeze();
+                    // With a checksum to verify, the sink's last block waits for the verdict
+                    // too: other processes read the sink, and it keeps the product whole
+                    // only once it holds every block.
+                    if self.md5.is_some() && index == (size - 1) / bs {
+                        last_block = Some((index, data));
+                    } else {
+                        done.push((index, data));
+                    }
                     block_start += n as u64;
                 }
             }
@@ -634,6 +644,12 @@ impl<S: StreamSource> StreamTask<S> {
             self.spool.progress.send_modify(|p| p.frontier = shown);
         }
         self.verify().await?;
+        if let (Some(sink), Some((index, data))) = (self.sink.clone(), last_block) {
+            let id = self.id.clone();
+            tokio::task::spawn_blocking(move || sink.put_block(&id, size, index, &data))
+                .await
+                .map_err(|e| FetchError::Local(format!("spool task failed: {e}")))?;
+        }
         self.spool.progress.send_modify(|p| p.frontier = size);
         Ok(())
     }

@@ -338,3 +338,35 @@ async fn a_spool_that_cannot_be_made_is_a_local_error_not_the_service() {
     assert!(!msg.contains("download service"), "{msg}");
     assert!(!err.is_logged_once() && !err.is_login_refused());
 }
+
+/// With the catalogue's MD5 to check, the sink (which other processes read, and which keeps a
+/// product whole once it holds every block) gets the last block only once the whole stream
+/// matched; a stream that does not match never completes the sink.
+#[tokio::test]
+async fn the_sinks_last_block_waits_for_the_checksum() {
+    use md5::Digest as _;
+    let data = product(3 * MIB + 17, 4);
+    let good = format!("{:x}", md5::Md5::digest(&data));
+    for (want, complete) in [(good, true), ("0".repeat(32), false)] {
+        let server = NoRangeServer::new(RangeMode::Ignore, &[("p", data.clone())]);
+        let sink = Arc::new(RecordingSink::default());
+        let fb = StreamFallback::new(
+            server,
+            SpoolConfig {
+                dir: None,
+                sink: Some(sink.clone()),
+                expected_md5: Some(Arc::new(move |_: &str| Some(want.clone()))),
+            },
+        );
+        let got = fb.get_range("p", 0..data.len() as u64).await;
+        assert_eq!(got.is_ok(), complete, "{got:?}");
+        let mut held: Vec<u64> = sink.blocks.lock().unwrap().keys().map(|k| k.1).collect();
+        held.sort();
+        let want_held: Vec<u64> = if complete {
+            vec![0, 1, 2, 3]
+        } else {
+            vec![0, 1, 2]
+        };
+        assert_eq!(held, want_held);
+    }
+}
