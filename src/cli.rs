@@ -322,6 +322,11 @@ pub struct MountArgs {
     #[arg(long, conflicts_with_all = ["cache_dir", "cache_dir_size"])]
     pub no_cache_dir: bool,
 
+    /// Read products whole in the disk cache through this process, not by FUSE passthrough
+    /// (by default, on Linux 6.9+ and as root, the kernel reads their cache file directly).
+    #[arg(long)]
+    pub no_passthrough: bool,
+
     /// Most disk the cache dir may use, in GiB (fractions allowed). Default: as much as leaves
     /// 5% of its filesystem free.
     #[arg(long, value_name = "GIB")]

@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use eodata_fetch::RangeSource;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use tokio::runtime::Handle;
 
+use crate::fs::passthrough::{Mode, Modes};
 use crate::fs::{ttl, Attr, Fs, FsError, Kind, Resolver, STATUS_INO};
 
 /// The kernel's limit on FUSE requests in the background (read-ahead among them) defaults to 12.
@@ -34,14 +35,39 @@ const GENERATION: Generation = Generation(0);
 /// of the cache is what one of its requests fetches.
 const BLOCK_SIZE: u32 = eodata_fetch::cache::DEFAULT_BLOCK_SIZE as u32;
 
+/// How many stacked filesystems may lie under a passthrough backing file: 1 allows the disk
+/// cache on any plain filesystem while this mount itself can still be stacked under one
+/// (overlayfs allows 2 levels in all). A cache directory on overlayfs is then refused by the
+/// kernel (ELOOP), and passthrough turns off with that reason.
+const MAX_STACK_DEPTH: u32 = 1;
+
 pub struct FuseAdapter<R: Resolver, S: RangeSource> {
     fs: Arc<Fs<R, S>>,
     rt: Handle,
+    /// Open files read by the kernel from a backing file, per inode ([`crate::fs::passthrough`]).
+    modes: Arc<Modes<BackingId>>,
 }
 
 impl<R: Resolver, S: RangeSource> FuseAdapter<R, S> {
     pub fn new(fs: Arc<Fs<R, S>>, rt: Handle) -> Self {
-        FuseAdapter { fs, rt }
+        FuseAdapter {
+            fs,
+            rt,
+            modes: Arc::default(),
+        }
+    }
+}
+
+/// Why the kernel refused a backing file, for the log and the status file.
+fn refusal(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            "registering a backing file needs CAP_SYS_ADMIN (mount as root)".to_string()
+        }
+        Some(libc::ELOOP) => {
+            "the disk cache lies on a stacked filesystem such as overlayfs".to_string()
+        }
+        _ => format!("the kernel refused a backing file: {e}"),
     }
 }
 
@@ -53,6 +79,17 @@ pub fn errno(e: &FsError) -> Errno {
 impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_background(MAX_BACKGROUND);
+        let passthrough = self.fs.passthrough();
+        if passthrough.is_on() {
+            if config
+                .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+                .is_err()
+            {
+                passthrough.turn_off("the kernel offers no FUSE passthrough (Linux 6.9+ does)");
+            } else if config.set_max_stack_depth(MAX_STACK_DEPTH).is_err() {
+                passthrough.turn_off("the kernel refused the stacking depth it needs");
+            }
+        }
         Ok(())
     }
 
@@ -79,18 +116,31 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY
             || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0;
-        let fs = self.fs.clone();
+        let (fs, modes) = (self.fs.clone(), self.modes.clone());
         self.rt.spawn(async move {
-            match fs.open(ino.0, write).await {
+            let fh = match fs.open(ino.0, write).await {
                 // The status file changes with every open: no page cache, read to the end
                 // whatever size was reported.
                 Ok(fh) if ino.0 == STATUS_INO => {
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                    return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                }
+                Ok(fh) => fh,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            // A product whole in the disk cache: the kernel reads its file directly.
+            let file = fs.backing_file(fh).await;
+            let (mode, refused) = modes.open(ino.0, fh, file, |f| reply.open_backing(f));
+            if let Some(e) = refused {
+                fs.passthrough().turn_off(&refusal(&e));
+            }
+            match mode {
+                Mode::Backing(backing) => {
+                    fs.passthrough().note_open();
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
                 }
                 // Products never change: the kernel may keep their pages across opens, so a
                 // second read of the same bytes costs no request at all.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-                Err(e) => reply.error(errno(&e)),
+                Mode::Daemon => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             }
         });
     }
@@ -139,6 +189,7 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
         reply: ReplyEmpty,
     ) {
         self.fs.release(fh.0);
+        self.modes.release(fh.0);
         reply.ok();
     }
 

@@ -52,9 +52,15 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let rt = stack::runtime()?;
     let fs = rt.block_on(build(cli))?;
     rt.block_on(add_listed(cli, &fs))?;
+    let disk = fs.cache().source().store().cloned();
     let session = mount(cli, fs, &mountpoint, rt.handle().clone())?;
-    serve(session, mountpoint, rt)
+    serve(session, mountpoint, rt, disk)
 }
+
+/// How long an exiting mount waits for the disk cache to finish keeping a product it just
+/// completed as one file: a few seconds covers products of several GiB on a local disk; one
+/// not finished by then is assembled at its next open instead.
+const ASSEMBLY_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The mountpoint is usable (a directory, empty unless -o nonempty, /dev/fuse open to us):
 /// checked before anything else, so a bad one fails with nothing done.
@@ -138,6 +144,13 @@ async fn build(cli: &Cli) -> anyhow::Result<Arc<MountFs>> {
             safe_view: !cli.mount.no_safe_view,
             listed_only: cli.mount.listed_only,
             tree: !cli.mount.no_tree,
+            passthrough_off: if cli.mount.no_passthrough {
+                Some("--no-passthrough".to_string())
+            } else if disk.is_none() {
+                Some("no disk cache".to_string())
+            } else {
+                None
+            },
             ..FsConfig::default()
         },
     ));
@@ -251,8 +264,15 @@ fn serve<FS: fuser::Filesystem>(
     session: Session<FS>,
     mountpoint: std::path::PathBuf,
     rt: tokio::runtime::Runtime,
+    disk: Option<Arc<eodata_fetch::disk::DiskStore>>,
 ) -> anyhow::Result<ExitCode> {
     let mp = mountpoint.clone();
+    let settle = move || {
+        if let Some(d) = &disk {
+            d.finish_assembly(ASSEMBLY_GRACE);
+        }
+    };
+    let settle_on_signal = settle.clone();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -272,11 +292,13 @@ fn serve<FS: fuser::Filesystem>(
             );
             std::process::exit(1);
         }
+        settle_on_signal();
         // Readers of a detached mount get an error once /dev/fuse closes, instead of hanging.
         std::process::exit(0);
     });
     let result = session.run();
     tracing::info!("unmounted {}", mountpoint.display());
+    settle();
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result.context("the FUSE session ended with an error")?;
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,6 @@
 //! Real mounts with `--cache-dir`: blocks persist across mounts (a product read once reads
-//! again with zero download requests), every block is verified before it is served (a corrupt
-//! file is re-fetched), and mounts sharing one directory read identical bytes.
+//! again with zero download requests), every block the daemon serves is verified (a corrupt
+//! one is re-fetched), and mounts sharing one directory read identical bytes.
 
 mod support;
 
@@ -76,7 +76,7 @@ fn a_product_read_once_reads_again_after_a_remount_with_zero_requests() {
 }
 
 #[test]
-fn a_corrupt_block_file_is_detected_and_fetched_again() {
+fn a_corrupt_block_is_detected_and_fetched_again() {
     let products = products(2, SIZE_MIB);
     let double = start_double(ranged_config(Some(&products)));
     let ws = Workspace::new();
@@ -87,18 +87,37 @@ fn a_corrupt_block_file_is_detected_and_fetched_again() {
     assert_eq!(copy_sha(&first, &ws, "a.zip"), want);
     first.stop();
 
-    // One bit of block 3's data flipped, block 7 torn in half.
-    let dir = cache.join("v1").join(TUTORIAL_ID);
-    let flip = dir.join("3.blk");
-    let mut raw = std::fs::read(&flip).unwrap();
-    raw[5000] ^= 0x01;
-    std::fs::write(&flip, raw).unwrap();
-    let torn = dir.join("7.blk");
-    let raw = std::fs::read(&torn).unwrap();
-    std::fs::write(&torn, &raw[..raw.len() / 2]).unwrap();
+    // Read whole, the product is one file in the cache: one bit of block 3 and one of block 7
+    // flipped in place (bit rot).
+    const MIB: u64 = 1 << 20;
+    let whole = cache.join("v1").join(TUTORIAL_ID).join("whole.data");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&whole)
+        .unwrap();
+    for at in [3 * MIB + 5000, 7 * MIB + 123] {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+    }
+    drop(f);
 
+    // Through the daemon, which checks every block (the kernel's passthrough reads the file as
+    // it is, as it reads any local file).
     let mark = double.log().len();
-    let second = mount_cached(&ws, &double, &cache);
+    let second = Mount::start(
+        &ws,
+        &double,
+        &[
+            "--product",
+            TUTORIAL_ID,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--no-passthrough",
+        ],
+    );
     assert_eq!(
         copy_sha(&second, &ws, "b.zip"),
         want,
@@ -111,7 +130,6 @@ fn a_corrupt_block_file_is_detected_and_fetched_again() {
         .map(|e| e.range)
         .collect();
     again.sort();
-    const MIB: u64 = 1 << 20;
     assert_eq!(
         again,
         vec![Some((3 * MIB, 4 * MIB - 1)), Some((7 * MIB, 8 * MIB - 1))],
@@ -120,6 +138,12 @@ fn a_corrupt_block_file_is_detected_and_fetched_again() {
     let text = second.log_text();
     assert!(text.contains("corrupt block"), "{text}");
     second.stop();
+    // Whole again, right this time: a passthrough mount reads it exact with no request.
+    let mark = double.log().len();
+    let third = mount_cached(&ws, &double, &cache);
+    assert_eq!(copy_sha(&third, &ws, "c.zip"), want);
+    assert!(zipper_requests(&double.log(), mark).is_empty());
+    third.stop();
 }
 
 #[test]

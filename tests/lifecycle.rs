@@ -248,6 +248,63 @@ fn eodata_mount_unmount_as_the_user() {
     assert!(err.contains("not mounted"), "{err}");
 }
 
+/// A user's mount may not register a backing file (the kernel wants CAP_SYS_ADMIN): a product
+/// whole in its disk cache is read through the daemon, exact, and passthrough turns off, said
+/// once in the log and in the status file.
+#[test]
+fn a_users_mount_reads_a_cached_product_through_the_daemon_saying_once_that_passthrough_is_off() {
+    let products = products(1, 4);
+    let double = start_double(double_config(Some(&products)));
+    let want = file_sha256(&product_file(&products, 0));
+    let tree = NobodyTree::new("666");
+    let mut mount = tree.mount(&double);
+    let zip = tree.mnt().join(format!("{TUTORIAL_NAME}.zip"));
+    let read = || {
+        let out = tree
+            .as_nobody(Path::new("sha256sum"))
+            .arg(&zip)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(text.split_whitespace().next(), Some(want.as_str()));
+    };
+    let status = || {
+        let out = tree
+            .as_nobody(Path::new("cat"))
+            .arg(tree.mnt().join(".eodata-status"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // Streamed and cached by the first read; whole on disk once assembled, when an open
+    // tries passthrough and the kernel refuses it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    read();
+    while !status().contains("passthrough: off") {
+        assert!(
+            Instant::now() < deadline,
+            "passthrough never tried:\n{}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        read();
+    }
+    read();
+    read();
+    let text = status();
+    assert!(
+        text.contains("passthrough: off (registering a backing file needs CAP_SYS_ADMIN"),
+        "{text}"
+    );
+    assert!(text.contains("fs.passthrough_opens: 0"), "{text}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(mount.child.id() as i32, libc::SIGTERM) };
+    let (exit, err) = mount.wait();
+    assert!(exit.success(), "{exit}: {err}");
+    assert_eq!(err.matches("FUSE passthrough off").count(), 1, "{err}");
+}
+
 /// A background mount without --log-file keeps its log, 0600, under
 /// $XDG_STATE_HOME/eodata-mount/, says so in `.eodata-status`, and never writes through a
 /// symlink planted where its log goes.

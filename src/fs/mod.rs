@@ -29,6 +29,7 @@
 
 mod inodes;
 mod layout;
+pub mod passthrough;
 mod query;
 #[cfg(test)]
 mod reftests;
@@ -223,6 +224,9 @@ pub struct FsConfig {
     /// The `/eodata` tree in the root (`tree`; the mount turns it on, `--no-tree` off). Never
     /// under `listed_only`: the tree would make every product of the archive openable.
     pub tree: bool,
+    /// Why FUSE passthrough is off from the start (`--no-passthrough`, no disk cache); `None`:
+    /// on, as far as the kernel allows ([`passthrough`]).
+    pub passthrough_off: Option<String>,
 }
 
 /// Default bound on products resolved by lookup: 10,000 is far beyond a person's or a script's
@@ -254,6 +258,7 @@ impl Default for FsConfig {
             listed_only: false,
             max_looked_up: DEFAULT_MAX_LOOKED_UP,
             tree: false,
+            passthrough_off: Some("no disk cache".to_string()),
         }
     }
 }
@@ -293,6 +298,7 @@ pub struct Fs<R: Resolver, S: RangeSource> {
     tree: tree::Tree,
     /// Products added to the root by lookups of names not listed before.
     looked_up: AtomicU64,
+    passthrough: passthrough::Status,
     /// Ids whose bytes changed at the download service while this mount read them (a failed
     /// splice or checksum): the memory cache and the kernel's page cache may still hold the
     /// first build's pages, so every later open and read fails until a remount, rather than
@@ -354,7 +360,6 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
         Fs {
             resolver,
             cache,
-            config,
             inodes: Mutex::new(inodes),
             queries,
             query_names,
@@ -369,7 +374,14 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             tree: tree::Tree::default(),
             looked_up: AtomicU64::new(0),
             changed: Mutex::default(),
+            passthrough: passthrough::Status::new(config.passthrough_off.clone()),
+            config,
         }
+    }
+
+    /// The block cache the filesystem reads through.
+    pub fn cache(&self) -> &Arc<BlockCache<S>> {
+        &self.cache
     }
 
     /// Installs the lines the status file shows about layers outside the filesystem.

@@ -110,6 +110,7 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
                 }
             }
         }
+        text.push_str(&self.passthrough.lines());
         text.push_str(&self.tree_status());
         text
     }
