@@ -32,6 +32,8 @@ The token cache shared by every process of the user: one login for all of them.
 .TP
 \fI$XDG_CACHE_HOME/eodata-mount/\fR (else \fI~/.cache/eodata-mount/\fR)
 The disk cache of product bytes (\-\-cache\-dir, \-\-no\-cache\-dir); see \fBeodata-mount cache list\fR.
+A product held whole is one file there, which the kernel reads directly when the mount runs as
+root on Linux 6.9 or later (FUSE passthrough; off with \-\-no\-passthrough).
 .TP
 \fI$XDG_STATE_HOME/eodata-mount/<mountpoint>.log\fR (else \fI~/.local/state/eodata-mount/\fR)
 The log of a mount running in the background without \-\-log\-file.
