@@ -120,18 +120,24 @@ fn allow_other(s: &mut Section, root: bool) {
 fn kernel(s: &mut Section) {
     let release = kernel_release().unwrap_or_else(|| "unknown".into());
     let passthrough = parse_version(&release).is_some_and(|v| v >= PASSTHROUGH_SINCE);
+    // Registering a backing file takes CAP_SYS_ADMIN; root has it.
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
     s.add_value(
         "kernel",
         super::report::Level::Ok,
         format!(
             "{release}; FUSE passthrough {}",
-            if passthrough {
-                "available (kernel 6.9 or later)"
-            } else {
-                "not available (needs kernel 6.9 or later)"
+            match (passthrough, root) {
+                (true, true) => "available: products whole in the disk cache are read by the \
+                                 kernel directly",
+                (true, false) => "available in the kernel, but it needs root: a user's mount \
+                                  reads cached products through itself",
+                (false, _) => "not available (needs kernel 6.9 or later): cached products are \
+                               read through the mount",
             }
         ),
-        serde_json::json!({"release": release, "passthrough": passthrough}),
+        serde_json::json!({"release": release, "passthrough": passthrough, "passthrough_usable": passthrough && root}),
     );
 }
 

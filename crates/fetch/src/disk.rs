@@ -136,6 +136,8 @@ pub struct DiskStore {
     auto_assemble: AtomicBool,
     /// This store, for the assembling threads it starts.
     me: Weak<DiskStore>,
+    /// Said once that the filesystem is too full for the cache to keep anything.
+    warned_full: AtomicBool,
 }
 
 /// A directory name for a product id: ids are UUIDs, anything else is hex-encoded so no id can
@@ -185,6 +187,7 @@ impl DiskStore {
             assembling: Mutex::default(),
             auto_assemble: AtomicBool::new(true),
             me: me.clone(),
+            warned_full: AtomicBool::new(false),
         });
         let now = SystemTime::now();
         let mut used = 0;
@@ -638,6 +641,17 @@ impl DiskStore {
         let mut to_free = self.excess(EVICT_TO);
         if to_free == 0 {
             return;
+        }
+        if to_free >= self.used_bytes() && !self.warned_full.swap(true, Ordering::Relaxed) {
+            if let DiskBudget::KeepFree(frac) = self.budget {
+                tracing::warn!(
+                    dir = %self.root.display(),
+                    "the disk cache's filesystem has less than {:.0}% free: the cache keeps \
+                     nothing, and every product is downloaded again; free some room, or give \
+                     --cache-dir-size",
+                    frac * 100.0
+                );
+            }
         }
         blocks.sort();
         for (_, path, len) in blocks {

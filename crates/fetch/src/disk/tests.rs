@@ -543,3 +543,42 @@ fn two_stores_assembling_one_product_at_once_leave_one_right_file() {
         .count();
     assert_eq!(temps, 0);
 }
+
+/// A filesystem with less free room than the budget keeps: nothing is kept, said once.
+#[test]
+fn a_cache_on_a_filesystem_too_full_to_keep_anything_says_so_once() {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    tracing::subscriber::with_default(subscriber, || {
+        // No filesystem has 99.99% of itself free.
+        let store = DiskStore::open(dir.path(), DiskBudget::KeepFree(0.9999)).unwrap();
+        for i in 0..3u64 {
+            store.put(
+                "p",
+                d.len() as u64,
+                i,
+                &d[(i * MIB) as usize..((i + 1) * MIB) as usize],
+            );
+        }
+        assert_eq!(store.used_bytes(), 0, "nothing kept");
+    });
+    let text = String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned();
+    assert_eq!(text.matches("the cache keeps nothing").count(), 1, "{text}");
+}
