@@ -80,7 +80,7 @@ fn a_day_lists_the_tutorials_product_and_it_copies_exactly() {
     let asked = catalogue_requests(&double);
     assert_eq!(asked.len(), 1, "{asked:?}");
     assert!(
-        asked[0].contains("ContentDate%2FStart%20ge%202018-09-27T00%3A00%3A00.000Z")
+        asked[0].contains("ContentDate%2FStart%20ge%202018-09-26T22%3A00%3A00.000Z")
             && asked[0].contains("contains%28Name%2C%27MSIL1C%27%29")
             && asked[0].contains("$orderby="),
         "{}",

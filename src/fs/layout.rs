@@ -308,24 +308,44 @@ impl TreeKey {
     }
 
     /// For a day: the catalogue filter of its products (collection, sensing start within the
-    /// day, the level's name test), in the dialect `search` uses.
+    /// day and [`DAY_MARGIN`] either side, the level's name test), in the dialect `search`
+    /// uses. The listing keeps the products whose `S3Path` names the day, and those without
+    /// one whose sensing start falls on it.
     pub fn day_filter(&self) -> Option<String> {
         let TreeKey::Day(_, _, _, y, mo, d) = *self else {
             return None;
         };
         let start =
             UNIX_EPOCH + std::time::Duration::from_secs(days_from_civil(y, mo, d) as u64 * 86_400);
-        let day = |at| eodata_catalogue::filter::Instant { at, day_only: true };
+        let at = |at| eodata_catalogue::filter::Instant {
+            at,
+            day_only: false,
+        };
         eodata_catalogue::filter::Criteria {
             collection: Some(self.mission().collection.to_string()),
-            from: Some(day(start)),
-            to: Some(day(eodata_catalogue::filter::next_day(start))),
+            from: Some(at(start - DAY_MARGIN)),
+            to: Some(at(eodata_catalogue::filter::next_day(start) + DAY_MARGIN)),
             name: self.level().map(|l| l.name_test.to_string()),
             ..Default::default()
         }
         .filter()
         .ok()
     }
+}
+
+/// How far past its day's bounds a day's query looks: the archive files a product under the
+/// day of its datatake's start (its `S3Path`), while the catalogue's sensing start is the
+/// product's own, up to a datatake's length later (Sentinel-2 datatakes run up to about 100
+/// minutes). Two hours either side finds the products filed under a day that the catalogue
+/// dates just after midnight, for about a sixth more results per day.
+pub const DAY_MARGIN: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
+
+/// The day (`YYYY-MM-DD`) a tree day directory's path names (`.../2018/09/27`).
+pub fn path_day(dir: &str) -> Option<String> {
+    let mut parts = dir.trim_end_matches('/').rsplit('/');
+    let (d, m, y) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |s: &str, n| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(y, 4) && digits(m, 2) && digits(d, 2)).then(|| format!("{y}-{m}-{d}"))
 }
 
 /// The mission named `name` in the root.

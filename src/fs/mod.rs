@@ -77,6 +77,8 @@ pub struct ProductMeta {
 
 /// The extended attribute that holds the catalogue's `S3Path`.
 pub const S3PATH_XATTR: &str = "user.eodata.s3path";
+/// The extended attribute that holds the sensing start (ISO 8601, UTC).
+pub const CONTENT_START_XATTR: &str = "user.eodata.content_start";
 
 impl ProductMeta {
     /// The catalogue's `S3Path` (`/eodata/Sentinel-2/MSI/L1C/2018/09/27/<Name>`), if it gave one.

@@ -89,6 +89,24 @@ pub(super) struct QueryDir {
     pub place: Option<String>,
 }
 
+/// Whether a product found by a tree day's query belongs in that day's directory `place`: its
+/// `S3Path` names it, or, without one, its sensing start falls on the day (the query looks a
+/// little past the day's bounds, see `layout::DAY_MARGIN`). A product with neither is kept.
+fn in_place(meta: &super::ProductMeta, place: &str) -> bool {
+    if let Some(s3) = meta.s3_path() {
+        return super::layout::same_path(s3, place);
+    }
+    let start = meta
+        .xattrs
+        .iter()
+        .find(|(k, _)| k == super::CONTENT_START_XATTR)
+        .map(|(_, v)| v.as_str());
+    match (start, super::layout::path_day(place)) {
+        (Some(start), Some(day)) => start.starts_with(&day),
+        _ => true,
+    }
+}
+
 /// What a query found, as file names to product inodes.
 #[derive(Default)]
 pub(super) struct Listing {
@@ -152,8 +170,8 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
                 let mut entries = BTreeMap::new();
                 let mut table = self.inodes.lock().unwrap();
                 for meta in found {
-                    if let (Some(place), Some(s3)) = (&dir.place, meta.s3_path()) {
-                        if !super::layout::same_path(s3, place) {
+                    if let Some(place) = &dir.place {
+                        if !in_place(&meta, place) {
                             continue;
                         }
                     }

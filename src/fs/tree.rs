@@ -191,7 +191,7 @@ mod tests {
         async fn query(&self, filter: &str, _: usize) -> Result<Vec<ProductMeta>, FsError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.filters.lock().unwrap().push(filter.to_string());
-            Ok(if filter.contains("ge 2018-09-27T00:00:00.000Z") {
+            Ok(if filter.contains("ge 2018-09-26T22:00:00.000Z") {
                 self.products.clone()
             } else {
                 Vec::new()
@@ -216,8 +216,9 @@ mod tests {
     type TestFs = Fs<Arc<DayResolver>, Arc<MemorySource>>;
 
     fn fs(config: FsConfig) -> (Arc<TestFs>, Arc<DayResolver>) {
-        let resolver = Arc::new(DayResolver {
-            products: vec![
+        fs_with(
+            config,
+            vec![
                 meta("a", NAME, Some(&format!("{DAY}/{NAME}"))),
                 // The reprocessed collection: same name test, another folder.
                 meta(
@@ -232,6 +233,12 @@ mod tests {
                     None,
                 ),
             ],
+        )
+    }
+
+    fn fs_with(config: FsConfig, products: Vec<ProductMeta>) -> (Arc<TestFs>, Arc<DayResolver>) {
+        let resolver = Arc::new(DayResolver {
+            products,
             ..DayResolver::default()
         });
         let cache = Arc::new(BlockCache::new(
@@ -263,6 +270,46 @@ mod tests {
             tree: true,
             ..FsConfig::default()
         }
+    }
+
+    /// The day's query looks two hours past each bound: a product the archive files under the
+    /// 27th but the catalogue dates the 26th at 23:30 is listed on the 27th; one without an
+    /// S3Path that the catalogue dates on the 26th is left to the 26th.
+    #[tokio::test]
+    async fn a_product_filed_under_a_day_but_sensed_before_midnight_is_listed_there() {
+        let with_start = |id: &str, name: &str, s3: Option<&str>, start: &str| {
+            let mut m = meta(id, name, s3);
+            m.xattrs
+                .push((super::super::CONTENT_START_XATTR.into(), start.into()));
+            m
+        };
+        let late = "S2A_MSIL1C_20180927T000500_N0206_R001_T01AAB_20180927T010000.SAFE";
+        let early = "S2B_MSIL1C_20180926T230000_N0206_R001_T01AAC_20180926T235900.SAFE";
+        let (fs, _) = fs_with(
+            on(),
+            vec![
+                with_start(
+                    "d",
+                    late,
+                    Some(&format!("{DAY}/{late}")),
+                    "2018-09-26T23:30:00.000Z",
+                ),
+                with_start("e", early, None, "2018-09-26T23:00:00.000Z"),
+                with_start("f", NAME, None, "2018-09-27T05:12:21.000Z"),
+            ],
+        );
+        let day = walk(&fs, "Sentinel-2/MSI/L1C/2018/09/27").await.unwrap();
+        assert_eq!(
+            names(&fs, day.ino).await,
+            [format!("{late}.zip"), format!("{NAME}.zip")]
+        );
+    }
+
+    #[test]
+    fn a_day_directory_names_its_day() {
+        assert_eq!(layout::path_day(DAY).as_deref(), Some("2018-09-27"));
+        assert_eq!(layout::path_day("/eodata/Sentinel-2/MSI/L1C/2018/09"), None);
+        assert_eq!(layout::path_day("x/2018/9/27"), None);
     }
 
     #[tokio::test]
@@ -321,8 +368,8 @@ mod tests {
         );
         assert_eq!(
             *resolver.filters.lock().unwrap(),
-            ["Collection/Name eq 'SENTINEL-2' and ContentDate/Start ge 2018-09-27T00:00:00.000Z \
-              and ContentDate/Start lt 2018-09-28T00:00:00.000Z and contains(Name,'MSIL1C')"]
+            ["Collection/Name eq 'SENTINEL-2' and ContentDate/Start ge 2018-09-26T22:00:00.000Z \
+              and ContentDate/Start lt 2018-09-28T02:00:00.000Z and contains(Name,'MSIL1C')"]
         );
         let zip = walk(&fs, &format!("Sentinel-2/MSI/L1C/2018/09/27/{NAME}.zip"))
             .await
