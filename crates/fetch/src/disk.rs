@@ -418,6 +418,57 @@ impl DiskStore {
         Some(Bytes::from(buf))
     }
 
+    /// Blocks `first..=last` of `id` from its whole file, read at once into one buffer (huge
+    /// pages where the kernel has them), each block checked against its CRC: the disk cache's
+    /// answer for a product held whole, with no copy to assemble the run. `None` when the
+    /// product is not whole, the read fails, or a block fails its check (the file is then
+    /// split back into its good blocks). Blocking.
+    pub fn read_whole_run(&self, id: &str, first: u64, last: u64) -> Option<Bytes> {
+        use std::os::fd::AsRawFd;
+        let w = self.whole(id)?;
+        if last >= w.crcs.len() as u64 || first > last {
+            return None;
+        }
+        let bs = DISK_BLOCK_SIZE;
+        let start = first * bs;
+        let len = ((last + 1) * bs).min(w.size) - start;
+        let path = self.product_dir(id).join(whole::DATA);
+        let file = std::fs::File::open(&path).ok()?;
+        let mut buf = BytesMut::with_capacity(len as usize);
+        crate::zipper::huge_pages_for(&mut buf);
+        let spare = buf.spare_capacity_mut();
+        let mut done = 0usize;
+        while done < len as usize {
+            // SAFETY: pread writes at most `len - done` bytes into the buffer's own spare
+            // capacity, which holds `len`; the bytes count as initialised only once written.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    spare.as_mut_ptr().add(done).cast(),
+                    len as usize - done,
+                    (start + done as u64) as libc::off_t,
+                )
+            };
+            if n <= 0 {
+                return None;
+            }
+            done += n as usize;
+        }
+        // SAFETY: the loop above wrote all `len` bytes.
+        unsafe { buf.set_len(len as usize) };
+        for (k, block) in buf.chunks(bs as usize).enumerate() {
+            if crc32fast::hash(block) != w.crcs[first as usize + k] {
+                tracing::warn!(path = %path.display(), index = first + k as u64, "corrupt block in a whole product in the disk cache; keeping its good blocks and fetching the bad one again");
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.split_whole(id, &w);
+                return None;
+            }
+        }
+        self.hits.fetch_add(last - first + 1, Ordering::Relaxed);
+        touch(&path);
+        Some(buf.freeze())
+    }
+
     /// Turns `id`'s whole file, found corrupt, back into block files: the blocks that pass
     /// their check are kept, the others are fetched again (and the product assembled again once
     /// they are held). Rare (bit rot), so copying is fine.
@@ -1068,6 +1119,12 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
         let end = end.min(size);
         let bs = store.block_size();
         let (first, last) = (start / bs, (end - 1) / bs);
+        let skip = (start - first * bs) as usize;
+        let want = (end - start) as usize;
+        let (s, key) = (Arc::clone(store), id.to_string());
+        if let Some(run) = blocking(move || s.read_whole_run(&key, first, last)).await {
+            return Ok(run.slice(skip..skip + want));
+        }
         let block_len = move |i: u64| bs.min(size - i * bs);
         let (s, key) = (Arc::clone(store), id.to_string());
         let mut blocks: Vec<Option<Bytes>> = blocking(move || {
@@ -1112,8 +1169,6 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
             .await;
             i = j;
         }
-        let skip = (start - first * bs) as usize;
-        let want = (end - start) as usize;
         if blocks.len() == 1 {
             let b = blocks.pop().flatten().expect("filled above");
             return Ok(b.slice(skip..skip + want));

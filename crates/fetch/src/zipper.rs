@@ -687,7 +687,7 @@ impl<T: TokenSource> RangeSource for Zipper<T> {
 /// memory (buffers of 1 MiB and more are mapped on their own, see `stack.rs` in the binary), and
 /// with 4 KiB pages faulting it in was about half of the mount's CPU in a loopback `cp`
 /// (scripts/bench P1 profile): 285k page faults per GiB, 88k with this.
-fn huge_pages_for(buf: &mut BytesMut) {
+pub(crate) fn huge_pages_for(buf: &mut BytesMut) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
