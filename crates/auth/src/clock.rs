@@ -13,7 +13,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// A boxed sleep, so that `Clock` can be used as a trait object.
@@ -40,19 +39,21 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock for tests: time stands still until [`TestClock::advance`] moves it, and
-/// [`Clock::sleep`] advances it by the duration and returns at once (after yielding once, so
-/// other tasks still get to run). Clones share one time.
+/// A clock for tests (behind the `testing` feature): time stands still until
+/// [`TestClock::advance`] moves it, and [`Clock::sleep`] advances it by the duration and returns
+/// at once (after yielding once, so other tasks still get to run). Clones share one time.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone)]
 pub struct TestClock {
-    now: Arc<Mutex<SystemTime>>,
+    now: std::sync::Arc<std::sync::Mutex<SystemTime>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl TestClock {
     /// A clock that starts at `start`.
     pub fn new(start: SystemTime) -> Self {
         TestClock {
-            now: Arc::new(Mutex::new(start)),
+            now: std::sync::Arc::new(std::sync::Mutex::new(start)),
         }
     }
 
@@ -68,6 +69,7 @@ impl TestClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for TestClock {
     fn now(&self) -> SystemTime {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())

@@ -13,10 +13,12 @@
 //!   block share one fetch.
 //! - `prefetch`: one per open file; detects sequential reading and reads ahead in parallel.
 //! - `nodes`: files inside a product (OData Nodes) addressed as objects of their own.
-//! - `mock`: an in-memory [`RangeSource`] with fault injection, for tests of the layers above.
+//! - `mock`: an in-memory [`RangeSource`] with fault injection, for tests of the layers above;
+//!   built for this crate's tests and behind the `mock` feature for other crates' tests.
 
 pub mod cache;
 pub mod disk;
+#[cfg(any(test, feature = "mock"))]
 pub mod mock;
 pub mod nodes;
 pub mod prefetch;

@@ -367,12 +367,14 @@ impl TokenManager {
     }
 
     /// Uses `clock` instead of the system clock (tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.inner_mut().clock = clock;
         self
     }
 
-    /// Uses `retry` for transient failures of the refresh grant only.
+    /// Uses `retry` for transient failures of the refresh grant only (tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_refresh_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.inner_mut().refresh_retry = retry;
         self
@@ -425,7 +427,8 @@ impl TokenManager {
     /// Forgets every token this process holds, the refresh token included, and ignores the
     /// tokens now in the shared file: the next [`TokenManager::token`] logs in with password
     /// and TOTP. A latched refusal stays latched (only new credentials, i.e. a new manager,
-    /// may try again).
+    /// may try again). For tests: they start a renewal on purpose.
+    #[cfg(any(test, feature = "testing"))]
     pub fn invalidate_all(&self) {
         let now = self.inner.clock.now();
         let mut st = self.inner.lock_state();

@@ -18,7 +18,6 @@ use bytes::{Bytes, BytesMut};
 use eodata_auth::TokenSource;
 use eodata_http::answer::header_str;
 use eodata_http::answer::{triage, Answer};
-use futures::Stream;
 use reqwest::header::{HeaderMap, ETAG, LAST_MODIFIED};
 use reqwest::{Method, Response};
 
@@ -350,8 +349,9 @@ impl<T: TokenSource> ZipperStream<T> {
         }
     }
 
-    /// The rest of the product as a [`Stream`].
-    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, FetchError>> + Send {
+    /// The rest of the product as a [`futures::Stream`] (tests).
+    #[cfg(test)]
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<Bytes, FetchError>> + Send {
         futures::stream::unfold(Some(self), |state| async move {
             let mut s = state?;
             match s.next_chunk().await {
