@@ -10,7 +10,8 @@
 //! the `/files/` index for peers), `catalogue` with `filter` (OData search), `nodes` (a product's own files, OData Nodes), `server` (accept
 //! loop, routing, latency, outage), `state` (what the services share), `store` (the product
 //! directory), `body` (streamed, throttled, cuttable response bodies), `log` (the request log),
-//! `jwt` (token strings). `generate` writes product directories for the store.
+//! `jwt` (token strings). `generate` writes product directories for the store. Beside the double,
+//! [`scripted`] is a raw scripted HTTP server for the answers no service gives (clients' tests).
 
 mod body;
 mod catalogue;
@@ -23,6 +24,7 @@ mod log;
 mod nodes;
 mod reorder;
 mod respond;
+pub mod scripted;
 mod server;
 mod state;
 mod store;
