@@ -42,6 +42,9 @@ fn assert_bearer_through_redirect(log: &[LogEntry]) {
 
 #[test]
 fn a_cdse_mount_reads_exact_bytes_with_bearer_through_the_redirect() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let (products, double) = cdse_double();
     let ws = Workspace::new();
     let mount = Mount::start(
