@@ -1,6 +1,6 @@
 //! The Copernicus Data Space Ecosystem profile against the double in CDSE mode (realm `CDSE`,
 //! client `cdse-public`, downloads redirected from the "catalogue host" 127.0.0.1 to the
-//! "download host" localhost): the issue-3 mount and issue-4 download paths with the token in
+//! "download host" localhost): the mount and `download` paths with the token in
 //! `Authorization: Bearer`, carried across the redirect only to a trusted host; `provider =` in
 //! secrets.conf's `[endpoints]`, and flags winning over it.
 

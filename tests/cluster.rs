@@ -1,10 +1,10 @@
 //! Several machines on one account, coordinated through a real `redis-server` (Debian's,
 //! started on 127.0.0.1 by each test): three mounts with their own runtime and cache
 //! directories play three nodes of a cluster against one double whose account allows 4
-//! connections and issues 3 s tokens. The acceptance of the cluster issue: one password login
-//! and no 429 for the whole cluster, a killed node's slots coming back within the lease, copies
-//! finishing exact when Redis goes away (one warning per node), sixteen `token` processes on
-//! four nodes logging in once, and a plain `redis://` to another host refused.
+//! connections and issues 3 s tokens. What a cluster must keep: one password login and no 429
+//! for the whole cluster, a killed node's slots coming back within the lease, copies finishing
+//! exact when Redis goes away (one warning per node), sixteen `token` processes on four nodes
+//! logging in once, and a plain `redis://` to another host refused.
 
 mod support;
 

@@ -253,8 +253,8 @@ fn a_wrong_size_hint_is_corrected_on_open_and_copies_are_exact() {
             )
         })
         .collect();
-    // The catalogue understates one size and does not know the other (0), as protocol.md
-    // warns it may.
+    // The catalogue understates one size and does not know the other (0), as
+    // `docs/protocol.md` ("Catalogue") warns it may.
     let dir = private_store(&src, &ws, |ps| {
         let half = ps[0]["ContentLength"].as_u64().unwrap() / 2;
         ps[0]["ContentLength"] = Value::from(half);

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use support::*;
 
-/// Size of the products the mount tests read (the acceptance size).
+/// Size of the products the mount tests read: big enough that a copy spans many blocks,
+/// read-ahead windows and token renewals.
 const SIZE_MIB: u64 = 200;
 
 fn name(products: &std::path::Path, i: usize) -> String {

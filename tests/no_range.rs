@@ -1,6 +1,6 @@
 //! Real mounts against a double that ignores Range (200 and the whole body to every ranged GET,
-//! as some zippers are reported to do): the tools must still read exact bytes, through one
-//! stream per product from byte 0, spooled (`eodata_fetch::spool`).
+//! as some zippers are reported to do: `docs/protocol.md`, "Download"): the tools must still
+//! read exact bytes, through one stream per product from byte 0, spooled (`eodata_fetch::spool`).
 
 mod support;
 

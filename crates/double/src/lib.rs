@@ -140,7 +140,7 @@ pub struct Faults {
     pub wrong_audience: bool,
     /// For this many milliseconds after the switches are set, every zipper request with a
     /// valid token is refused 401 DAT-ZIP-604, as the real service is reported to do now and
-    /// then for minutes during long runs.
+    /// then for minutes during long runs (`docs/protocol.md`, "Download errors").
     pub spurious_401_ms: u64,
     /// Every zipper download of a valid token is refused 403 DAT-ZIP-608 "Access forbidden"
     /// (an account not entitled, or terms not accepted).

@@ -31,7 +31,8 @@ use crate::{Config, User};
 pub(crate) const TOTP_PERIOD_SECS: u64 = 30;
 /// Keycloak's default look-around: the previous, current and next step are accepted.
 const TOTP_WINDOW_STEPS: u64 = 1;
-/// Keycloak remembers used codes this long (protocol.md); long enough to cover the window.
+/// Keycloak remembers used codes this long (`docs/protocol.md`, "Identity"); long enough to
+/// cover the window.
 const USED_CODE_MEMORY: Duration = Duration::from_secs(90);
 /// Expired tokens are kept this long, so a late use is told "expired", not "unknown".
 const EXPIRED_TOKEN_MEMORY: Duration = Duration::from_secs(3600);

@@ -45,8 +45,8 @@ const MIN_THROTTLE_DELAY: Duration = Duration::from_millis(50);
 /// seconds, and the budget has already shrunk, so a second is enough to start with.
 const THROTTLE_BASE: Duration = Duration::from_secs(1);
 /// Longest such wait: the service's quota window is not published; a minute is what public
-/// clients that meet this 429 wait (CDSETool sleeps 60-75 s), and it keeps the user's other
-/// sessions from being hammered.
+/// clients that meet this 429 wait (`docs/protocol.md`, "Download errors"), and it keeps the
+/// user's other sessions from being hammered.
 const THROTTLE_MAX: Duration = Duration::from_secs(60);
 /// A 401 for a token obtained less than this long after a renewal is not the token's fault:
 /// the real service answers such spurious 401s for minutes at a time (docs/protocol.md), and
