@@ -214,7 +214,9 @@ async fn clock(http: &reqwest::Client, token_url: &str, s: &mut Section) {
         .map(str::to_owned);
     let offset = date
         .as_deref()
-        .and_then(|d| raw_offset_secs(d, sent, received));
+        .and_then(|d| ServerOffset::measure(d, sent, received))
+        // Not `estimate`, which rounds small offsets to zero: the report wants the number.
+        .map(|o| o.as_millis() as f64 / 1000.0);
     match offset {
         None => s.warn(
             "clock",
@@ -243,17 +245,6 @@ async fn clock(http: &reqwest::Client, token_url: &str, s: &mut Section) {
             );
         }
     }
-}
-
-/// Server minus local clock in seconds, from a `Date` header and the round trip around it.
-fn raw_offset_secs(date: &str, sent: SystemTime, received: SystemTime) -> Option<f64> {
-    // `estimate` rounds small offsets to zero; the report wants the number.
-    let server = httpdate::parse_http_date(date.trim()).ok()? + Duration::from_millis(500);
-    let mid = sent + received.duration_since(sent).unwrap_or_default() / 2;
-    Some(match server.duration_since(mid) {
-        Ok(d) => d.as_secs_f64(),
-        Err(e) => -e.duration().as_secs_f64(),
-    })
 }
 
 /// One login (or the shared cached token), its lifetimes and claims, and one refresh. Returns

@@ -113,17 +113,23 @@ impl ServerOffset {
         }
     }
 
-    /// Estimates the offset from an answer's `Date` header. `sent` and `received` are local
+    /// Measures the offset from an answer's `Date` header. `sent` and `received` are local
     /// times around the request. `Date` is truncated to the second, so the server's time when it
     /// answered lies in `[date, date + 1 s)`: its middle, `date + 0.5 s`, is compared with the
-    /// local midpoint of the round trip. Returns `None` when the header is missing or
-    /// unparseable, and [`ServerOffset::ZERO`] when the offset is within
-    /// [`OFFSET_TRUST_THRESHOLD`].
-    pub fn estimate(date_header: &str, sent: SystemTime, received: SystemTime) -> Option<Self> {
+    /// local midpoint of the round trip. Returns `None` when the header is unparseable.
+    pub fn measure(date_header: &str, sent: SystemTime, received: SystemTime) -> Option<Self> {
         let server =
             httpdate::parse_http_date(date_header.trim()).ok()? + Duration::from_millis(500);
         let local_mid = midpoint(sent, received);
-        let millis = signed_millis(server, local_mid);
+        Some(ServerOffset {
+            millis: signed_millis(server, local_mid),
+        })
+    }
+
+    /// [`ServerOffset::measure`], taken as [`ServerOffset::ZERO`] when within
+    /// [`OFFSET_TRUST_THRESHOLD`] (noise, not skew): the offset the token manager applies.
+    pub fn estimate(date_header: &str, sent: SystemTime, received: SystemTime) -> Option<Self> {
+        let millis = Self::measure(date_header, sent, received)?.millis;
         if millis.unsigned_abs() <= OFFSET_TRUST_THRESHOLD.as_millis() as u64 {
             Some(ServerOffset::ZERO)
         } else {

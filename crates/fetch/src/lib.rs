@@ -51,6 +51,30 @@ pub enum RangeSupport {
     Ignored,
 }
 
+/// `range` of product `id` cut to its `size` where that is known: `None` for an empty range
+/// (nothing to fetch), [`FetchError::OutOfRange`] for one that starts at or past the end.
+pub(crate) fn clamp_range(
+    id: &str,
+    range: Range<u64>,
+    size: Option<u64>,
+) -> Result<Option<Range<u64>>, FetchError> {
+    if range.start >= range.end {
+        return Ok(None);
+    }
+    let Some(size) = size else {
+        return Ok(Some(range));
+    };
+    if range.start >= size {
+        return Err(FetchError::OutOfRange {
+            id: id.to_string(),
+            start: range.start,
+            end: range.end,
+            size,
+        });
+    }
+    Ok(Some(range.start..range.end.min(size)))
+}
+
 /// A source of product bytes addressed by product id (the catalogue's UUID).
 pub trait RangeSource: Send + Sync + 'static {
     /// Size and properties of the product's download.
