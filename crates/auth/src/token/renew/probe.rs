@@ -75,11 +75,8 @@ impl Inner {
     /// diagnosis reports them). A refusal another process recorded for these credentials within
     /// the last minutes is returned without any request.
     pub(crate) async fn probe_login(&self) -> Result<LoginProbe, AuthError> {
-        let (mut disk, lock) = self.open_shared().await;
-        let probed = self.probe_login_locked(&mut disk).await;
-        drop(disk);
-        self.close_shared(lock).await;
-        probed
+        self.with_shared(async |disk| self.probe_login_locked(disk).await)
+            .await
     }
 
     async fn probe_login_locked(&self, disk: &mut Disk<'_>) -> Result<LoginProbe, AuthError> {
@@ -168,11 +165,8 @@ impl Inner {
                     .into(),
             });
         };
-        let (mut disk, lock) = self.open_shared().await;
-        let probed = self.probe_refresh_locked(&refresh, &mut disk).await;
-        drop(disk);
-        self.close_shared(lock).await;
-        probed
+        self.with_shared(async |disk| self.probe_refresh_locked(&refresh, disk).await)
+            .await
     }
 
     async fn probe_refresh_locked(
