@@ -272,6 +272,17 @@ async fn login_checks(
             return None;
         }
     };
+    report_login(s, &tokens, &probe);
+    claims(s, &probe.access);
+    let token = refresh_check(s, &tokens)
+        .await
+        .unwrap_or_else(|| probe.access.clone());
+    Some((tokens, token))
+}
+
+/// How the login went: from the shared cache or by password, the server's clock as TOTP saw
+/// it, and the lifetimes the server gave.
+fn report_login(s: &mut Section, tokens: &TokenManager, probe: &eodata_auth::LoginProbe) {
     match probe.source {
         LoginSource::SharedCache => {
             let left = probe
@@ -318,8 +329,10 @@ async fn login_checks(
             );
         }
     }
-    claims(s, &probe.access);
-    let mut token = probe.access.clone();
+}
+
+/// One refresh: whether it worked and what it gave; its token, when it did.
+async fn refresh_check(s: &mut Section, tokens: &TokenManager) -> Option<eodata_auth::AccessToken> {
     match tokens.probe_refresh().await {
         Ok(r) => {
             s.add_value(
@@ -336,14 +349,16 @@ async fn login_checks(
                 serde_json::json!({"new_refresh_token": r.new_refresh_token}),
             );
             lifetimes(s, r.expires_in, r.refresh_expires_in, "refresh");
-            token = r.access;
+            Some(r.access)
         }
-        Err(e) => s.warn(
-            "refresh",
-            format!("{e}; a mount then logs in with password and TOTP at every renewal"),
-        ),
+        Err(e) => {
+            s.warn(
+                "refresh",
+                format!("{e}; a mount then logs in with password and TOTP at every renewal"),
+            );
+            None
+        }
     }
-    Some((tokens, token))
 }
 
 /// `expires_in` and `refresh_expires_in` as the server wrote them.
