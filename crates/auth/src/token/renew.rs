@@ -404,6 +404,16 @@ impl Inner {
 
     /// One request: send, learn the server's clock from `Date`, read the answer.
     async fn exchange(&self, grant: Grant<'_>) -> Result<Granted, Failure> {
+        let (answer, offset) = self.send_grant(grant).await?;
+        endpoint::classify(&answer, offset)
+    }
+
+    /// Sends one grant and learns the server's clock from the answer's `Date`: the raw answer,
+    /// and the offset known now.
+    pub(super) async fn send_grant(
+        &self,
+        grant: Grant<'_>,
+    ) -> Result<(endpoint::RawAnswer, Option<ServerOffset>), Failure> {
         let answer = endpoint::send(
             &self.client,
             &self.token_url,
@@ -411,15 +421,13 @@ impl Inner {
             self.clock.as_ref(),
         )
         .await?;
-        let offset = {
-            if let Some(date) = &answer.date {
-                if let Some(o) = ServerOffset::estimate(date, answer.sent, answer.received) {
-                    self.learn_offset(o);
-                }
+        if let Some(date) = &answer.date {
+            if let Some(o) = ServerOffset::estimate(date, answer.sent, answer.received) {
+                self.learn_offset(o);
             }
-            self.lock_state().offset
-        };
-        endpoint::classify(&answer, offset)
+        }
+        let offset = self.lock_state().offset;
+        Ok((answer, offset))
     }
 
     /// Takes a measured server clock offset, bounded to [`OFFSET_MAX`]; warns once when it is

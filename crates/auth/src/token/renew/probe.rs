@@ -210,24 +210,7 @@ impl Inner {
         &self,
         grant: Grant<'_>,
     ) -> Result<(super::super::endpoint::Granted, Lifetimes), Failure> {
-        let answer = endpoint::send(
-            &self.client,
-            &self.token_url,
-            grant.form(&self.client_id, self.client_secret.as_ref()),
-            self.clock.as_ref(),
-        )
-        .await?;
-        let offset = {
-            let mut st = self.lock_state();
-            if let Some(o) = answer
-                .date
-                .as_deref()
-                .and_then(|d| ServerOffset::estimate(d, answer.sent, answer.received))
-            {
-                st.offset = Some(o);
-            }
-            st.offset
-        };
+        let (answer, offset) = self.send_grant(grant).await?;
         let granted = endpoint::classify(&answer, offset)?;
         let lifetimes = serde_json::from_slice(&answer.body).unwrap_or(Lifetimes {
             expires_in: None,
