@@ -1,8 +1,9 @@
-//! The disk cache directory (`--cache-dir`, on by default under `$XDG_CACHE_HOME`): opening the persistent disk cache the mount's layers share, so mount.rs only
-//! stacks them: the block store ([`DiskStore`]) under the memory cache, and the spool of
-//! products whose server ignores Range, which goes into the same directory and hands every
-//! block it streams to the store; and the offline memory of the catalogue
-//! ([`OfflineResolver`]), so a cached product opens with the services unreachable.
+//! The disk cache directory (`--cache-dir`, on by default under `$XDG_CACHE_HOME`): opening the
+//! persistent disk cache the mount's layers share, so mount.rs only stacks them: the block
+//! store ([`DiskStore`]) under the memory cache, and the spool of products whose server ignores
+//! Range, which goes into the same directory and hands every block it streams to the store;
+//! and the offline memory of the catalogue ([`OfflineResolver`]), so a cached product opens
+//! with the services unreachable.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

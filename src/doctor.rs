@@ -214,7 +214,9 @@ async fn clock(http: &reqwest::Client, token_url: &str, s: &mut Section) {
         .map(str::to_owned);
     let offset = date
         .as_deref()
-        .and_then(|d| raw_offset_secs(d, sent, received));
+        .and_then(|d| ServerOffset::measure(d, sent, received))
+        // Not `estimate`, which rounds small offsets to zero: the report wants the number.
+        .map(|o| o.as_millis() as f64 / 1000.0);
     match offset {
         None => s.warn(
             "clock",
@@ -245,17 +247,6 @@ async fn clock(http: &reqwest::Client, token_url: &str, s: &mut Section) {
     }
 }
 
-/// Server minus local clock in seconds, from a `Date` header and the round trip around it.
-fn raw_offset_secs(date: &str, sent: SystemTime, received: SystemTime) -> Option<f64> {
-    // `estimate` rounds small offsets to zero; the report wants the number.
-    let server = httpdate::parse_http_date(date.trim()).ok()? + Duration::from_millis(500);
-    let mid = sent + received.duration_since(sent).unwrap_or_default() / 2;
-    Some(match server.duration_since(mid) {
-        Ok(d) => d.as_secs_f64(),
-        Err(e) => -e.duration().as_secs_f64(),
-    })
-}
-
 /// One login (or the shared cached token), its lifetimes and claims, and one refresh. Returns
 /// the manager and a token for the download check.
 async fn login_checks(
@@ -281,6 +272,17 @@ async fn login_checks(
             return None;
         }
     };
+    report_login(s, &tokens, &probe);
+    claims(s, &probe.access);
+    let token = refresh_check(s, &tokens)
+        .await
+        .unwrap_or_else(|| probe.access.clone());
+    Some((tokens, token))
+}
+
+/// How the login went: from the shared cache or by password, the server's clock as TOTP saw
+/// it, and the lifetimes the server gave.
+fn report_login(s: &mut Section, tokens: &TokenManager, probe: &eodata_auth::LoginProbe) {
     match probe.source {
         LoginSource::SharedCache => {
             let left = probe
@@ -327,8 +329,10 @@ async fn login_checks(
             );
         }
     }
-    claims(s, &probe.access);
-    let mut token = probe.access.clone();
+}
+
+/// One refresh: whether it worked and what it gave; its token, when it did.
+async fn refresh_check(s: &mut Section, tokens: &TokenManager) -> Option<eodata_auth::AccessToken> {
     match tokens.probe_refresh().await {
         Ok(r) => {
             s.add_value(
@@ -345,14 +349,16 @@ async fn login_checks(
                 serde_json::json!({"new_refresh_token": r.new_refresh_token}),
             );
             lifetimes(s, r.expires_in, r.refresh_expires_in, "refresh");
-            token = r.access;
+            Some(r.access)
         }
-        Err(e) => s.warn(
-            "refresh",
-            format!("{e}; a mount then logs in with password and TOTP at every renewal"),
-        ),
+        Err(e) => {
+            s.warn(
+                "refresh",
+                format!("{e}; a mount then logs in with password and TOTP at every renewal"),
+            );
+            None
+        }
     }
-    Some((tokens, token))
 }
 
 /// `expires_in` and `refresh_expires_in` as the server wrote them.

@@ -8,6 +8,7 @@
 //! with its error already printed on our shared stderr (its exit code). Re-running instead of
 //! fork(2) keeps the child free of a half-copied multi-threaded runtime.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -472,60 +473,15 @@ fn status_source(
     coordinator: Option<eodata_coord::Coordinator>,
 ) -> StatusSource {
     Box::new(move || {
-        use std::fmt::Write as _;
-        let now = std::time::SystemTime::now();
-        let secs_left = |t: std::time::SystemTime| match t.duration_since(now) {
-            Ok(d) => d.as_secs() as i64,
-            Err(e) => -(e.duration().as_secs() as i64),
-        };
-        let t = tokens.status();
-        let z = zipper.stats();
         let mut s = String::new();
-        match t.access_expires_at {
-            Some(at) => {
-                let _ = writeln!(s, "token.access_expires_in_secs: {}", secs_left(at));
-            }
-            None => s.push_str("token.access_expires_in_secs: none\n"),
-        }
-        match t.refresh_expires_at {
-            Some(Some(at)) => {
-                let _ = writeln!(s, "token.refresh_expires_in_secs: {}", secs_left(at));
-            }
-            Some(None) => s.push_str("token.refresh_expires_in_secs: unknown\n"),
-            None => s.push_str("token.refresh_expires_in_secs: none\n"),
-        }
-        match &t.refused {
-            Some(e) => {
-                let _ = writeln!(s, "token.refused: {e}");
-            }
-            None => s.push_str("token.refused: no\n"),
-        }
+        token_lines(&mut s, &tokens.status());
         let _ = writeln!(s, "log: {}", crate::logging::destination());
-        let _ = writeln!(s, "zipper.requests: {}", z.requests);
-        let _ = writeln!(s, "zipper.bytes: {}", z.bytes);
-        let _ = writeln!(s, "zipper.retries: {}", z.retries);
-        let _ = writeln!(s, "zipper.redirects: {}", z.redirects);
-        let _ = writeln!(s, "zipper.unauthorized: {}", z.unauthorized);
-        let _ = writeln!(s, "zipper.throttled: {}", z.throttled);
-        let _ = writeln!(s, "zipper.connection_limit: {}", z.connection_limit);
-        let ranges = match zipper.host_ranges() {
-            Some(eodata_fetch::RangeSupport::Honoured) => "honoured",
-            Some(eodata_fetch::RangeSupport::Ignored) => "ignored (products stream whole, once)",
-            None => "not known yet",
-        };
-        let _ = writeln!(s, "zipper.range: {ranges}");
-        match &coordinator {
-            Some(c) => {
-                let link = c.link();
-                let state = if link.is_down() {
-                    "unreachable (this machine's own token cache and connection budget)"
-                } else {
-                    "shared"
-                };
-                let _ = writeln!(s, "coordinator: {} {state}", link.shown());
-            }
-            None => s.push_str("coordinator: none\n"),
-        }
+        zipper_lines(&mut s, &zipper);
+        let _ = writeln!(
+            s,
+            "coordinator: {}",
+            coordinator_state(coordinator.as_ref())
+        );
         match &disk {
             Some(d) => {
                 let _ = writeln!(s, "disk_cache.dir: {}", d.root().display());
@@ -533,21 +489,86 @@ fn status_source(
             }
             None => s.push_str("disk_cache.dir: none (--no-cache-dir)\n"),
         }
-        for p in spools.progress() {
-            let what = match (p.have >= p.size, p.following, p.running) {
-                (true, _, _) => "whole",
-                (false, true, _) => "streaming whole product in another process",
-                (false, false, true) => "streaming whole product (server ignores Range)",
-                (false, false, false) => "stream stopped",
-            };
-            let _ = writeln!(
-                s,
-                "stream.{}: {what}: {} of {} MiB",
-                p.id,
-                p.have >> 20,
-                p.size >> 20
-            );
-        }
+        stream_lines(&mut s, &spools);
         s
     })
+}
+
+/// The token manager's lines: when the tokens expire (seconds from now), and a refusal.
+fn token_lines(s: &mut String, t: &eodata_auth::TokenStatus) {
+    let now = std::time::SystemTime::now();
+    let secs_left = |t: std::time::SystemTime| match t.duration_since(now) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    match t.access_expires_at {
+        Some(at) => {
+            let _ = writeln!(s, "token.access_expires_in_secs: {}", secs_left(at));
+        }
+        None => s.push_str("token.access_expires_in_secs: none\n"),
+    }
+    match t.refresh_expires_at {
+        Some(Some(at)) => {
+            let _ = writeln!(s, "token.refresh_expires_in_secs: {}", secs_left(at));
+        }
+        Some(None) => s.push_str("token.refresh_expires_in_secs: unknown\n"),
+        None => s.push_str("token.refresh_expires_in_secs: none\n"),
+    }
+    match &t.refused {
+        Some(e) => {
+            let _ = writeln!(s, "token.refused: {e}");
+        }
+        None => s.push_str("token.refused: no\n"),
+    }
+}
+
+/// The download client's counters and what it knows of the host's Range support.
+fn zipper_lines(s: &mut String, zipper: &stack::Client) {
+    let z = zipper.stats();
+    let _ = writeln!(s, "zipper.requests: {}", z.requests);
+    let _ = writeln!(s, "zipper.bytes: {}", z.bytes);
+    let _ = writeln!(s, "zipper.retries: {}", z.retries);
+    let _ = writeln!(s, "zipper.redirects: {}", z.redirects);
+    let _ = writeln!(s, "zipper.unauthorized: {}", z.unauthorized);
+    let _ = writeln!(s, "zipper.throttled: {}", z.throttled);
+    let _ = writeln!(s, "zipper.connection_limit: {}", z.connection_limit);
+    let ranges = match zipper.host_ranges() {
+        Some(eodata_fetch::RangeSupport::Honoured) => "honoured",
+        Some(eodata_fetch::RangeSupport::Ignored) => "ignored (products stream whole, once)",
+        None => "not known yet",
+    };
+    let _ = writeln!(s, "zipper.range: {ranges}");
+}
+
+/// The coordinator's address (shown without its password) and whether it answers.
+fn coordinator_state(coordinator: Option<&eodata_coord::Coordinator>) -> String {
+    let Some(c) = coordinator else {
+        return "none".into();
+    };
+    let link = c.link();
+    let state = if link.is_down() {
+        "unreachable (this machine's own token cache and connection budget)"
+    } else {
+        "shared"
+    };
+    format!("{} {state}", link.shown())
+}
+
+/// One line per product streamed whole (its server ignores Range): how far it is.
+fn stream_lines(s: &mut String, spools: &eodata_fetch::spool::SpoolMonitor) {
+    for p in spools.progress() {
+        let what = match (p.have >= p.size, p.following, p.running) {
+            (true, _, _) => "whole",
+            (false, true, _) => "streaming whole product in another process",
+            (false, false, true) => "streaming whole product (server ignores Range)",
+            (false, false, false) => "stream stopped",
+        };
+        let _ = writeln!(
+            s,
+            "stream.{}: {what}: {} of {} MiB",
+            p.id,
+            p.have >> 20,
+            p.size >> 20
+        );
+    }
 }

@@ -48,6 +48,9 @@ fn mount_cached(ws: &Workspace, double: &fake_creodias::Double, cache: &Path) ->
 
 #[test]
 fn a_product_read_once_reads_again_after_a_remount_with_zero_requests() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -77,6 +80,9 @@ fn a_product_read_once_reads_again_after_a_remount_with_zero_requests() {
 
 #[test]
 fn a_corrupt_block_is_detected_and_fetched_again() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let double = start_double(ranged_config(Some(&products)));
     let ws = Workspace::new();
@@ -148,6 +154,9 @@ fn a_corrupt_block_is_detected_and_fetched_again() {
 
 #[test]
 fn two_mounts_sharing_one_cache_dir_read_identical_bytes() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -184,6 +193,9 @@ fn two_mounts_sharing_one_cache_dir_read_identical_bytes() {
 
 #[test]
 fn a_cached_product_reads_with_the_services_down() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -208,6 +220,9 @@ fn a_cached_product_reads_with_the_services_down() {
 
 #[test]
 fn a_cached_product_mounts_and_reads_offline_after_the_token_expired() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let mut cfg = double_config(Some(&products));
     cfg.access_lifetime = std::time::Duration::from_secs(2);

@@ -36,6 +36,9 @@ fn catalogue_requests(double: &fake_creodias::Double) -> Vec<String> {
 
 #[test]
 fn a_day_lists_the_tutorials_product_and_it_copies_exactly() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(3, 8);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -111,6 +114,9 @@ fn a_day_lists_the_tutorials_product_and_it_copies_exactly() {
 
 #[test]
 fn no_tree_and_listed_only_give_the_old_root() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(3, 8);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -125,6 +131,9 @@ fn no_tree_and_listed_only_give_the_old_root() {
 
 #[test]
 fn download_and_product_take_eodata_paths() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(3, 8);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -169,6 +178,9 @@ fn crowded_day(n: usize) -> PathBuf {
 
 #[test]
 fn a_day_of_2000_products_lists_whole_and_fast() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = crowded_day(1999);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();

@@ -156,6 +156,9 @@ fn copy_under(
 
 #[test]
 fn refused_refreshes_and_40_s_tokens_renew_by_password_with_fresh_steps() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, BIG_MIB);
     let mut cfg = ranged_config(Some(&products));
     cfg.access_lifetime = Duration::from_secs(40);
@@ -183,6 +186,9 @@ fn refused_refreshes_and_40_s_tokens_renew_by_password_with_fresh_steps() {
 
 #[test]
 fn tokens_revoked_mid_copy_are_renewed() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, BIG_MIB);
     let mut cfg = ranged_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(6_000_000);
@@ -200,6 +206,9 @@ fn tokens_revoked_mid_copy_are_renewed() {
 
 #[test]
 fn one_in_ten_requests_failing_with_503_costs_nothing() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, BIG_MIB);
     let mut cfg = ranged_config(Some(&products));
     cfg.faults.fail_rate = 0.1;
@@ -209,6 +218,9 @@ fn one_in_ten_requests_failing_with_503_costs_nothing() {
 
 #[test]
 fn one_in_ten_bodies_cut_is_resumed() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, BIG_MIB);
     let mut cfg = ranged_config(Some(&products));
     cfg.faults.cut_rate = 0.1;
@@ -218,6 +230,9 @@ fn one_in_ten_bodies_cut_is_resumed() {
 
 #[test]
 fn bursts_of_429_with_retry_after_are_waited_out() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, BIG_MIB);
     let mut cfg = ranged_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(16_000_000);
@@ -239,6 +254,9 @@ fn bursts_of_429_with_retry_after_are_waited_out() {
 
 #[test]
 fn a_server_cap_of_two_connections_under_max_connections_8() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, BIG_MIB);
     let mut cfg = ranged_config(Some(&products));
     cfg.faults.max_connections_per_user = Some(2);
@@ -253,6 +271,9 @@ fn a_server_cap_of_two_connections_under_max_connections_8() {
 
 #[test]
 fn a_20_s_outage_mid_copy_is_waited_out() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, BIG_MIB);
     let mut cfg = ranged_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(8_000_000);
@@ -266,6 +287,9 @@ fn a_20_s_outage_mid_copy_is_waited_out() {
 
 #[test]
 fn a_long_outage_with_a_short_read_timeout_is_eio_with_a_log_line() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, 48);
     let mut cfg = ranged_config(Some(&products));
     cfg.faults.bandwidth_per_conn = Some(4_000_000);
@@ -301,6 +325,9 @@ fn a_long_outage_with_a_short_read_timeout_is_eio_with_a_log_line() {
 
 #[test]
 fn a_server_ignoring_range_gives_the_right_bytes_or_eio_never_wrong_ones() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, 48);
     let cfg = double_config(Some(&products));
     let double = start_double(cfg);
@@ -415,6 +442,9 @@ fn refusal_during_a_mount(spoil: impl FnOnce(&Double), outcome: &str) {
 
 #[test]
 fn a_password_changed_during_a_mount_is_not_retried_in_a_loop() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     refusal_during_a_mount(
         |d| {
             d.update_user(User::new(USER, "changed", TOTP_SECRET))
@@ -426,6 +456,9 @@ fn a_password_changed_during_a_mount_is_not_retried_in_a_loop() {
 
 #[test]
 fn a_totp_secret_changed_during_a_mount_is_not_retried_in_a_loop() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     refusal_during_a_mount(
         |d| {
             d.update_user(User::new(
@@ -441,6 +474,9 @@ fn a_totp_secret_changed_during_a_mount_is_not_retried_in_a_loop() {
 
 #[test]
 fn an_account_disabled_during_a_mount_is_not_retried_in_a_loop() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     refusal_during_a_mount(
         |d| {
             d.update_user(User {
@@ -509,6 +545,9 @@ fn sigterm_during_a_copy_unmounts_cleanly() {
 
 #[test]
 fn sigint_during_a_copy_unmounts_cleanly() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     signal_during_a_copy(libc::SIGINT);
 }
 
@@ -517,6 +556,9 @@ fn sigint_during_a_copy_unmounts_cleanly() {
 /// log says so in one ERROR line for the outage, not one per read.
 #[test]
 fn reads_with_the_service_down_fail_within_30_s_with_one_error_line() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, 8);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();

@@ -36,6 +36,9 @@ fn secrets_with_endpoints(ws: &Workspace, double: &fake_creodias::Double) -> Pat
 
 #[test]
 fn an_fstab_line_mounts_with_mount_and_unmounts_with_umount() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     assert!(
         Path::new("/sbin/mount.fuse3").exists(),
         "fuse3's mount helper is missing (scripts/install-deps installs fuse3)"

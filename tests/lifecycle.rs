@@ -205,6 +205,9 @@ impl Drop for Guard {
 
 #[test]
 fn a_users_mount_stopped_by_sigterm_leaves_nothing_mounted() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(1, 1);
     let double = start_double(double_config(Some(&products)));
     let tree = NobodyTree::new("666");
@@ -218,6 +221,9 @@ fn a_users_mount_stopped_by_sigterm_leaves_nothing_mounted() {
 
 #[test]
 fn eodata_mount_unmount_as_the_user() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(1, 1);
     let double = start_double(double_config(Some(&products)));
     let tree = NobodyTree::new("666");
@@ -253,6 +259,9 @@ fn eodata_mount_unmount_as_the_user() {
 /// once in the log and in the status file.
 #[test]
 fn a_users_mount_reads_a_cached_product_through_the_daemon_saying_once_that_passthrough_is_off() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(1, 4);
     let double = start_double(double_config(Some(&products)));
     let want = file_sha256(&product_file(&products, 0));
@@ -310,6 +319,9 @@ fn a_users_mount_reads_a_cached_product_through_the_daemon_saying_once_that_pass
 /// symlink planted where its log goes.
 #[test]
 fn a_background_mount_keeps_its_log_in_the_state_dir() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(1, 1);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -384,6 +396,9 @@ fn a_background_mount_keeps_its_log_in_the_state_dir() {
 /// A /dev/fuse closed to the user is said as such, before any login.
 #[test]
 fn a_closed_dev_fuse_is_said_before_logging_in() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(1, 1);
     let double = start_double(double_config(Some(&products)));
     let tree = NobodyTree::new("600");
@@ -406,6 +421,9 @@ fn a_closed_dev_fuse_is_said_before_logging_in() {
 /// "Failed to umount filesystem" after an outside unmount are gone.
 #[test]
 fn a_plain_session_logs_no_warning() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(1, 1);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();

@@ -99,6 +99,9 @@ const ALL: &str = "Collection/Name eq 'SENTINEL-2'";
 
 #[test]
 fn a_query_of_2500_products_pages_correctly_and_lists_fast() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = store(2500 - WITH_FILES);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -154,6 +157,9 @@ fn a_query_of_2500_products_pages_correctly_and_lists_fast() {
 
 #[test]
 fn xattrs_match_the_catalogue_and_offline_products_fail_clearly() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = store(30);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -233,6 +239,9 @@ fn xattrs_match_the_catalogue_and_offline_products_fail_clearly() {
 
 #[test]
 fn a_wrong_size_hint_is_corrected_on_open_and_copies_are_exact() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let src = store(30);
     let ws = Workspace::new();
     let files: Vec<(String, PathBuf)> = index(&src)[..WITH_FILES]
@@ -244,8 +253,8 @@ fn a_wrong_size_hint_is_corrected_on_open_and_copies_are_exact() {
             )
         })
         .collect();
-    // The catalogue understates one size and does not know the other (0), as protocol.md
-    // warns it may.
+    // The catalogue understates one size and does not know the other (0), as
+    // `docs/protocol.md` ("Catalogue") warns it may.
     let dir = private_store(&src, &ws, |ps| {
         let half = ps[0]["ContentLength"].as_u64().unwrap() / 2;
         ps[0]["ContentLength"] = Value::from(half);
@@ -271,6 +280,9 @@ fn a_wrong_size_hint_is_corrected_on_open_and_copies_are_exact() {
 
 #[test]
 fn listings_refresh_on_the_next_ls_after_the_ttl() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let src = store(30);
     let ws = Workspace::new();
     let all = index(&src);
@@ -306,6 +318,9 @@ fn listings_refresh_on_the_next_ls_after_the_ttl() {
 
 #[test]
 fn named_queries_are_directories_and_the_status_file_reports() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = store(30);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -370,6 +385,9 @@ fn named_queries_are_directories_and_the_status_file_reports() {
 
 #[test]
 fn a_filter_the_catalogue_refuses_fails_the_mount() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let double = start_double(double_config(None));
     let ws = Workspace::new();
     let dir = ws.path().join("mnt");

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use support::*;
 
-/// Size of the products the mount tests read (the acceptance size).
+/// Size of the products the mount tests read: big enough that a copy spans many blocks,
+/// read-ahead windows and token renewals.
 const SIZE_MIB: u64 = 200;
 
 fn name(products: &std::path::Path, i: usize) -> String {
@@ -17,6 +18,9 @@ fn name(products: &std::path::Path, i: usize) -> String {
 
 #[test]
 fn tools_read_identical_bytes_through_the_mount() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -101,6 +105,9 @@ fn tools_read_identical_bytes_through_the_mount() {
 
 #[test]
 fn expiring_tokens_during_a_slow_copy_cost_no_error_and_no_herd() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     // Many requests over the copy (ranged reads), so that tokens expire between them.
     let mut cfg = ranged_config(Some(&products));
@@ -141,6 +148,9 @@ fn expiring_tokens_during_a_slow_copy_cost_no_error_and_no_herd() {
 
 #[test]
 fn concurrent_readers_share_fetches_and_warm_rereads_are_free() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -188,6 +198,9 @@ fn concurrent_readers_share_fetches_and_warm_rereads_are_free() {
 
 #[test]
 fn random_reads_fetch_only_the_blocks_they_touch() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let double = start_double(ranged_config(Some(&products)));
     let ws = Workspace::new();
@@ -227,6 +240,9 @@ print(len(touched))
 
 #[test]
 fn background_mount_returns_when_live_and_sigterm_unmounts() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -265,6 +281,9 @@ fn background_mount_returns_when_live_and_sigterm_unmounts() {
 
 #[test]
 fn wrong_credentials_fail_before_mounting() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let double = start_double(double_config(None));
     let ws = Workspace::new();
     ws.write_secrets(&format!(
@@ -282,6 +301,9 @@ fn wrong_credentials_fail_before_mounting() {
 
 #[test]
 fn a_stale_mount_of_ours_is_cleaned_and_remounted() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -304,6 +326,9 @@ fn a_stale_mount_of_ours_is_cleaned_and_remounted() {
 /// ENOENT and costs no request at all, neither to the catalogue nor to zipper.
 #[test]
 fn listed_only_makes_no_request_for_an_unlisted_name() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, 48);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -333,6 +358,9 @@ fn listed_only_makes_no_request_for_an_unlisted_name() {
 /// `-o nonempty` is consent to mount over files (they come back after the unmount).
 #[test]
 fn nonempty_mounts_over_files_with_consent() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(1, 1);
     let double = start_double(double_config(Some(&products)));
     let ws = Workspace::new();
@@ -352,6 +380,9 @@ fn nonempty_mounts_over_files_with_consent() {
 /// [t - L, t].
 #[test]
 fn a_products_file_is_looked_up_in_parallel_and_unknown_names_warn() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     const LATENCY_MS: u64 = 300;
     let products = products(2, 48);
     let mut cfg = double_config(Some(&products));

@@ -1,6 +1,6 @@
 //! Real mounts against a double that ignores Range (200 and the whole body to every ranged GET,
-//! as some zippers are reported to do): the tools must still read exact bytes, through one
-//! stream per product from byte 0, spooled (`eodata_fetch::spool`).
+//! as some zippers are reported to do: `docs/protocol.md`, "Download"): the tools must still
+//! read exact bytes, through one stream per product from byte 0, spooled (`eodata_fetch::spool`).
 
 mod support;
 
@@ -27,6 +27,9 @@ fn full_gets(log: &[LogEntry], size: u64) -> usize {
 
 #[test]
 fn tools_read_exact_bytes_with_one_full_get_when_the_server_ignores_range() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let mut cfg = double_config(Some(&products));
     // Slow enough (about 3 s for the product) that the tools below all read while the
@@ -87,6 +90,9 @@ fn tools_read_exact_bytes_with_one_full_get_when_the_server_ignores_range() {
 
 #[test]
 fn cut_streams_restart_from_zero_and_bytes_stay_exact() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let mut cfg = double_config(Some(&products));
     cfg.faults.cut_rate = 0.5;
@@ -115,6 +121,9 @@ fn cut_streams_restart_from_zero_and_bytes_stay_exact() {
 
 #[test]
 fn one_stream_fills_the_disk_cache_so_a_remount_reads_with_zero_requests() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let cfg = double_config(Some(&products));
     let double = start_double(cfg);

@@ -63,6 +63,9 @@ fn cached_product() -> (PathBuf, fake_creodias::Double, Workspace, PathBuf, Stri
 
 #[test]
 fn a_product_whole_in_the_disk_cache_is_read_by_the_kernel_from_its_cache_file() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let (_products, double, ws, cache, want) = cached_product();
     let mark = double.log().len();
     let m = mount_cached(&ws, &double, &cache, &[]);
@@ -81,6 +84,9 @@ fn a_product_whole_in_the_disk_cache_is_read_by_the_kernel_from_its_cache_file()
 
 #[test]
 fn without_passthrough_the_same_bytes_come_through_the_daemon() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let (_products, double, ws, cache, want) = cached_product();
     let m = mount_cached(&ws, &double, &cache, &["--no-passthrough"]);
     assert_eq!(status(&m, "passthrough"), "off (--no-passthrough)");
@@ -95,6 +101,9 @@ fn without_passthrough_the_same_bytes_come_through_the_daemon() {
 
 #[test]
 fn a_product_evicted_while_open_by_passthrough_reads_on_to_its_end() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let (_products, double, ws, cache, want) = cached_product();
     let m = mount_cached(&ws, &double, &cache, &[]);
     let mut f = std::fs::File::open(m.path(&zip_name())).unwrap();

@@ -44,6 +44,9 @@ fn slow_double(products: &Path) -> Double {
 
 #[test]
 fn a_fresh_product_is_fetched_once_and_a_remount_fetches_nothing() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let local = product_file(&products, 0);
     let size = std::fs::metadata(&local).unwrap().len();
@@ -92,6 +95,9 @@ fn a_fresh_product_is_fetched_once_and_a_remount_fetches_nothing() {
 
 #[test]
 fn two_mounts_sharing_the_default_cache_fetch_a_product_once_between_them() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let local = product_file(&products, 0);
     let size = std::fs::metadata(&local).unwrap().len();
@@ -129,6 +135,9 @@ fn two_mounts_sharing_the_default_cache_fetch_a_product_once_between_them() {
 
 #[test]
 fn an_answer_with_reordered_members_is_never_spliced() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let local = product_file(&products, 0);
     let want = file_sha256(&local);
@@ -172,6 +181,9 @@ fn an_answer_with_reordered_members_is_never_spliced() {
 
 #[test]
 fn cache_list_shows_a_product_and_cache_clear_drops_it_while_mounted() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let local = product_file(&products, 0);
     let size = std::fs::metadata(&local).unwrap().len();
@@ -228,6 +240,9 @@ fn cache_list_shows_a_product_and_cache_clear_drops_it_while_mounted() {
 
 #[test]
 fn a_product_streamed_whole_is_checked_against_the_catalogue_md5_before_its_end_is_served() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, SIZE_MIB);
     let local = product_file(&products, 0);
     let mut cfg = double_config(Some(&products));

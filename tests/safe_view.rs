@@ -73,6 +73,9 @@ fn setup(
 
 #[test]
 fn the_folder_lists_the_products_files_with_their_sizes_and_bytes() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let (zip, double, _ws, mount) = setup(|_| {}, &[]);
     let root = names_in(&mount.dir);
     assert_eq!(
@@ -188,6 +191,9 @@ with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
 
 #[test]
 fn a_band_through_the_folder_costs_that_band_only_when_the_server_ignores_range() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let (zip, double, _ws, mount) = setup(
         |c| {
             c.faults.latency = std::time::Duration::from_millis(30);
@@ -234,6 +240,9 @@ fn a_band_through_the_folder_costs_that_band_only_when_the_server_ignores_range(
 
 #[test]
 fn gdal_sentinel2_driver_reads_the_folder_as_it_reads_the_unzipped_product() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let (zip, _double, ws, mount) = setup(|_| {}, &[]);
     let local = ws.path().join("unzipped");
     sh(Command::new("unzip")
@@ -273,6 +282,9 @@ fn gdal_sentinel2_driver_reads_the_folder_as_it_reads_the_unzipped_product() {
 
 #[test]
 fn cp_r_of_the_folder_is_exact_and_reads_ahead_across_files() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let ws = Workspace::new();
     let store = many_band_store(&ws, 8, 2);
     let zip = store.join("bands.zip");
@@ -404,6 +416,9 @@ fn folder_reads_from_the_cached_zip(
 
 #[test]
 fn once_the_whole_zip_is_in_the_disk_cache_the_folder_reads_from_it_not_the_network() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(1, SIZE_MIB);
     let double = start_double(double_config(Some(&products)));
     let zip = product_file(&products, 0);
@@ -442,6 +457,9 @@ fn once_the_whole_zip_is_in_the_disk_cache_the_folder_reads_from_it_not_the_netw
 
 #[test]
 fn no_safe_view_hides_the_folder() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let (_zip, _double, _ws, mount) = setup(|_| {}, &["--no-safe-view"]);
     assert_eq!(names_in(&mount.dir), vec![format!("{TUTORIAL_NAME}.zip")]);
     assert!(!mount.path(TUTORIAL_NAME).exists());

@@ -75,6 +75,9 @@ fn six_digit_runs(line: &str) -> Vec<String> {
 
 #[test]
 fn no_secret_in_any_output_at_any_verbosity() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, 48);
     let mut cfg = double_config(Some(&products));
     cfg.access_lifetime = Duration::from_secs(3);

@@ -13,6 +13,9 @@ use support::*;
 
 #[test]
 fn a_copy_longer_than_the_session_max_is_exact_and_logs_in_again_early() {
+    if !support::fuse_or_skip() {
+        return;
+    }
     let products = products(2, 48);
     let local = product_file(&products, 0);
     let mut cfg = ranged_config(Some(&products));

@@ -165,6 +165,12 @@ pub async fn download(
         format!("Range: bytes=0-0 answered {status}; {headers}; connection closed at once"),
         value.clone(),
     );
+    range_support(s, status, &value);
+    head(common, settings, http, token, &url, s).await;
+}
+
+/// Whether the ranged GET was answered as a slice (206 `bytes 0-0/...`) or not.
+fn range_support(s: &mut Section, status: StatusCode, value: &serde_json::Value) {
     let content_range = value["content-range"].as_str().unwrap_or("");
     if status == StatusCode::PARTIAL_CONTENT && content_range.starts_with("bytes 0-0/") {
         s.add_value(
@@ -186,7 +192,19 @@ pub async fn download(
             serde_json::json!({"honoured": false}),
         );
     }
-    match request(common, settings, http, token, Method::HEAD, &url).await {
+}
+
+/// One HEAD of the product: its headers (a server refusing HEAD is fine: the mount does not
+/// need it).
+async fn head(
+    common: &CommonArgs,
+    settings: &Settings,
+    http: &reqwest::Client,
+    token: &AccessToken,
+    url: &str,
+    s: &mut Section,
+) {
+    match request(common, settings, http, token, Method::HEAD, url).await {
         Ok(r) => {
             let (headers, mut value) = shown_headers(r.headers());
             value["status"] = r.status().as_u16().into();

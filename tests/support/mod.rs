@@ -325,6 +325,26 @@ pub fn assert_all_saved(dir: &Path, products: &Path) {
     }
 }
 
+/// Whether a test that mounts (or needs root for its namespaces and device nodes) can run here:
+/// root and a `/dev/fuse`. Otherwise it prints one line and the test returns, so a plain
+/// `cargo test` as a user passes; `EODATA_REQUIRE_FUSE=1` (set by `scripts/test` and CI, which
+/// run as root) makes a missing one a failure instead. Every such test starts with
+/// `if !support::fuse_or_skip() { return; }`.
+pub fn fuse_or_skip() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let device = Path::new("/dev/fuse").exists();
+    if root && device {
+        return true;
+    }
+    let why = if root { "no /dev/fuse" } else { "not root" };
+    if std::env::var("EODATA_REQUIRE_FUSE").as_deref() == Ok("1") {
+        panic!("EODATA_REQUIRE_FUSE=1 but this test cannot mount: {why}");
+    }
+    eprintln!("skipped: needs root / /dev/fuse ({why})");
+    false
+}
+
 /// Whether `dir` is a mount point now (from /proc/self/mountinfo).
 pub fn is_mounted(dir: &Path) -> bool {
     let Ok(canon) = std::fs::canonicalize(dir).or_else(|_| std::path::absolute(dir)) else {

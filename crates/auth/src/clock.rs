@@ -13,7 +13,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// A boxed sleep, so that `Clock` can be used as a trait object.
@@ -40,19 +39,21 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock for tests: time stands still until [`TestClock::advance`] moves it, and
-/// [`Clock::sleep`] advances it by the duration and returns at once (after yielding once, so
-/// other tasks still get to run). Clones share one time.
+/// A clock for tests (behind the `testing` feature): time stands still until
+/// [`TestClock::advance`] moves it, and [`Clock::sleep`] advances it by the duration and returns
+/// at once (after yielding once, so other tasks still get to run). Clones share one time.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone)]
 pub struct TestClock {
-    now: Arc<Mutex<SystemTime>>,
+    now: std::sync::Arc<std::sync::Mutex<SystemTime>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl TestClock {
     /// A clock that starts at `start`.
     pub fn new(start: SystemTime) -> Self {
         TestClock {
-            now: Arc::new(Mutex::new(start)),
+            now: std::sync::Arc::new(std::sync::Mutex::new(start)),
         }
     }
 
@@ -68,6 +69,7 @@ impl TestClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for TestClock {
     fn now(&self) -> SystemTime {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())
@@ -111,17 +113,23 @@ impl ServerOffset {
         }
     }
 
-    /// Estimates the offset from an answer's `Date` header. `sent` and `received` are local
+    /// Measures the offset from an answer's `Date` header. `sent` and `received` are local
     /// times around the request. `Date` is truncated to the second, so the server's time when it
     /// answered lies in `[date, date + 1 s)`: its middle, `date + 0.5 s`, is compared with the
-    /// local midpoint of the round trip. Returns `None` when the header is missing or
-    /// unparseable, and [`ServerOffset::ZERO`] when the offset is within
-    /// [`OFFSET_TRUST_THRESHOLD`].
-    pub fn estimate(date_header: &str, sent: SystemTime, received: SystemTime) -> Option<Self> {
+    /// local midpoint of the round trip. Returns `None` when the header is unparseable.
+    pub fn measure(date_header: &str, sent: SystemTime, received: SystemTime) -> Option<Self> {
         let server =
             httpdate::parse_http_date(date_header.trim()).ok()? + Duration::from_millis(500);
         let local_mid = midpoint(sent, received);
-        let millis = signed_millis(server, local_mid);
+        Some(ServerOffset {
+            millis: signed_millis(server, local_mid),
+        })
+    }
+
+    /// [`ServerOffset::measure`], taken as [`ServerOffset::ZERO`] when within
+    /// [`OFFSET_TRUST_THRESHOLD`] (noise, not skew): the offset the token manager applies.
+    pub fn estimate(date_header: &str, sent: SystemTime, received: SystemTime) -> Option<Self> {
+        let millis = Self::measure(date_header, sent, received)?.millis;
         if millis.unsigned_abs() <= OFFSET_TRUST_THRESHOLD.as_millis() as u64 {
             Some(ServerOffset::ZERO)
         } else {

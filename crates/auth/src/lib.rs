@@ -4,7 +4,8 @@
 //! - [`secret`]: the [`Secret`] wrapper and [`redact_url`], so nothing secret reaches a log;
 //! - [`totp`]: reading the base32 TOTP secret ([`parse_totp_secret`]) and RFC 6238 codes for a
 //!   given 30 s step;
-//! - [`clock`]: the [`Clock`] seam (a [`TestClock`] makes waits instant in tests) and the
+//! - [`clock`]: the [`Clock`] seam (a `TestClock`, behind the `testing` feature, makes waits
+//!   instant in tests) and the
 //!   server clock's offset, learned from `Date` headers and applied to TOTP steps and expiries;
 //! - [`token`]: the [`TokenManager`], which keeps one access token for every reader of the
 //!   process and, through a locked cache file, for every process of the user.
@@ -16,7 +17,9 @@ pub mod secret;
 pub mod token;
 pub mod totp;
 
-pub use clock::{Clock, ServerOffset, SystemClock, TestClock};
+#[cfg(any(test, feature = "testing"))]
+pub use clock::TestClock;
+pub use clock::{Clock, ServerOffset, SystemClock};
 /// One redaction for every crate: the HTTP room's (tokens, passwords, codes, signatures).
 pub use eodata_http::redact_url;
 pub use secret::Secret;

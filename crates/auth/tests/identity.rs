@@ -154,7 +154,7 @@ async fn session_max_is_met_by_early_logins() {
 
 /// Keycloak answers `status` (with `retry_after`) to every token request for 5 s, starting 2 s
 /// before the refresh is due: readers go on with the held token, then the refresh succeeds;
-/// no password login is spent. (The 60 s outage, scaled to a 12 s token.)
+/// no password login is spent. (A 60 s outage of a 10 min token, scaled to a 12 s token.)
 async fn keycloak_outage_during_refresh(status: u16, retry_after: Option<u64>) {
     let mut config = Config::with_user(USER, PASSWORD, SECRET);
     config.access_lifetime = Duration::from_secs(12);

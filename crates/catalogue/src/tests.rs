@@ -1,9 +1,10 @@
-//! Resolve, cache, single flight, paging and failures against a tiny canned HTTP server that
-//! counts requests and answers like the OData catalogue (only the filters this crate sends).
+//! Resolve, cache, single flight, paging and failures against the double crate's scripted HTTP
+//! server, answering like the OData catalogue (only the filters this crate sends) and counting
+//! requests.
 
 use super::*;
+use fake_creodias::scripted;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SAFE_ID: &str = "db0c8ef3-8ec0-5185-a537-812dad3c58f8";
 const SAFE: &str = "S2A_MSIL1C_20180927T051221_N0206_R033_T42FXL_20180927T073143.SAFE";
@@ -47,78 +48,52 @@ impl Seen {
     }
 }
 
+impl Reply {
+    /// As the scripted server writes it: JSON, with the reply's own headers.
+    fn written(&self) -> scripted::Reply {
+        let mut headers = vec![("Content-Type", "application/json")];
+        headers.extend(self.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        scripted::Reply::new(self.status, &headers, &self.body)
+    }
+}
+
+impl Seen {
+    fn of(req: &scripted::Request) -> Seen {
+        Seen {
+            path: req.path().to_string(),
+            params: req.query(),
+        }
+    }
+}
+
+/// The double crate's scripted server, answering as `handler` says.
 struct Server {
     base: url::Url,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    server: scripted::Scripted,
 }
 
 impl Server {
-    /// Serves `handler` on a free local port; each request may be delayed by `delay`.
+    /// Serves `handler` on a free local port; each answer is delayed by `delay`.
     async fn start(
         delay: Duration,
         handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
     ) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = url::Url::parse(&format!(
-            "http://{}/odata/v1",
-            listener.local_addr().unwrap()
-        ))
-        .unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
         let handler = Arc::new(handler);
-        let log = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (handler, log) = (handler.clone(), log.clone());
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head);
-                    let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let url = url::Url::parse(&format!("http://x{target}")).unwrap();
-                    let request = Seen {
-                        path: url.path().to_string(),
-                        params: url
-                            .query_pairs()
-                            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                            .collect(),
-                    };
-                    log.lock().unwrap().push(request.clone());
-                    tokio::time::sleep(delay).await;
-                    let reply = handler(&request);
-                    let mut out = format!(
-                        "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-                        reply.status,
-                        reply.body.len()
-                    );
-                    for (k, v) in &reply.headers {
-                        out.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                    out.push_str("\r\n");
-                    out.push_str(&reply.body);
-                    let _ = sock.write_all(out.as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
-        Server { base, seen }
+        let server = scripted::Scripted::start(move |req| {
+            let (seen, handler) = (Seen::of(req), Arc::clone(&handler));
+            scripted::Reply::later(delay, move || handler(&seen).written())
+        })
+        .await;
+        let base = url::Url::parse(&format!("{}/odata/v1", server.base())).unwrap();
+        Server { base, server }
     }
 
     fn requests(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.server.requests().iter().map(Seen::of).collect()
     }
 
     fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.server.count()
     }
 
     fn catalogue(&self, opts: Options) -> Catalogue {

@@ -52,102 +52,22 @@ impl Ini {
     pub fn parse(text: &str) -> Result<Ini, IniError> {
         // A UTF-8 byte-order mark, as some Windows editors write, is not part of the first line.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        // Values are collected as lists of lines, joined at the end, as Python does.
-        let mut defaults: RawKeys = Vec::new();
-        let mut sections: Vec<(String, RawKeys)> = Vec::new();
-        // None: before any section; Some(None): in DEFAULT; Some(Some(i)): in sections[i].
-        let mut current: Option<Option<usize>> = None;
-        let mut seen_sections: HashSet<String> = HashSet::new();
-        let mut seen_keys: HashSet<(String, String)> = HashSet::new();
-        let mut current_key: Option<usize> = None;
-        let mut indent_level = 0usize;
-
+        let mut reader = Reader::default();
         for (index, line) in text.lines().enumerate() {
-            let lineno = index + 1;
-            let stripped = line.trim();
-            let is_comment = stripped.starts_with('#') || stripped.starts_with(';');
-            let value = if is_comment { "" } else { stripped };
-
-            if value.is_empty() {
-                // Blank lines belong to the value being read; comment lines do not.
-                if !is_comment {
-                    if let (Some(sect), Some(k)) = (current, current_key) {
-                        keys_of(sect, &mut defaults, &mut sections)[k]
-                            .1
-                            .push(String::new());
-                    }
-                }
-                continue;
-            }
-            let cur_indent = line.chars().take_while(|c| c.is_whitespace()).count();
-            if let (Some(sect), Some(k), true) = (current, current_key, cur_indent > indent_level) {
-                keys_of(sect, &mut defaults, &mut sections)[k]
-                    .1
-                    .push(value.to_string());
-                continue;
-            }
-            indent_level = cur_indent;
-            if let Some(name) = section_header(value) {
-                if name == DEFAULT_SECTION {
-                    current = Some(None);
-                } else if seen_sections.contains(name) {
-                    return Err(IniError {
-                        line: lineno,
-                        message: format!("section [{name}] appears twice"),
-                    });
-                } else {
-                    sections.push((name.to_string(), Vec::new()));
-                    current = Some(Some(sections.len() - 1));
-                }
-                seen_sections.insert(name.to_string());
-                current_key = None;
-                continue;
-            }
-            let Some(sect) = current else {
-                return Err(IniError {
-                    line: lineno,
-                    message: "a key comes before any [section] header".to_string(),
-                });
-            };
-            let Some(split) = value.find(['=', ':']) else {
-                return Err(IniError {
-                    line: lineno,
-                    // The line's text is not quoted: it may be part of a password.
-                    message: "line is neither `[section]`, `key = value` nor a comment".to_string(),
-                });
-            };
-            let key = value[..split].trim_end().to_lowercase();
-            if key.is_empty() {
-                return Err(IniError {
-                    line: lineno,
-                    message: "line has no key before its `=` or `:`".to_string(),
-                });
-            }
-            let section_name = match sect {
-                None => DEFAULT_SECTION.to_string(),
-                Some(i) => sections[i].0.clone(),
-            };
-            if !seen_keys.insert((section_name.clone(), key.clone())) {
-                return Err(IniError {
-                    line: lineno,
-                    message: format!("key '{key}' appears twice in section [{section_name}]"),
-                });
-            }
-            let keys = keys_of(sect, &mut defaults, &mut sections);
-            let raw = value[split + 1..].trim().to_string();
-            // `seen_keys` guarantees the key is new in this section.
-            keys.push((key, vec![raw]));
-            current_key = Some(keys.len() - 1);
+            reader.line(index + 1, line)?;
         }
-
         let join = |keys: RawKeys| -> HashMap<String, String> {
             keys.into_iter()
                 .map(|(k, lines)| (k, lines.join("\n").trim_end().to_string()))
                 .collect()
         };
         Ok(Ini {
-            defaults: join(defaults),
-            sections: sections.into_iter().map(|(n, k)| (n, join(k))).collect(),
+            defaults: join(reader.defaults),
+            sections: reader
+                .sections
+                .into_iter()
+                .map(|(n, k)| (n, join(k)))
+                .collect(),
         })
     }
 
@@ -233,6 +153,109 @@ impl Ini {
         }
         out.push_str(rest);
         out
+    }
+}
+
+/// The parser's state between lines. Values are collected as lists of lines, joined at the
+/// end, as Python does.
+#[derive(Default)]
+struct Reader {
+    defaults: RawKeys,
+    sections: Vec<(String, RawKeys)>,
+    /// None: before any section; Some(None): in DEFAULT; Some(Some(i)): in sections[i].
+    current: Option<Option<usize>>,
+    seen_sections: HashSet<String>,
+    seen_keys: HashSet<(String, String)>,
+    /// The key whose value continuation lines extend.
+    current_key: Option<usize>,
+    indent_level: usize,
+}
+
+impl Reader {
+    /// One line (`lineno` 1-based): blank or comment, a continuation of the current value, a
+    /// section header, or `key = value`.
+    fn line(&mut self, lineno: usize, line: &str) -> Result<(), IniError> {
+        let stripped = line.trim();
+        let is_comment = stripped.starts_with('#') || stripped.starts_with(';');
+        let value = if is_comment { "" } else { stripped };
+        if value.is_empty() {
+            // Blank lines belong to the value being read; comment lines do not.
+            if !is_comment {
+                self.continue_value(String::new());
+            }
+            return Ok(());
+        }
+        let cur_indent = line.chars().take_while(|c| c.is_whitespace()).count();
+        if self.current_key.is_some() && cur_indent > self.indent_level {
+            self.continue_value(value.to_string());
+            return Ok(());
+        }
+        self.indent_level = cur_indent;
+        match section_header(value) {
+            Some(name) => self.header(lineno, name),
+            None => self.key(lineno, value),
+        }
+    }
+
+    /// Adds a line to the value being read, if one is.
+    fn continue_value(&mut self, text: String) {
+        if let (Some(sect), Some(k)) = (self.current, self.current_key) {
+            keys_of(sect, &mut self.defaults, &mut self.sections)[k]
+                .1
+                .push(text);
+        }
+    }
+
+    fn header(&mut self, lineno: usize, name: &str) -> Result<(), IniError> {
+        if name == DEFAULT_SECTION {
+            self.current = Some(None);
+        } else if self.seen_sections.contains(name) {
+            return Err(IniError {
+                line: lineno,
+                message: format!("section [{name}] appears twice"),
+            });
+        } else {
+            self.sections.push((name.to_string(), Vec::new()));
+            self.current = Some(Some(self.sections.len() - 1));
+        }
+        self.seen_sections.insert(name.to_string());
+        self.current_key = None;
+        Ok(())
+    }
+
+    fn key(&mut self, lineno: usize, value: &str) -> Result<(), IniError> {
+        let error = |message: String| IniError {
+            line: lineno,
+            message,
+        };
+        let Some(sect) = self.current else {
+            return Err(error("a key comes before any [section] header".to_string()));
+        };
+        let Some(split) = value.find(['=', ':']) else {
+            // The line's text is not quoted: it may be part of a password.
+            return Err(error(
+                "line is neither `[section]`, `key = value` nor a comment".to_string(),
+            ));
+        };
+        let key = value[..split].trim_end().to_lowercase();
+        if key.is_empty() {
+            return Err(error("line has no key before its `=` or `:`".to_string()));
+        }
+        let section_name = match sect {
+            None => DEFAULT_SECTION.to_string(),
+            Some(i) => self.sections[i].0.clone(),
+        };
+        if !self.seen_keys.insert((section_name.clone(), key.clone())) {
+            return Err(error(format!(
+                "key '{key}' appears twice in section [{section_name}]"
+            )));
+        }
+        let keys = keys_of(sect, &mut self.defaults, &mut self.sections);
+        let raw = value[split + 1..].trim().to_string();
+        // `seen_keys` guarantees the key is new in this section.
+        keys.push((key, vec![raw]));
+        self.current_key = Some(keys.len() - 1);
+        Ok(())
     }
 }
 

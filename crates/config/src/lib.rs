@@ -373,18 +373,26 @@ fn pick(
     }
 }
 
+/// A setting of `[endpoints]`: its flag, environment variable and key.
+type Names = (&'static str, &'static str, &'static str);
+const PROVIDER: Names = ("--provider", "EODATA_PROVIDER", "provider");
+const TOKEN_URL: Names = ("--token-url", "EODATA_TOKEN_URL", "token_url");
+const CLIENT_ID: Names = ("--client-id", "EODATA_CLIENT_ID", "client_id");
+/// No flag is read: a secret on the command line is visible to every local user in `ps`.
+const CLIENT_SECRET: Names = ("--client-secret", "EODATA_CLIENT_SECRET", "client_secret");
+const DOWNLOAD_URL: Names = ("--download-url", "EODATA_DOWNLOAD_URL", "download_url");
+const CATALOGUE_URL: Names = ("--catalogue-url", "EODATA_CATALOGUE_URL", "catalogue_url");
+const COORDINATOR: Names = ("--coordinator", "EODATA_COORDINATOR", "coordinator");
+
 fn endpoints(
     overrides: &Overrides,
     env: &dyn Fn(&str) -> Option<String>,
     file: Option<File>,
 ) -> Result<Endpoints, ConfigError> {
-    let provider = match pick(
-        (&overrides.provider, "--provider"),
-        env,
-        "EODATA_PROVIDER",
-        &file,
-        "provider",
-    )? {
+    // Each setting from its flag, environment variable or key in `[endpoints]`, first found.
+    let setting =
+        |flag: &Option<String>, (name, var, key): Names| pick((flag, name), env, var, &file, key);
+    let provider = match setting(&overrides.provider, PROVIDER)? {
         None => Provider::default(),
         Some((value, origin)) => value.parse().map_err(|_| ConfigError::UnknownProvider {
             origin,
@@ -397,62 +405,24 @@ fn endpoints(
         found.unwrap_or_else(|| (default.to_string(), Origin::Default(provider)))
     };
     let token_url = or_default(
-        pick(
-            (&overrides.token_url, "--token-url"),
-            env,
-            "EODATA_TOKEN_URL",
-            &file,
-            "token_url",
-        )?,
+        setting(&overrides.token_url, TOKEN_URL)?,
         defaults.token_url,
     );
     let client_id = or_default(
-        pick(
-            (&overrides.client_id, "--client-id"),
-            env,
-            "EODATA_CLIENT_ID",
-            &file,
-            "client_id",
-        )?,
+        setting(&overrides.client_id, CLIENT_ID)?,
         defaults.client_id,
     );
-    // No flag: a secret on the command line is visible to every local user in `ps`.
-    let client_secret = pick(
-        (&None, "--client-secret"),
-        env,
-        "EODATA_CLIENT_SECRET",
-        &file,
-        "client_secret",
-    )?
-    .map(|(v, _)| Secret::new(v.trim()));
+    let client_secret = setting(&None, CLIENT_SECRET)?.map(|(v, _)| Secret::new(v.trim()));
     let download_url = or_default(
-        pick(
-            (&overrides.download_url, "--download-url"),
-            env,
-            "EODATA_DOWNLOAD_URL",
-            &file,
-            "download_url",
-        )?,
+        setting(&overrides.download_url, DOWNLOAD_URL)?,
         defaults.download_url,
     );
     let catalogue_url = or_default(
-        pick(
-            (&overrides.catalogue_url, "--catalogue-url"),
-            env,
-            "EODATA_CATALOGUE_URL",
-            &file,
-            "catalogue_url",
-        )?,
+        setting(&overrides.catalogue_url, CATALOGUE_URL)?,
         defaults.catalogue_url,
     );
-    let coordinator = pick(
-        (&overrides.coordinator, "--coordinator"),
-        env,
-        "EODATA_COORDINATOR",
-        &file,
-        "coordinator",
-    )?
-    .map(|(v, _)| Secret::new(v.trim()));
+    let coordinator =
+        setting(&overrides.coordinator, COORDINATOR)?.map(|(v, _)| Secret::new(v.trim()));
     let token_url = http_url(token_url)?;
     let catalogue_url = http_url(catalogue_url)?;
     let download_url = download_template(download_url)?;

@@ -24,6 +24,9 @@
 
 pub mod link;
 pub mod slots;
+/// A real `redis-server` for tests, behind the `testing` feature (this crate's integration
+/// tests and the root crate's cluster tests turn it on through their dev-dependencies).
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokens;
 

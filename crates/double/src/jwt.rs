@@ -1,8 +1,8 @@
 //! JWT-shaped tokens and UUIDs.
 //!
-//! Clients read `exp`/`iat` from the access token's payload (protocol.md: "a JWT; exp/iat
-//! claims"), so tokens are real `header.payload.signature` strings in base64url. The signature is
-//! random bytes: the double recognises its tokens by looking the whole string up in its table,
+//! Clients read `exp`/`iat` from the access token's payload (`docs/protocol.md`, "Identity"),
+//! so tokens are real `header.payload.signature` strings in base64url. The signature is random
+//! bytes: the double recognises its tokens by looking the whole string up in its table,
 //! never by verifying a signature, so clients can't forge tokens by editing the payload.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -6,11 +6,14 @@
 //! served from product files on disk, and fault switches ([`Faults`]) that a test flips at run time.
 //!
 //! This file owns the public face: the configuration types and the [`Double`] handle. The services
-//! live in rooms of their own: `keycloak` (token endpoint, realm, TOTP), `zipper` (downloads, and
-//! the `/files/` index for peers), `catalogue` with `filter` (OData search), `nodes` (a product's own files, OData Nodes), `server` (accept
-//! loop, routing, latency, outage), `state` (what the services share), `store` (the product
-//! directory), `body` (streamed, throttled, cuttable response bodies), `log` (the request log),
-//! `jwt` (token strings). `generate` writes product directories for the store.
+//! live in rooms of their own: `keycloak` (the token endpoint's HTTP) with `realm` (accounts, TOTP,
+//! sessions, issued tokens: a leaf the shared state holds), `zipper` (downloads, and the `/files/`
+//! index for peers), `catalogue` with `filter` (OData search), `nodes` (a product's own files,
+//! OData Nodes), `server` (accept loop, routing, latency, outage), `state` (what the services
+//! share), `store` (the product directory), `body` (streamed, throttled, cuttable response bodies),
+//! `log` (the request log), `jwt` (token strings). `generate` writes product directories for the
+//! store. Beside the double, [`scripted`] is a raw scripted HTTP server for the answers no service
+//! gives (clients' tests).
 
 mod body;
 mod catalogue;
@@ -21,8 +24,10 @@ mod jwt;
 mod keycloak;
 mod log;
 mod nodes;
+mod realm;
 mod reorder;
 mod respond;
+pub mod scripted;
 mod server;
 mod state;
 mod store;
@@ -35,8 +40,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-pub use keycloak::{SessionLimit, TokenFault};
 pub use log::LogEntry;
+pub use realm::{SessionLimit, TokenFault};
 
 /// The client id of CREODIAS's public OpenID client (docs/protocol.md, "Identity").
 pub const CREODIAS_CLIENT_ID: &str = "CLOUDFERRO_PUBLIC";
@@ -135,7 +140,7 @@ pub struct Faults {
     pub wrong_audience: bool,
     /// For this many milliseconds after the switches are set, every zipper request with a
     /// valid token is refused 401 DAT-ZIP-604, as the real service is reported to do now and
-    /// then for minutes during long runs.
+    /// then for minutes during long runs (`docs/protocol.md`, "Download errors").
     pub spurious_401_ms: u64,
     /// Every zipper download of a valid token is refused 403 DAT-ZIP-608 "Access forbidden"
     /// (an account not entitled, or terms not accepted).
@@ -249,7 +254,7 @@ impl Config {
 /// The TOTP code of `secret` (base32) at `unix_time` seconds: what pyotp's `TOTP(secret).at(t)`
 /// gives. Tests use it to log in; the double uses the same function to check codes.
 pub fn totp_code(secret: &str, unix_time: u64) -> anyhow::Result<String> {
-    keycloak::totp_for_step(secret, unix_time / keycloak::TOTP_PERIOD_SECS)
+    realm::totp_for_step(secret, unix_time / realm::TOTP_PERIOD_SECS)
 }
 
 /// A handle on a running double. Clones share the server; it stops on [`Double::stop`] or when

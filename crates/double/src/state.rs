@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::keycloak::Realm;
 use crate::log::Log;
+use crate::realm::Realm;
 use crate::store::Store;
 use crate::{Config, Faults};
 

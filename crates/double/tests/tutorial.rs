@@ -41,7 +41,8 @@ async fn the_tutorial_script_logs_in_and_downloads() {
     let store = store();
     let (d, _) = start(config().products(store.dir.path())).await;
     let work = tempfile::tempdir().unwrap();
-    // configparser interpolation: `%` is written `%%` in secrets.conf (protocol.md).
+    // configparser interpolation: `%` is written `%%` in secrets.conf
+    // (`docs/protocol.md`, "The tutorial's secrets.conf").
     let conf = format!(
         "[login]\nuser = {USER}\npassword = {}\ntotp_secret = {}\n",
         PASSWORD.replace('%', "%%"),

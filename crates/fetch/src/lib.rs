@@ -13,10 +13,12 @@
 //!   block share one fetch.
 //! - `prefetch`: one per open file; detects sequential reading and reads ahead in parallel.
 //! - `nodes`: files inside a product (OData Nodes) addressed as objects of their own.
-//! - `mock`: an in-memory [`RangeSource`] with fault injection, for tests of the layers above.
+//! - `mock`: an in-memory [`RangeSource`] with fault injection, for tests of the layers above;
+//!   built for this crate's tests and behind the `mock` feature for other crates' tests.
 
 pub mod cache;
 pub mod disk;
+#[cfg(any(test, feature = "mock"))]
 pub mod mock;
 pub mod nodes;
 pub mod prefetch;
@@ -47,6 +49,30 @@ pub enum RangeSupport {
     Honoured,
     /// 200 with the whole body: only a stream from byte 0 can be had.
     Ignored,
+}
+
+/// `range` of product `id` cut to its `size` where that is known: `None` for an empty range
+/// (nothing to fetch), [`FetchError::OutOfRange`] for one that starts at or past the end.
+pub(crate) fn clamp_range(
+    id: &str,
+    range: Range<u64>,
+    size: Option<u64>,
+) -> Result<Option<Range<u64>>, FetchError> {
+    if range.start >= range.end {
+        return Ok(None);
+    }
+    let Some(size) = size else {
+        return Ok(Some(range));
+    };
+    if range.start >= size {
+        return Err(FetchError::OutOfRange {
+            id: id.to_string(),
+            start: range.start,
+            end: range.end,
+            size,
+        });
+    }
+    Ok(Some(range.start..range.end.min(size)))
 }
 
 /// A source of product bytes addressed by product id (the catalogue's UUID).

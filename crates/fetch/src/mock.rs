@@ -5,7 +5,7 @@
 //! ranges, how many at once), not only *what* came back. Faults are injected on purpose:
 //! a fixed number of failures, a seeded failure rate (reproducible), a per-request delay (to make
 //! concurrency observable without timing asserts) and a mode in which the "server" ignores
-//! Range, as some zipper deployments are reported to do.
+//! Range, as some zipper deployments are reported to do (`docs/protocol.md`, "Download").
 //!
 //! All knobs take `&self` so that a test can turn them while readers hold the source in an `Arc`.
 

@@ -1,7 +1,7 @@
 //! Serving ranges of products whose server ignores `Range`: one stream from byte 0, spooled.
 //!
 //! Some zipper deployments answer a ranged GET with `200` and the whole product
-//! (`../shared/protocol.md`, "Range support is UNCERTAIN"). The zipper client reports that as
+//! (`docs/protocol.md`, "Download (zipper)", Range). The zipper client reports that as
 //! [`FetchError::RangeIgnored`] (or `info().ranges == Ignored`) and never hands out bytes from
 //! the wrong offset. [`StreamFallback`] sits right above it and turns that into working reads:
 //! - the first read of such a product starts ONE stream from byte 0 ([`StreamSource`]), shared

@@ -376,82 +376,24 @@ impl<T: TokenSource> Inner<T> {
     /// HEAD for size and file name, then, unless already known, a ranged GET of byte 0 to learn
     /// whether Range is honoured (and the size, where HEAD gave none).
     async fn describe(&self, id: &str) -> Result<ObjectInfo, FetchError> {
-        let k = self.known(id);
         let mut retry = RetryState::new();
-        let mut size = None;
-        let mut filename = None;
-        let mut ranges = k.ranges.or(self.host.ranges());
-        if ranges == Some(RangeSupport::Ignored) {
+        let mut seen = Described {
+            ranges: self.known(id).ranges.or(self.host.ranges()),
+            ..Described::default()
+        };
+        if seen.ranges == Some(RangeSupport::Ignored) {
             return self.describe_by_stream(id, &mut retry).await;
         }
-
-        let head = self.exchange(id, Method::HEAD, None, &mut retry).await?;
-        let status = head.resp.status();
-        if status.is_success() {
-            let h = head.resp.headers();
-            size = content_length(h);
-            filename = header_str(h, CONTENT_DISPOSITION).and_then(parse_content_disposition);
-            if header_str(h, ACCEPT_RANGES).is_some_and(|v| v.trim().eq_ignore_ascii_case("none")) {
-                ranges = Some(RangeSupport::Ignored);
-            }
-        } else {
-            tracing::debug!(url = %head.url, %status, "HEAD not usable; asking for byte 0");
-        }
-        drop(head);
-
-        if size.is_none() || ranges.is_none() {
-            let probe = self
-                .exchange(
-                    id,
-                    Method::GET,
-                    Some(RangeSpec {
-                        first: 0,
-                        last: Some(0),
-                    }),
-                    &mut retry,
-                )
+        self.describe_by_head(id, &mut retry, &mut seen).await?;
+        if seen.size.is_none() || seen.ranges.is_none() {
+            self.describe_by_byte_zero(id, &mut retry, &mut seen)
                 .await?;
-            let h = probe.resp.headers();
-            tracing::info!(
-                url = %probe.url,
-                status = %probe.resp.status(),
-                accept_ranges = header_str(h, ACCEPT_RANGES),
-                content_range = header_str(h, CONTENT_RANGE),
-                content_length = header_str(h, reqwest::header::CONTENT_LENGTH),
-                etag = header_str(h, reqwest::header::ETAG),
-                "the download service's answer to a request for byte 0"
-            );
-            filename = filename
-                .or_else(|| header_str(h, CONTENT_DISPOSITION).and_then(parse_content_disposition));
-            let asked = RangeSpec {
-                first: 0,
-                last: Some(0),
-            };
-            let answer = triage(probe.resp.status(), h, Some(asked))
-                .map_err(|why| FetchError::Protocol(format!("{why} (from {})", probe.url)))?;
-            match answer {
-                Answer::Partial { total, .. } => {
-                    ranges = Some(RangeSupport::Honoured);
-                    // The download's own Content-Range is the truth, over HEAD's length.
-                    size = total.or(size);
-                    // Read the one byte so the connection can be reused.
-                    let mut resp = probe.resp;
-                    let _ = tokio::time::timeout(self.cfg.read_timeout, resp.chunk()).await;
-                    self.budget.succeeded();
-                }
-                Answer::Unsatisfiable { total } => {
-                    // bytes=0-0 is unsatisfiable only for an empty product.
-                    size = total.or(size);
-                    ranges = ranges.or(Some(RangeSupport::Honoured));
-                }
-                Answer::Whole { len } => {
-                    ranges = Some(RangeSupport::Ignored);
-                    size = size.or(len);
-                    // The whole product is on its way: the stream that follows takes it.
-                    self.parked.park(id, probe);
-                }
-            }
         }
+        let Described {
+            size,
+            filename,
+            ranges,
+        } = seen;
         let size = size.ok_or_else(|| {
             FetchError::Protocol(format!(
                 "the download service gives no size for product {id} (no Content-Length or Content-Range)"
@@ -469,6 +411,83 @@ impl<T: TokenSource> Inner<T> {
             filename,
             ranges,
         })
+    }
+
+    /// What HEAD says: the size, the file name, and `Accept-Ranges: none`. A HEAD the server
+    /// refuses says nothing (the byte-0 GET follows).
+    async fn describe_by_head(
+        &self,
+        id: &str,
+        retry: &mut RetryState,
+        seen: &mut Described,
+    ) -> Result<(), FetchError> {
+        let head = self.exchange(id, Method::HEAD, None, retry).await?;
+        let status = head.resp.status();
+        if !status.is_success() {
+            tracing::debug!(url = %head.url, %status, "HEAD not usable; asking for byte 0");
+            return Ok(());
+        }
+        let h = head.resp.headers();
+        seen.size = content_length(h);
+        seen.filename = header_str(h, CONTENT_DISPOSITION).and_then(parse_content_disposition);
+        if header_str(h, ACCEPT_RANGES).is_some_and(|v| v.trim().eq_ignore_ascii_case("none")) {
+            seen.ranges = Some(RangeSupport::Ignored);
+        }
+        Ok(())
+    }
+
+    /// What a GET of byte 0 says: whether Range is honoured (206) or not (200: the whole
+    /// product comes, and is parked for the stream that follows), and the size.
+    async fn describe_by_byte_zero(
+        &self,
+        id: &str,
+        retry: &mut RetryState,
+        seen: &mut Described,
+    ) -> Result<(), FetchError> {
+        let asked = RangeSpec {
+            first: 0,
+            last: Some(0),
+        };
+        let probe = self.exchange(id, Method::GET, Some(asked), retry).await?;
+        let h = probe.resp.headers();
+        tracing::info!(
+            url = %probe.url,
+            status = %probe.resp.status(),
+            accept_ranges = header_str(h, ACCEPT_RANGES),
+            content_range = header_str(h, CONTENT_RANGE),
+            content_length = header_str(h, reqwest::header::CONTENT_LENGTH),
+            etag = header_str(h, reqwest::header::ETAG),
+            "the download service's answer to a request for byte 0"
+        );
+        seen.filename = seen
+            .filename
+            .take()
+            .or_else(|| header_str(h, CONTENT_DISPOSITION).and_then(parse_content_disposition));
+        let answer = triage(probe.resp.status(), h, Some(asked))
+            .map_err(|why| FetchError::Protocol(format!("{why} (from {})", probe.url)))?;
+        match answer {
+            Answer::Partial { total, .. } => {
+                seen.ranges = Some(RangeSupport::Honoured);
+                // The download's own Content-Range is the truth, over HEAD's length.
+                seen.size = total.or(seen.size);
+                // Read the one byte so the connection can be reused.
+                let mut resp = probe.resp;
+                let _ = tokio::time::timeout(self.cfg.read_timeout, resp.chunk()).await;
+                self.budget.succeeded();
+            }
+            Answer::Unsatisfiable { total } => {
+                // bytes=0-0 is unsatisfiable only for an empty product.
+                seen.size = total.or(seen.size);
+                seen.ranges = seen.ranges.or(Some(RangeSupport::Honoured));
+            }
+            Answer::Whole { len } => {
+                seen.ranges = Some(RangeSupport::Ignored);
+                seen.size = seen.size.or(len);
+                // The whole product is on its way: the stream that follows takes it.
+                self.parked.park(id, probe);
+            }
+        }
+        Ok(())
     }
 
     /// `info` of a product on a host that ignores Range: one plain GET, whose headers say the
@@ -513,22 +532,11 @@ impl<T: TokenSource> Inner<T> {
     }
 
     async fn get_range(&self, id: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
-        let Range { start, mut end } = range;
-        if start >= end {
-            return Ok(Bytes::new());
-        }
         let known = self.known(id);
-        if let Some(size) = known.size {
-            if start >= size {
-                return Err(FetchError::OutOfRange {
-                    id: id.to_string(),
-                    start,
-                    end,
-                    size,
-                });
-            }
-            end = end.min(size);
-        }
+        let Some(Range { start, mut end }) = crate::clamp_range(id, range.clone(), known.size)?
+        else {
+            return Ok(Bytes::new());
+        };
         if known.ranges.or(self.host.ranges()) == Some(RangeSupport::Ignored) {
             return Err(FetchError::RangeIgnored(id.to_string()));
         }
@@ -539,71 +547,14 @@ impl<T: TokenSource> Inner<T> {
         let mut retry = RetryState::new();
         let mut pos = start;
         while pos < end {
-            let ex = self
-                .exchange(
-                    id,
-                    Method::GET,
-                    Some(RangeSpec {
-                        first: pos,
-                        last: Some(end - 1),
-                    }),
-                    &mut retry,
-                )
-                .await?;
             let asked = RangeSpec {
                 first: pos,
                 last: Some(end - 1),
             };
-            let answer = triage(ex.resp.status(), ex.resp.headers(), Some(asked))
-                .map_err(|why| FetchError::Protocol(format!("{why} (from {})", ex.url)))?;
-            let last = match answer {
-                Answer::Partial { last, total, .. } => {
-                    if let Some(t) = total {
-                        self.learn_size(id, t);
-                    }
-                    self.learn_ranges(id, RangeSupport::Honoured);
-                    last
-                }
-                Answer::Whole { len } => {
-                    if let Some(len) = len {
-                        self.learn_size(id, len);
-                    }
-                    self.learn_ranges(id, RangeSupport::Ignored);
-                    match len {
-                        // The whole body is exactly what was asked when the ask starts at 0
-                        // and reaches past its end (the first read of a file smaller than a
-                        // block, e.g. one file of a product): read it rather than ask again.
-                        Some(len) if pos == 0 && len > 0 && len <= end => len - 1,
-                        // Never the wrong bytes: the layer above switches to a stream, which
-                        // takes this answer when it starts at byte 0.
-                        _ => {
-                            if pos == 0 {
-                                self.parked.park(id, ex);
-                            }
-                            return Err(FetchError::RangeIgnored(id.to_string()));
-                        }
-                    }
-                }
-                Answer::Unsatisfiable { total } => {
-                    if let Some(t) = total {
-                        self.learn_size(id, t);
-                    }
-                    let size = total.or(known.size).unwrap_or(0);
-                    if pos >= size {
-                        return Err(FetchError::OutOfRange {
-                            id: id.to_string(),
-                            start,
-                            end: range.end,
-                            size,
-                        });
-                    }
-                    return Err(FetchError::Protocol(format!(
-                        "416 from {} for bytes {pos}-{} of a product of {size} bytes",
-                        ex.url,
-                        end - 1
-                    )));
-                }
-            };
+            let ex = self
+                .exchange(id, Method::GET, Some(asked), &mut retry)
+                .await?;
+            let (ex, last) = self.part_answered(id, ex, asked, &range, known.size)?;
             end = last + 1;
             let request::Exchange {
                 mut resp,
@@ -617,36 +568,7 @@ impl<T: TokenSource> Inner<T> {
                     last - pos
                 ))
             })?;
-            let mut got = 0usize;
-            let outcome = loop {
-                match tokio::time::timeout(self.cfg.read_timeout, resp.chunk()).await {
-                    Err(_) => break Err(FetchError::Timeout(self.cfg.read_timeout)),
-                    Ok(Err(e)) => {
-                        break Err(FetchError::Server(format!(
-                            "connection to {url} cut after {got} of {want} bytes: {}",
-                            eodata_http::error_chain(&e)
-                        )))
-                    }
-                    Ok(Ok(None)) if got < want => {
-                        break Err(FetchError::Server(format!(
-                            "{url} ended the body after {got} of {want} bytes"
-                        )))
-                    }
-                    Ok(Ok(None)) => break Ok(()),
-                    Ok(Ok(Some(chunk))) => {
-                        self.stats.bytes.add(chunk.len() as u64);
-                        let take = chunk.len().min(want - got);
-                        if take < chunk.len() {
-                            tracing::warn!(%url, "more body than the Content-Range said; extra ignored");
-                        }
-                        buf.extend_from_slice(&chunk[..take]);
-                        got += take;
-                        if got == want {
-                            break Ok(());
-                        }
-                    }
-                }
-            };
+            let (got, outcome) = self.read_part(&mut resp, &url, want, &mut buf).await;
             pos += got as u64;
             if got > 0 {
                 retry.progressed();
@@ -670,6 +592,114 @@ impl<T: TokenSource> Inner<T> {
         }
         Ok(buf.freeze())
     }
+
+    /// What the answer to `asked` brings: the exchange to read it from and the last byte it
+    /// holds, learning the size and Range support it shows. A whole product where a slice was
+    /// asked is [`FetchError::RangeIgnored`] (its body parked for the stream when it starts at
+    /// byte 0), unless it is exactly what was asked; a 416 is `OutOfRange` of `range` (the
+    /// caller's) or a protocol error.
+    fn part_answered(
+        &self,
+        id: &str,
+        ex: request::Exchange,
+        asked: RangeSpec,
+        range: &Range<u64>,
+        known_size: Option<u64>,
+    ) -> Result<(request::Exchange, u64), FetchError> {
+        let (pos, end) = (asked.first, asked.last.map_or(range.end, |l| l + 1));
+        let answer = triage(ex.resp.status(), ex.resp.headers(), Some(asked))
+            .map_err(|why| FetchError::Protocol(format!("{why} (from {})", ex.url)))?;
+        match answer {
+            Answer::Partial { last, total, .. } => {
+                if let Some(t) = total {
+                    self.learn_size(id, t);
+                }
+                self.learn_ranges(id, RangeSupport::Honoured);
+                Ok((ex, last))
+            }
+            Answer::Whole { len } => {
+                if let Some(len) = len {
+                    self.learn_size(id, len);
+                }
+                self.learn_ranges(id, RangeSupport::Ignored);
+                match len {
+                    // The whole body is exactly what was asked when the ask starts at 0
+                    // and reaches past its end (the first read of a file smaller than a
+                    // block, e.g. one file of a product): read it rather than ask again.
+                    Some(len) if pos == 0 && len > 0 && len <= end => Ok((ex, len - 1)),
+                    // Never the wrong bytes: the layer above switches to a stream, which
+                    // takes this answer when it starts at byte 0.
+                    _ => {
+                        if pos == 0 {
+                            self.parked.park(id, ex);
+                        }
+                        Err(FetchError::RangeIgnored(id.to_string()))
+                    }
+                }
+            }
+            Answer::Unsatisfiable { total } => {
+                if let Some(t) = total {
+                    self.learn_size(id, t);
+                }
+                let size = total.or(known_size).unwrap_or(0);
+                if pos >= size {
+                    return Err(FetchError::OutOfRange {
+                        id: id.to_string(),
+                        start: range.start,
+                        end: range.end,
+                        size,
+                    });
+                }
+                Err(FetchError::Protocol(format!(
+                    "416 from {} for bytes {pos}-{} of a product of {size} bytes",
+                    ex.url,
+                    end - 1
+                )))
+            }
+        }
+    }
+
+    /// Reads `want` bytes of `resp`'s body into `buf`: how many came, and why they stopped
+    /// short (a stall, a cut, an early end). Bytes past `want` are dropped with a warning.
+    async fn read_part(
+        &self,
+        resp: &mut reqwest::Response,
+        url: &str,
+        want: usize,
+        buf: &mut BytesMut,
+    ) -> (usize, Result<(), FetchError>) {
+        let mut got = 0usize;
+        let outcome = loop {
+            match tokio::time::timeout(self.cfg.read_timeout, resp.chunk()).await {
+                Err(_) => break Err(FetchError::Timeout(self.cfg.read_timeout)),
+                Ok(Err(e)) => {
+                    break Err(FetchError::Server(format!(
+                        "connection to {url} cut after {got} of {want} bytes: {}",
+                        eodata_http::error_chain(&e)
+                    )))
+                }
+                Ok(Ok(None)) if got < want => {
+                    break Err(FetchError::Server(format!(
+                        "{url} ended the body after {got} of {want} bytes"
+                    )))
+                }
+                Ok(Ok(None)) => break Ok(()),
+                Ok(Ok(Some(chunk))) => {
+                    self.stats.bytes.add(chunk.len() as u64);
+                    let take = chunk.len().min(want - got);
+                    if take < chunk.len() {
+                        tracing::warn!(%url, "more body than the Content-Range said; extra ignored");
+                    }
+                    buf.extend_from_slice(&chunk[..take]);
+                    got += take;
+                    if got == want {
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        (got, outcome)
+    }
 }
 
 impl<T: TokenSource> RangeSource for Zipper<T> {
@@ -680,6 +710,14 @@ impl<T: TokenSource> RangeSource for Zipper<T> {
     async fn get_range(&self, id: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
         self.inner.get_range(id, range).await
     }
+}
+
+/// What `describe` has learnt of a product so far.
+#[derive(Default)]
+struct Described {
+    size: Option<u64>,
+    filename: Option<String>,
+    ranges: Option<RangeSupport>,
 }
 
 /// Asks the kernel to back a big, fresh response buffer with transparent huge pages (the whole

@@ -268,69 +268,82 @@ impl std::fmt::Debug for TokenManager {
     }
 }
 
+/// The token URL (https, or plain http to this machine only: the password travels in the
+/// request), and no empty client id, user or password.
+fn check_login_config(cfg: &LoginConfig) -> Result<(), AuthError> {
+    let bad = |reason: String| AuthError::Config { reason };
+    let url = url::Url::parse(&cfg.token_url).map_err(|e| {
+        bad(format!(
+            "token URL {:?} is not a URL: {e}",
+            redact_url(&cfg.token_url)
+        ))
+    })?;
+    let loopback = eodata_http::redirect::is_loopback(&url);
+    if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
+        return Err(bad(format!(
+            "token URL {} must be https (plain http only for a server on this machine)",
+            redact_url(&cfg.token_url)
+        )));
+    }
+    if cfg.client_id.is_empty() {
+        return Err(bad("the client id is empty".into()));
+    }
+    if cfg.user.is_empty() {
+        return Err(bad("the user name is empty".into()));
+    }
+    if cfg.password.is_empty() {
+        return Err(bad("the password is empty".into()));
+    }
+    Ok(())
+}
+
+/// The TOTP key of `secret`; `None` for an account without two-factor login (no secret). The
+/// error names the position of a bad character, never the character: it is part of a secret.
+fn totp_key(secret: &Secret) -> Result<Option<Vec<u8>>, AuthError> {
+    if secret.expose().trim().is_empty() {
+        return Ok(None);
+    }
+    let reason = |e: totp::TotpSecretError| {
+        match e.problem {
+        TotpSecretProblem::NotBase32 => format!(
+            "the TOTP secret is not base32: character {} is not a letter A-Z or a digit 2-7",
+            e.position
+        ),
+        TotpSecretProblem::Truncated => format!(
+            "the TOTP secret ends in the middle of a byte at character {}: a character is missing or one too many",
+            e.position
+        ),
+        TotpSecretProblem::Empty => "the TOTP secret is empty".to_string(),
+    }
+    };
+    totp::parse_totp_secret(secret.expose())
+        .map(Some)
+        .map_err(|e| AuthError::Config { reason: reason(e) })
+}
+
+/// The token state file shared by the user's processes, in `cfg`'s cache directory (created
+/// 0700 and checked private). A directory another local user may have created first: carry on
+/// as a lone process rather than let them stop this one.
+fn shared_file(cfg: &LoginConfig) -> Option<FileStore> {
+    let dir = cfg.cache_dir.as_ref()?;
+    match cache::prepare_dir(dir) {
+        // Keyed by the user name as Keycloak compares it: case-insensitively.
+        Ok(()) => Some(FileStore::new(dir, &cfg.user, &cfg.token_url)),
+        Err(e) => {
+            tracing::warn!("{e}; carrying on without the shared token cache");
+            None
+        }
+    }
+}
+
 impl TokenManager {
     /// A manager for `cfg`, sending its requests with `client`. Checks the settings and, when a
     /// cache directory is given, creates it (0700) and checks that it is private. Contacts no
     /// server: the first [`TokenManager::token`] logs in (or adopts another process's tokens).
     pub fn new(cfg: LoginConfig, client: reqwest::Client) -> Result<Self, AuthError> {
-        let bad = |reason: String| AuthError::Config { reason };
-        let url = url::Url::parse(&cfg.token_url).map_err(|e| {
-            bad(format!(
-                "token URL {:?} is not a URL: {e}",
-                redact_url(&cfg.token_url)
-            ))
-        })?;
-        // The password travels in this request: never in clear text over a network. Plain
-        // http is for a double on this machine only.
-        let loopback = match url.host() {
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        };
-        if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
-            return Err(bad(format!(
-                "token URL {} must be https (plain http only for a server on this machine)",
-                redact_url(&cfg.token_url)
-            )));
-        }
-        if cfg.client_id.is_empty() {
-            return Err(bad("the client id is empty".into()));
-        }
-        if cfg.user.is_empty() {
-            return Err(bad("the user name is empty".into()));
-        }
-        if cfg.password.is_empty() {
-            return Err(bad("the password is empty".into()));
-        }
-        let two_factor = !cfg.totp_secret.expose().trim().is_empty();
-        // The character itself is not repeated here: it is part of a secret.
-        let key = two_factor.then(|| totp::parse_totp_secret(cfg.totp_secret.expose()).map_err(|e| {
-            bad(match e.problem {
-                TotpSecretProblem::NotBase32 => format!(
-                    "the TOTP secret is not base32: character {} is not a letter A-Z or a digit 2-7",
-                    e.position
-                ),
-                TotpSecretProblem::Truncated => format!(
-                    "the TOTP secret ends in the middle of a byte at character {}: a character is missing or one too many",
-                    e.position
-                ),
-                TotpSecretProblem::Empty => "the TOTP secret is empty".to_string(),
-            })
-        })).transpose()?;
-        let shared = match &cfg.cache_dir {
-            Some(dir) => match cache::prepare_dir(dir) {
-                // Keyed by the user name as Keycloak compares it: case-insensitively.
-                Ok(()) => Some(FileStore::new(dir, &cfg.user, &cfg.token_url)),
-                Err(e) => {
-                    // Another local user may have created the directory first: carry on as a
-                    // lone process rather than let them stop this one.
-                    tracing::warn!("{e}; carrying on without the shared token cache");
-                    None
-                }
-            },
-            None => None,
-        };
+        check_login_config(&cfg)?;
+        let key = totp_key(&cfg.totp_secret)?;
+        let shared = shared_file(&cfg);
         let normalised_secret: String = cfg
             .totp_secret
             .expose()
@@ -367,12 +380,14 @@ impl TokenManager {
     }
 
     /// Uses `clock` instead of the system clock (tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.inner_mut().clock = clock;
         self
     }
 
-    /// Uses `retry` for transient failures of the refresh grant only.
+    /// Uses `retry` for transient failures of the refresh grant only (tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_refresh_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.inner_mut().refresh_retry = retry;
         self
@@ -425,7 +440,8 @@ impl TokenManager {
     /// Forgets every token this process holds, the refresh token included, and ignores the
     /// tokens now in the shared file: the next [`TokenManager::token`] logs in with password
     /// and TOTP. A latched refusal stays latched (only new credentials, i.e. a new manager,
-    /// may try again).
+    /// may try again). For tests: they start a renewal on purpose.
+    #[cfg(any(test, feature = "testing"))]
     pub fn invalidate_all(&self) {
         let now = self.inner.clock.now();
         let mut st = self.inner.lock_state();

@@ -137,13 +137,20 @@ impl Inner {
         }
     }
 
-    /// One renewal, under the cross-process lock.
-    pub(super) async fn renew(&self) -> Result<AccessToken, AuthError> {
+    /// Runs `f` on the shared state under the cross-process lock, then lets the lock go (the
+    /// state is written by `f` where it changes it, before the lock is released).
+    pub(super) async fn with_shared<R>(&self, f: impl AsyncFnOnce(&mut Disk<'_>) -> R) -> R {
         let (mut disk, lock) = self.open_shared().await;
-        let renewed = self.renew_locked(&mut disk).await;
+        let out = f(&mut disk).await;
         drop(disk);
         self.close_shared(lock).await;
-        renewed
+        out
+    }
+
+    /// One renewal, under the cross-process lock.
+    pub(super) async fn renew(&self) -> Result<AccessToken, AuthError> {
+        self.with_shared(async |disk| self.renew_locked(disk).await)
+            .await
     }
 
     async fn renew_locked(&self, disk: &mut Disk<'_>) -> Result<AccessToken, AuthError> {
@@ -397,6 +404,16 @@ impl Inner {
 
     /// One request: send, learn the server's clock from `Date`, read the answer.
     async fn exchange(&self, grant: Grant<'_>) -> Result<Granted, Failure> {
+        let (answer, offset) = self.send_grant(grant).await?;
+        endpoint::classify(&answer, offset)
+    }
+
+    /// Sends one grant and learns the server's clock from the answer's `Date`: the raw answer,
+    /// and the offset known now.
+    pub(super) async fn send_grant(
+        &self,
+        grant: Grant<'_>,
+    ) -> Result<(endpoint::RawAnswer, Option<ServerOffset>), Failure> {
         let answer = endpoint::send(
             &self.client,
             &self.token_url,
@@ -404,15 +421,13 @@ impl Inner {
             self.clock.as_ref(),
         )
         .await?;
-        let offset = {
-            if let Some(date) = &answer.date {
-                if let Some(o) = ServerOffset::estimate(date, answer.sent, answer.received) {
-                    self.learn_offset(o);
-                }
+        if let Some(date) = &answer.date {
+            if let Some(o) = ServerOffset::estimate(date, answer.sent, answer.received) {
+                self.learn_offset(o);
             }
-            self.lock_state().offset
-        };
-        endpoint::classify(&answer, offset)
+        }
+        let offset = self.lock_state().offset;
+        Ok((answer, offset))
     }
 
     /// Takes a measured server clock offset, bounded to [`OFFSET_MAX`]; warns once when it is
@@ -493,54 +508,18 @@ impl Inner {
     /// [`super::RetryPolicy`]. `early`: the session is about to end and the login must land before it
     /// does, so the next step's code may be used at once.
     async fn password_login(&self, disk: &mut Disk<'_>, early: bool) -> Result<Granted, AuthError> {
-        let probe = {
-            let st = self.lock_state();
-            self.totp.is_some() && st.offset.is_none() && !st.probed
-        };
-        if probe {
-            // First login of this process and no answer seen yet: learn the server's clock
-            // before choosing a step, so that a skewed local clock does not burn the attempt.
-            self.probe_clock().await;
-        }
+        self.probe_clock_before_first_login().await;
         let mut backoff = Backoff::new(&self.retry, self.clock.now());
         let mut refusals = 0;
         // A step whose request certainly never reached the server may be sent again.
         let mut unspent: Option<u64> = None;
         loop {
             self.space_password_attempt(disk).await;
-            let step = match &self.totp {
-                None => None,
-                Some(_) => {
-                    let current = {
-                        let st = self.lock_state();
-                        totp::step_at(st.server_now(self.clock.now()))
-                    };
-                    Some(match unspent.take() {
-                        Some(step) if step == current => step,
-                        _ => self.next_step(early || refusals > 0).await,
-                    })
-                }
-            };
-            // Recorded before sending: once sent, the code may be spent even if the answer is
-            // lost, and no other process may use this step. A record found bogus (ahead of the
-            // server's clock) is corrected here too.
-            let now = self.clock.now();
-            self.lock_state().last_password_at = Some(now);
-            disk.last_password_at = Some(to_millis(now));
-            if step.is_some() {
-                disk.last_totp_step = step;
-            }
-            disk.save().await;
-            let code = match (&self.totp, step) {
-                (Some(totp), Some(step)) => {
-                    tracing::debug!(user = %self.user, "password login at TOTP step {step}");
-                    Some(totp.code(step))
-                }
-                _ => {
-                    tracing::debug!(user = %self.user, "password login (no two-factor)");
-                    None
-                }
-            };
+            let step = self
+                .password_step(unspent.take(), early || refusals > 0)
+                .await;
+            self.record_password_attempt(disk, step).await;
+            let code = self.password_code(step);
             let grant = Grant::Password {
                 user: &self.user,
                 password: &self.password,
@@ -553,12 +532,9 @@ impl Inner {
                 }
                 Err(Failure::Refused { error, description }) => {
                     refusals += 1;
-                    // Without two-factor login there is no timing to miss: a refusal is final.
-                    let definitive = error != "invalid_grant"
-                        || self.totp.is_none()
-                        || description.contains("disabled")
-                        || description.contains("not fully set up");
-                    if definitive || refusals >= MAX_PASSWORD_ATTEMPTS {
+                    if self.refusal_is_final(&error, &description)
+                        || refusals >= MAX_PASSWORD_ATTEMPTS
+                    {
                         return Err(self.refused(&error, &description));
                     }
                     tracing::info!(
@@ -583,6 +559,69 @@ impl Inner {
                 },
             }
         }
+    }
+
+    /// First login of this process and no answer seen yet: learns the server's clock before a
+    /// step is chosen, so that a skewed local clock does not burn the attempt.
+    async fn probe_clock_before_first_login(&self) {
+        let probe = {
+            let st = self.lock_state();
+            self.totp.is_some() && st.offset.is_none() && !st.probed
+        };
+        if probe {
+            self.probe_clock().await;
+        }
+    }
+
+    /// The TOTP step of the next attempt (`None` without two-factor login): `unspent` when it
+    /// is still the current step (its request never reached the server), else a step never
+    /// used; `fresh`: the next one may be taken at once.
+    async fn password_step(&self, unspent: Option<u64>, fresh: bool) -> Option<u64> {
+        self.totp.as_ref()?;
+        let current = {
+            let st = self.lock_state();
+            totp::step_at(st.server_now(self.clock.now()))
+        };
+        Some(match unspent {
+            Some(step) if step == current => step,
+            _ => self.next_step(fresh).await,
+        })
+    }
+
+    /// Records the attempt before it is sent: once sent, the code may be spent even if the
+    /// answer is lost, and no other process may use this step. A record found bogus (ahead of
+    /// the server's clock) is corrected here too.
+    async fn record_password_attempt(&self, disk: &mut Disk<'_>, step: Option<u64>) {
+        let now = self.clock.now();
+        self.lock_state().last_password_at = Some(now);
+        disk.last_password_at = Some(to_millis(now));
+        if step.is_some() {
+            disk.last_totp_step = step;
+        }
+        disk.save().await;
+    }
+
+    /// The code of `step`, when the account has two-factor login.
+    fn password_code(&self, step: Option<u64>) -> Option<Secret> {
+        match (&self.totp, step) {
+            (Some(totp), Some(step)) => {
+                tracing::debug!(user = %self.user, "password login at TOTP step {step}");
+                Some(totp.code(step))
+            }
+            _ => {
+                tracing::debug!(user = %self.user, "password login (no two-factor)");
+                None
+            }
+        }
+    }
+
+    /// Whether a refused password login must not be tried again with the next step. Without
+    /// two-factor login there is no timing to miss: a refusal is final.
+    fn refusal_is_final(&self, error: &str, description: &str) -> bool {
+        error != "invalid_grant"
+            || self.totp.is_none()
+            || description.contains("disabled")
+            || description.contains("not fully set up")
     }
 
     /// Waits until [`PASSWORD_SPACING`] has passed since the last password grant of any

@@ -39,7 +39,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// For the refresh grant: 1, 2, 4, ... 30 s between attempts (jittered), for up to 4 min
-    /// (CDSETool retries token requests 15 times and found that too few against 503s). The
+    /// (the identity service answers 503 for minutes at times: `docs/protocol.md`, "Identity"). The
     /// budget stays under the cross-process lock's wait (5 min), so a process waiting for this
     /// renewal is not timed out by it.
     pub fn refresh_default() -> Self {

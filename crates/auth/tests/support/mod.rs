@@ -1,5 +1,5 @@
-//! A miniature Keycloak token endpoint for the token manager's tests, on a raw tokio
-//! `TcpListener`.
+//! A miniature Keycloak token endpoint for the token manager's tests, on the double crate's
+//! scripted HTTP server.
 //!
 //! Why not only the real double (`fake-creodias`)? The double keeps real time, so any test that
 //! needs a second password login waits up to 30 s for the next TOTP step. This one runs on the
@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eodata_auth::{Clock, LoginConfig, Secret, TestClock, TokenManager, Totp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use fake_creodias::scripted::{Reply, Request, Scripted};
 
 pub const USER: &str = "first+last@example.com";
 pub const PASSWORD: &str = "p&ss w+rd%";
@@ -90,13 +89,8 @@ pub fn start_time() -> SystemTime {
 
 impl Mini {
     pub async fn start() -> Mini {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/auth/realms/test/protocol/openid-connect/token",
-            listener.local_addr().unwrap()
-        );
-        let mini = Mini {
-            url,
+        let mut mini = Mini {
+            url: String::new(),
             clock: TestClock::new(start_time()),
             state: Arc::new(Mutex::new(MiniState {
                 seen: vec![],
@@ -115,15 +109,11 @@ impl Mini {
             })),
         };
         let m = mini.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let m = m.clone();
-                tokio::spawn(async move { m.serve(stream).await });
-            }
-        });
+        let server = Scripted::start(move |req| m.reply(req)).await;
+        mini.url = format!(
+            "{}/auth/realms/test/protocol/openid-connect/token",
+            server.base()
+        );
         mini
     }
 
@@ -174,26 +164,23 @@ impl Mini {
         }
     }
 
-    async fn serve(&self, mut stream: TcpStream) {
-        let Some((method, body)) = read_request(&mut stream).await else {
-            return;
+    /// A POST waits `delay` first (real time); the answer is made when it is sent.
+    fn reply(&self, req: &Request) -> Reply {
+        let method = req.method.clone();
+        let body = String::from_utf8_lossy(&req.body).into_owned();
+        let delay = match method.as_str() {
+            "POST" => self.state.lock().unwrap().delay,
+            _ => Duration::ZERO,
         };
-        let delay = self.state.lock().unwrap().delay;
-        if method == "POST" && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let (status, headers, body) = self.answer(&method, &body);
-        let mut out = format!(
-            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            out.push_str(&format!("{k}: {v}\r\n"));
-        }
-        out.push_str("\r\n");
-        out.push_str(&body);
-        let _ = stream.write_all(out.as_bytes()).await;
-        let _ = stream.shutdown().await;
+        let m = self.clone();
+        Reply::later(delay, move || {
+            let (status, headers, body) = m.answer(&method, &body);
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            Reply::new(status, &headers, body)
+        })
     }
 
     fn answer(&self, method: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
@@ -310,40 +297,6 @@ pub fn jwt(exp: u64, id: u64) -> String {
         b64url(br#"{"alg":"RS256","typ":"JWT"}"#),
         b64url(format!(r#"{{"exp":{exp},"jti":"{id}"}}"#).as_bytes())
     )
-}
-
-async fn read_request(stream: &mut TcpStream) -> Option<(String, String)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let header_end = loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let method = head.split_whitespace().next()?.to_string();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while buf.len() < header_end + length {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = String::from_utf8_lossy(&buf[header_end..header_end + length]).to_string();
-    Some((method, body))
 }
 
 /// A private cache directory inside a temp dir (tempdirs themselves may be 0755 here).

@@ -45,8 +45,8 @@ const MIN_THROTTLE_DELAY: Duration = Duration::from_millis(50);
 /// seconds, and the budget has already shrunk, so a second is enough to start with.
 const THROTTLE_BASE: Duration = Duration::from_secs(1);
 /// Longest such wait: the service's quota window is not published; a minute is what public
-/// clients that meet this 429 wait (CDSETool sleeps 60-75 s), and it keeps the user's other
-/// sessions from being hammered.
+/// clients that meet this 429 wait (`docs/protocol.md`, "Download errors"), and it keeps the
+/// user's other sessions from being hammered.
 const THROTTLE_MAX: Duration = Duration::from_secs(60);
 /// A 401 for a token obtained less than this long after a renewal is not the token's fault:
 /// the real service answers such spurious 401s for minutes at a time (docs/protocol.md), and
@@ -220,6 +220,31 @@ enum SendError {
     Fatal(FetchError),
 }
 
+impl SendError {
+    /// A request to `url` that got no answer: unreachable (refused, no route, DNS) or
+    /// transient.
+    fn of(e: &reqwest::Error, url: &Url) -> SendError {
+        let host = url.host_str().unwrap_or("?");
+        let msg = format!("cannot reach {host}: {}", error_chain(e));
+        if is_unreachable(e) {
+            SendError::Unreachable(FetchError::Unreachable(msg))
+        } else {
+            SendError::Transient(FetchError::Server(msg))
+        }
+    }
+}
+
+/// An answer that is not worth reading as bytes, with what judging it needs.
+struct Refused {
+    resp: Response,
+    permit: Permit,
+    /// The URL that answered, redacted.
+    url: String,
+    /// Whether that URL was sent the token.
+    credentialed: bool,
+    token: AccessToken,
+}
+
 impl<T: TokenSource> Inner<T> {
     /// The product's download URL, without credentials.
     pub(crate) fn product_url(&self, id: &str) -> Result<Url, FetchError> {
@@ -278,22 +303,7 @@ impl<T: TokenSource> Inner<T> {
         let mut method = method.clone();
         for _hop in 0..=MAX_REDIRECTS {
             let trusted = self.trusted(origin, &url);
-            // Whatever token the URL carries (a server may forward it) is replaced by ours or
-            // removed: an untrusted host gets no credential at all.
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .filter(|(k, _)| k != "token")
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            let mut req_url = url.clone();
-            req_url.set_query(None);
-            if !pairs.is_empty() || (trusted && self.cfg.token_passing == TokenPassing::Query) {
-                let mut q = req_url.query_pairs_mut();
-                q.extend_pairs(pairs);
-                if trusted && self.cfg.token_passing == TokenPassing::Query {
-                    q.append_pair("token", token.value.expose());
-                }
-            }
+            let req_url = self.with_query_token(&url, trusted, token);
             let logged = redact_url(req_url.as_str());
             let mut rb = self.http.request(method.clone(), req_url.clone());
             if trusted && self.cfg.token_passing == TokenPassing::Bearer {
@@ -310,27 +320,10 @@ impl<T: TokenSource> Inner<T> {
                         self.cfg.read_timeout,
                     )))
                 }
-                Ok(Err(e)) => {
-                    let host = req_url.host_str().unwrap_or("?").to_string();
-                    let msg = format!("cannot reach {host}: {}", error_chain(&e));
-                    return Err(if is_unreachable(&e) {
-                        SendError::Unreachable(FetchError::Unreachable(msg))
-                    } else {
-                        SendError::Transient(FetchError::Server(msg))
-                    });
-                }
+                Ok(Err(e)) => return Err(SendError::of(&e, &req_url)),
                 Ok(Ok(resp)) => resp,
             };
-            if resp.url() != &req_url
-                && !self
-                    .warned_auto_redirect
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                tracing::warn!(
-                    "the HTTP client given to the zipper follows redirects itself; build it with \
-                     redirect::Policy::none() (eodata_http::client does)"
-                );
-            }
+            self.warn_if_client_follows(&resp, &req_url);
             let status = resp.status();
             let next = match redirect::hop(&url, status, resp.headers()) {
                 Ok(Hop::Stay) => return Ok((resp, logged, trusted)),
@@ -361,6 +354,39 @@ impl<T: TokenSource> Inner<T> {
         ))))
     }
 
+    /// `url` as it is sent: whatever token it carries (a server may forward one) replaced by
+    /// ours when the host is trusted and the token goes in the query, removed otherwise, so an
+    /// untrusted host gets no credential at all.
+    fn with_query_token(&self, url: &Url, trusted: bool, token: &AccessToken) -> Url {
+        let in_query = trusted && self.cfg.token_passing == TokenPassing::Query;
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "token")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut req_url = url.clone();
+        req_url.set_query(None);
+        if !pairs.is_empty() || in_query {
+            let mut q = req_url.query_pairs_mut();
+            q.extend_pairs(pairs);
+            if in_query {
+                q.append_pair("token", token.value.expose());
+            }
+        }
+        req_url
+    }
+
+    /// Says once when the HTTP client followed a redirect itself (then the credential rules
+    /// above were bypassed: the client was not built by `eodata_http::client`).
+    fn warn_if_client_follows(&self, resp: &Response, sent: &Url) {
+        if resp.url() != sent && !self.warned_auto_redirect.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the HTTP client given to the zipper follows redirects itself; build it with \
+                 redirect::Policy::none() (eodata_http::client does)"
+            );
+        }
+    }
+
     /// Sends `method` for product `id` until it gets an answer worth reading: 2xx, 416, or for
     /// HEAD also 405/501 (the caller falls back to a ranged GET). Retries, renewals and backoff
     /// happen here; what comes back holds a connection of the budget.
@@ -377,20 +403,7 @@ impl<T: TokenSource> Inner<T> {
             // cap, shared with other machines) may outlast a short-lived token, and a token
             // taken before it would reach the server expired.
             let permit = self.budget.acquire().await;
-            // A refused login is final: FetchError::Auth at once, never a retry per read.
-            let token = match self.tokens.token().await {
-                Ok(t) => t,
-                Err(e) => {
-                    // Every read from now on fails with this same refusal: the log says why
-                    // once (the reader's errno alone cannot), not once per read.
-                    if matches!(e, eodata_auth::AuthError::Refused { .. })
-                        && !self.warned_refused.swap(true, Ordering::Relaxed)
-                    {
-                        tracing::error!("downloads stop: {e}");
-                    }
-                    return Err(e.into());
-                }
-            };
+            let token = self.token_or_stop().await?;
             self.note_token(&token);
             let (resp, url, credentialed) = match self.send(&method, &origin, range, &token).await {
                 Ok(r) => r,
@@ -420,83 +433,131 @@ impl<T: TokenSource> Inner<T> {
             {
                 return Ok(Exchange { resp, permit, url });
             }
-            let retry_after = retry_after_header(resp.headers());
-            let body = read_error_body(resp, self.cfg.read_timeout).await;
-            let error = ErrorBody::parse(&body);
-            let mut desc = error.describe(status);
-            // A server that echoes the request must not put the token into our messages.
-            let secret = token.value.expose();
-            if !secret.is_empty() {
-                desc = desc.replace(secret, "***");
-            }
-            tracing::debug!(%url, %desc, "error answer");
-            match error.meaning(status) {
-                // A redirect led to a host that was not given the token: renewing cannot help.
-                Meaning::TokenRefused { .. } if !credentialed => {
-                    return Err(FetchError::Forbidden(format!(
-                        "{desc} from {url}, which was not sent the token because its host is \
-                         not trusted; add it to the trusted hosts if it belongs to the provider"
-                    )));
-                }
-                Meaning::TokenRefused { expired } => {
-                    drop(permit);
-                    self.stats.unauthorized.inc();
-                    if !expired && self.is_fresh(&token) {
-                        tracing::info!(
-                            %desc,
-                            "the download service refused a token obtained seconds ago; \
-                             taking it for a passing fault and waiting, not renewing"
-                        );
-                        retry
-                            .spurious_401(self, FetchError::Forbidden(desc))
-                            .await?;
-                        continue;
-                    }
-                    retry.renewals += 1;
-                    if retry.renewals > MAX_RENEWALS {
-                        return Err(FetchError::Forbidden(format!(
-                            "{desc}; the token was refused again after {MAX_RENEWALS} renewals"
-                        )));
-                    }
-                    tracing::info!(%desc, "token refused by the download service; renewing");
-                    self.note_rejected(&token);
-                    self.tokens.rejected(&token).await;
-                }
-                Meaning::Audience => {
-                    let e = FetchError::Audience(desc);
-                    if !self.warned_refused.swap(true, Ordering::Relaxed) {
-                        tracing::error!("downloads stop: {e}");
-                    }
-                    return Err(e);
-                }
-                Meaning::Forbidden => {
-                    let e = FetchError::Forbidden(desc);
-                    tracing::warn!("{e}");
-                    return Err(e);
-                }
-                Meaning::NoData => return Err(FetchError::NoData(id.to_string(), desc)),
-                Meaning::NotFound => return Err(FetchError::NotFound(id.to_string())),
-                Meaning::BadRequest => {
-                    return Err(FetchError::Bug(format!("{desc} (from {url})")));
-                }
-                Meaning::Throttled => {
-                    self.stats.throttled.inc();
-                    self.budget.overloaded(&permit);
-                    drop(permit);
-                    let err = FetchError::Server(format!(
-                        "{desc}: too many parallel connections, still refused after waiting"
-                    ));
-                    retry.throttled(self, err, retry_after).await?;
-                }
-                Meaning::Server => {
-                    drop(permit);
-                    retry
-                        .failed(self, FetchError::Server(desc), retry_after)
-                        .await?;
-                }
-                Meaning::Other => return Err(FetchError::Protocol(desc)),
-            }
+            let refused = Refused {
+                resp,
+                permit,
+                url,
+                credentialed,
+                token,
+            };
+            self.error_answer(id, refused, retry).await?;
         }
+    }
+
+    /// A token for the next request. A refused login is final: [`FetchError::Auth`] at once,
+    /// never a retry per read.
+    async fn token_or_stop(&self) -> Result<AccessToken, FetchError> {
+        self.tokens.token().await.map_err(|e| {
+            // Every read from now on fails with this same refusal: the log says why once (the
+            // reader's errno alone cannot), not once per read.
+            if matches!(e, eodata_auth::AuthError::Refused { .. })
+                && !self.warned_refused.swap(true, Ordering::Relaxed)
+            {
+                tracing::error!("downloads stop: {e}");
+            }
+            e.into()
+        })
+    }
+
+    /// An error answer, by what it means (`docs/protocol.md`, "Download errors"): `Ok` when
+    /// the request is to be sent again (after a renewal or a wait), the error when it is final
+    /// or the retries are spent.
+    async fn error_answer(
+        &self,
+        id: &str,
+        answer: Refused,
+        retry: &mut RetryState,
+    ) -> Result<(), FetchError> {
+        let Refused {
+            resp,
+            permit,
+            url,
+            credentialed,
+            token,
+        } = answer;
+        let status = resp.status();
+        let retry_after = retry_after_header(resp.headers());
+        let body = read_error_body(resp, self.cfg.read_timeout).await;
+        let error = ErrorBody::parse(&body);
+        let mut desc = error.describe(status);
+        // A server that echoes the request must not put the token into our messages.
+        let secret = token.value.expose();
+        if !secret.is_empty() {
+            desc = desc.replace(secret, "***");
+        }
+        tracing::debug!(%url, %desc, "error answer");
+        match error.meaning(status) {
+            // A redirect led to a host that was not given the token: renewing cannot help.
+            Meaning::TokenRefused { .. } if !credentialed => Err(FetchError::Forbidden(format!(
+                "{desc} from {url}, which was not sent the token because its host is \
+                 not trusted; add it to the trusted hosts if it belongs to the provider"
+            ))),
+            Meaning::TokenRefused { expired } => {
+                drop(permit);
+                self.token_refused(&token, expired, desc, retry).await
+            }
+            Meaning::Audience => {
+                let e = FetchError::Audience(desc);
+                if !self.warned_refused.swap(true, Ordering::Relaxed) {
+                    tracing::error!("downloads stop: {e}");
+                }
+                Err(e)
+            }
+            Meaning::Forbidden => {
+                let e = FetchError::Forbidden(desc);
+                tracing::warn!("{e}");
+                Err(e)
+            }
+            Meaning::NoData => Err(FetchError::NoData(id.to_string(), desc)),
+            Meaning::NotFound => Err(FetchError::NotFound(id.to_string())),
+            Meaning::BadRequest => Err(FetchError::Bug(format!("{desc} (from {url})"))),
+            Meaning::Throttled => {
+                self.stats.throttled.inc();
+                self.budget.overloaded(&permit);
+                drop(permit);
+                let err = FetchError::Server(format!(
+                    "{desc}: too many parallel connections, still refused after waiting"
+                ));
+                retry.throttled(self, err, retry_after).await
+            }
+            Meaning::Server => {
+                drop(permit);
+                retry
+                    .failed(self, FetchError::Server(desc), retry_after)
+                    .await
+            }
+            Meaning::Other => Err(FetchError::Protocol(desc)),
+        }
+    }
+
+    /// The service refused `token`: a token obtained seconds ago is taken for a passing fault
+    /// (wait, do not renew); otherwise renew, at most [`MAX_RENEWALS`] times per request.
+    async fn token_refused(
+        &self,
+        token: &AccessToken,
+        expired: bool,
+        desc: String,
+        retry: &mut RetryState,
+    ) -> Result<(), FetchError> {
+        self.stats.unauthorized.inc();
+        if !expired && self.is_fresh(token) {
+            tracing::info!(
+                %desc,
+                "the download service refused a token obtained seconds ago; \
+                 taking it for a passing fault and waiting, not renewing"
+            );
+            return retry.spurious_401(self, FetchError::Forbidden(desc)).await;
+        }
+        retry.renewals += 1;
+        if retry.renewals > MAX_RENEWALS {
+            return Err(FetchError::Forbidden(format!(
+                "{desc}; the token was refused again after {MAX_RENEWALS} renewals"
+            )));
+        }
+        tracing::info!(%desc, "token refused by the download service; renewing");
+        self.note_rejected(token);
+        self.tokens.rejected(token).await;
+        Ok(())
     }
 
     /// An answer came: whatever outage was declared is over.

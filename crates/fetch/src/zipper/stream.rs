@@ -18,7 +18,6 @@ use bytes::{Bytes, BytesMut};
 use eodata_auth::TokenSource;
 use eodata_http::answer::header_str;
 use eodata_http::answer::{triage, Answer};
-use futures::Stream;
 use reqwest::header::{HeaderMap, ETAG, LAST_MODIFIED};
 use reqwest::{Method, Response};
 
@@ -303,39 +302,10 @@ impl<T: TokenSource> ZipperStream<T> {
                     }
                     FetchError::Server(format!("{} ended the body at byte {}", conn.url, self.pos))
                 }
-                Ok(Ok(Some(mut chunk))) => {
-                    z.stats.bytes.add(chunk.len() as u64);
-                    conn.received += chunk.len() as u64;
-                    let at = conn.at;
-                    conn.at += chunk.len() as u64;
-                    // The part of the chunk that must repeat bytes already delivered.
-                    let (c0, c1) = (conn.check_at, conn.check_at + conn.check.len() as u64);
-                    let (o0, o1) = (at.max(c0), conn.at.min(c1));
-                    if o0 < o1 {
-                        let got = &chunk[(o0 - at) as usize..(o1 - at) as usize];
-                        let want = &conn.check[(o0 - c0) as usize..(o1 - c0) as usize];
-                        if got != want {
-                            let url = conn.url.clone();
-                            self.mismatch(&url, format!("bytes {o0}..{o1} differ"))?;
-                            continue;
-                        }
-                    }
-                    if conn.at <= self.pos {
-                        continue;
-                    }
-                    let _ = chunk.split_to(self.pos.saturating_sub(at) as usize);
-                    if let Some(size) = self.size {
-                        chunk.truncate(chunk.len().min((size - self.pos) as usize));
-                    }
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                    self.mismatches = 0;
-                    self.pos += chunk.len() as u64;
-                    self.remember(&chunk);
-                    self.retry.progressed();
-                    return Ok(Some(chunk));
-                }
+                Ok(Ok(Some(chunk))) => match self.splice(chunk)? {
+                    Some(new) => return Ok(Some(new)),
+                    None => continue,
+                },
             };
             // Resume from `pos` on a new connection.
             let progressed_since_connect = conn.received > 0;
@@ -350,8 +320,48 @@ impl<T: TokenSource> ZipperStream<T> {
         }
     }
 
-    /// The rest of the product as a [`Stream`].
-    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, FetchError>> + Send {
+    /// A chunk of the current connection's body, checked against the bytes already delivered
+    /// where it repeats them (a resumed or restarted answer) and cut to what is new: `None`
+    /// when nothing in it is new, or when it differs (the connection is then dropped).
+    fn splice(&mut self, mut chunk: Bytes) -> Result<Option<Bytes>, FetchError> {
+        let z = &self.zipper.inner;
+        let conn = self.conn.as_mut().expect("a chunk comes from a connection");
+        z.stats.bytes.add(chunk.len() as u64);
+        conn.received += chunk.len() as u64;
+        let at = conn.at;
+        conn.at += chunk.len() as u64;
+        // The part of the chunk that must repeat bytes already delivered.
+        let (c0, c1) = (conn.check_at, conn.check_at + conn.check.len() as u64);
+        let (o0, o1) = (at.max(c0), conn.at.min(c1));
+        if o0 < o1 {
+            let got = &chunk[(o0 - at) as usize..(o1 - at) as usize];
+            let want = &conn.check[(o0 - c0) as usize..(o1 - c0) as usize];
+            if got != want {
+                let url = conn.url.clone();
+                self.mismatch(&url, format!("bytes {o0}..{o1} differ"))?;
+                return Ok(None);
+            }
+        }
+        if conn.at <= self.pos {
+            return Ok(None);
+        }
+        let _ = chunk.split_to(self.pos.saturating_sub(at) as usize);
+        if let Some(size) = self.size {
+            chunk.truncate(chunk.len().min((size - self.pos) as usize));
+        }
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        self.mismatches = 0;
+        self.pos += chunk.len() as u64;
+        self.remember(&chunk);
+        self.retry.progressed();
+        Ok(Some(chunk))
+    }
+
+    /// The rest of the product as a [`futures::Stream`] (tests).
+    #[cfg(test)]
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<Bytes, FetchError>> + Send {
         futures::stream::unfold(Some(self), |state| async move {
             let mut s = state?;
             match s.next_chunk().await {

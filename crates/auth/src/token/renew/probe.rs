@@ -75,11 +75,8 @@ impl Inner {
     /// diagnosis reports them). A refusal another process recorded for these credentials within
     /// the last minutes is returned without any request.
     pub(crate) async fn probe_login(&self) -> Result<LoginProbe, AuthError> {
-        let (mut disk, lock) = self.open_shared().await;
-        let probed = self.probe_login_locked(&mut disk).await;
-        drop(disk);
-        self.close_shared(lock).await;
-        probed
+        self.with_shared(async |disk| self.probe_login_locked(disk).await)
+            .await
     }
 
     async fn probe_login_locked(&self, disk: &mut Disk<'_>) -> Result<LoginProbe, AuthError> {
@@ -168,11 +165,8 @@ impl Inner {
                     .into(),
             });
         };
-        let (mut disk, lock) = self.open_shared().await;
-        let probed = self.probe_refresh_locked(&refresh, &mut disk).await;
-        drop(disk);
-        self.close_shared(lock).await;
-        probed
+        self.with_shared(async |disk| self.probe_refresh_locked(&refresh, disk).await)
+            .await
     }
 
     async fn probe_refresh_locked(
@@ -216,24 +210,7 @@ impl Inner {
         &self,
         grant: Grant<'_>,
     ) -> Result<(super::super::endpoint::Granted, Lifetimes), Failure> {
-        let answer = endpoint::send(
-            &self.client,
-            &self.token_url,
-            grant.form(&self.client_id, self.client_secret.as_ref()),
-            self.clock.as_ref(),
-        )
-        .await?;
-        let offset = {
-            let mut st = self.lock_state();
-            if let Some(o) = answer
-                .date
-                .as_deref()
-                .and_then(|d| ServerOffset::estimate(d, answer.sent, answer.received))
-            {
-                st.offset = Some(o);
-            }
-            st.offset
-        };
+        let (answer, offset) = self.send_grant(grant).await?;
         let granted = endpoint::classify(&answer, offset)?;
         let lifetimes = serde_json::from_slice(&answer.body).unwrap_or(Lifetimes {
             expires_in: None,

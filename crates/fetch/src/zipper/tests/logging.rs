@@ -3,7 +3,9 @@
 
 use std::sync::Mutex;
 
-use super::scripted::{reply, scripted, Req, Script};
+use fake_creodias::scripted::{Reply, Request, Scripted};
+
+use super::scripted::scripted;
 use super::*;
 
 /// Log lines, as the fmt subscriber writes them.
@@ -54,18 +56,18 @@ async fn zipper_never_logs_or_reports_the_token() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let script = Script::start(|req: &Req, _| match req.target.split('?').next().unwrap() {
-        "/dl/hop" => reply(
-            "302 Found",
+    let script = Scripted::start(|req: &Request| match req.path() {
+        "/dl/hop" => Reply::new(
+            302,
             &[("Location", &format!("/dl/echo?token={FIXED_TOKEN}"))],
             b"",
         ),
-        "/dl/echo" => reply(
-            "401 Unauthorized",
+        "/dl/echo" => Reply::new(
+            401,
             &[],
             format!("no such token: {}", req.target).as_bytes(),
         ),
-        _ => reply("503 Service Unavailable", &[], req.target.as_bytes()),
+        _ => Reply::new(503, &[], req.target.as_bytes()),
     })
     .await;
     let z = scripted(&script, TokenPassing::Query, |c| c.max_retries = 1);

@@ -2,116 +2,22 @@
 //! the credential may follow them), 403s, lying or odd answers (shifted Content-Range, stalls, HEAD
 //! refused, garbage bodies), and a 401 from an untrusted redirect target.
 //!
-//! The server ([`Script`]) answers each request with a closure's [`Reply`] and records what it
-//! was sent; [`scripted`] points a client with the [`Fixed`] token at it.
+//! The server is the double crate's [`Scripted`]: it answers each request with a closure's
+//! [`Reply`] and records what it was sent; [`scripted`] points a client with the [`Fixed`] token
+//! at it.
 
-use std::sync::Mutex;
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use fake_creodias::scripted::{Reply, Request, Scripted};
 
 use super::*;
 
-#[derive(Clone, Debug)]
-pub(super) struct Req {
-    method: String,
-    pub(super) target: String,
-    /// Lower-case names.
-    headers: HashMap<String, String>,
-}
-
-pub(super) enum Reply {
-    /// Written, then the connection is closed.
-    Raw(Vec<u8>),
-    /// Written, then the connection is held open without a byte more.
-    Stall(Vec<u8>),
-}
-
-pub(super) fn reply(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut s = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
-    if !headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-    {
-        s.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    for (k, v) in headers {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str("\r\n");
-    let mut out = s.into_bytes();
-    out.extend_from_slice(body);
-    Reply::Raw(out)
-}
-
-pub(super) struct Script {
-    port: u16,
-    reqs: Arc<Mutex<Vec<Req>>>,
-}
-
-impl Script {
-    pub(super) async fn start(
-        handler: impl Fn(&Req, u16) -> Reply + Send + Sync + 'static,
-    ) -> Script {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let reqs = Arc::new(Mutex::new(Vec::new()));
-        let handler = Arc::new(handler);
-        let log = Arc::clone(&reqs);
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let (handler, log) = (Arc::clone(&handler), Arc::clone(&log));
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    let mut lines = text.split("\r\n");
-                    let mut first = lines.next().unwrap_or("").split(' ');
-                    let req = Req {
-                        method: first.next().unwrap_or("").to_string(),
-                        target: first.next().unwrap_or("").to_string(),
-                        headers: lines
-                            .filter_map(|l| l.split_once(':'))
-                            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                            .collect(),
-                    };
-                    log.lock().unwrap().push(req.clone());
-                    match handler(&req, port) {
-                        Reply::Raw(b) => {
-                            let _ = sock.write_all(&b).await;
-                            let _ = sock.shutdown().await;
-                        }
-                        Reply::Stall(b) => {
-                            let _ = sock.write_all(&b).await;
-                            tokio::time::sleep(Duration::from_secs(30)).await;
-                        }
-                    }
-                });
-            }
-        });
-        Script { port, reqs }
-    }
-
-    fn reqs(&self) -> Vec<Req> {
-        self.reqs.lock().unwrap().clone()
-    }
-}
-
 pub(super) fn scripted(
-    script: &Script,
+    script: &Scripted,
     passing: TokenPassing,
     tweak: impl FnOnce(&mut ZipperConfig),
 ) -> Zipper<Fixed> {
-    let mut cfg = ZipperConfig::new(
-        format!("http://127.0.0.1:{}/dl/{{id}}", script.port),
-        passing,
-    );
+    let mut cfg = ZipperConfig::new(format!("{}/dl/{{id}}", script.base()), passing);
     cfg.read_timeout = Duration::from_secs(2);
     tweak(&mut cfg);
     Zipper::new(
@@ -123,29 +29,25 @@ pub(super) fn scripted(
 
 /// Serves "0123456789" by range at /final; everything else redirects there on `localhost`
 /// (another host name for the same server).
-fn redirecting(req: &Req, port: u16) -> Reply {
+fn redirecting(req: &Request) -> Reply {
     if req.target.starts_with("/dl/") {
-        let loc = format!("http://localhost:{port}/final?token=forwarded&x=1");
-        return reply("302 Found", &[("Location", &loc)], b"");
+        let loc = format!("http://localhost:{}/final?token=forwarded&x=1", req.port);
+        return Reply::new(302, &[("Location", &loc)], b"");
     }
     if req.target.starts_with("/same") {
-        return reply("307 Temporary Redirect", &[("Location", "/dl/again")], b"");
+        return Reply::new(307, &[("Location", "/dl/again")], b"");
     }
-    reply(
-        "206 Partial Content",
-        &[("Content-Range", "bytes 2-4/10")],
-        b"234",
-    )
+    Reply::new(206, &[("Content-Range", "bytes 2-4/10")], b"234")
 }
 
 #[tokio::test]
 async fn zipper_redirects_keep_credentials_only_for_trusted_hosts() {
     for passing in [TokenPassing::Bearer, TokenPassing::Query] {
         // Untrusted target host: no credential of any kind reaches it.
-        let script = Script::start(redirecting).await;
+        let script = Scripted::start(redirecting).await;
         let z = scripted(&script, passing, |_| {});
         assert_eq!(&z.get_range("p", 2..5).await.unwrap()[..], b"234");
-        let reqs = script.reqs();
+        let reqs = script.requests();
         assert_eq!(reqs.len(), 2);
         let (first, hop) = (&reqs[0], &reqs[1]);
         assert_eq!(
@@ -171,12 +73,12 @@ async fn zipper_redirects_keep_credentials_only_for_trusted_hosts() {
         assert_eq!(z.stats().redirects, 1);
 
         // Trusted: ours replaces whatever token the Location carried.
-        let script = Script::start(redirecting).await;
+        let script = Scripted::start(redirecting).await;
         let z = scripted(&script, passing, |c| {
             c.trusted_hosts = vec!["LOCALHOST".into()]
         });
         assert_eq!(&z.get_range("p", 2..5).await.unwrap()[..], b"234");
-        let hop = &script.reqs()[1];
+        let hop = &script.requests()[1];
         assert!(!hop.target.contains("forwarded"), "{}", hop.target);
         match passing {
             TokenPassing::Bearer => {
@@ -190,9 +92,9 @@ async fn zipper_redirects_keep_credentials_only_for_trusted_hosts() {
     }
 
     // A redirect loop ends.
-    let script = Script::start(|req: &Req, _| {
+    let script = Scripted::start(|req: &Request| {
         let next = format!("/dl/{}", req.target.len());
-        reply("301 Moved Permanently", &[("Location", &next)], b"")
+        Reply::new(301, &[("Location", &next)], b"")
     })
     .await;
     let z = scripted(&script, TokenPassing::Bearer, |_| {});
@@ -201,21 +103,19 @@ async fn zipper_redirects_keep_credentials_only_for_trusted_hosts() {
         matches!(err, FetchError::Protocol(ref m) if m.contains("redirects")),
         "{err:?}"
     );
-    assert_eq!(script.reqs().len(), 11);
+    assert_eq!(script.requests().len(), 11);
 }
 
 #[tokio::test]
 async fn zipper_forbidden_and_token_refused_403() {
-    let script = Script::start(|req: &Req, _| {
+    let script = Scripted::start(|req: &Request| {
         if req.target.contains("terms") {
-            reply(
-                "403 Forbidden",
+            Reply::new(403,
                 &[],
                 br#"{"trace-id":"x","code":"DAT-ZIP-111","message":"Terms and conditions not accepted"}"#,
             )
         } else {
-            reply(
-                "403 Forbidden",
+            Reply::new(403,
                 &[],
                 br#"{"trace-id":"y","code":"DAT-ZIP-604","message":"Token not found"}"#,
             )
@@ -246,19 +146,15 @@ async fn zipper_forbidden_and_token_refused_403() {
 
 #[tokio::test]
 async fn zipper_rejects_lying_or_odd_answers() {
-    let script = Script::start(|req: &Req, _| match req.target.split('?').next().unwrap() {
+    let script = Scripted::start(|req: &Request| match req.path() {
         // Content-Range other than what was asked.
-        "/dl/shifted" => reply(
-            "206 Partial Content",
-            &[("Content-Range", "bytes 3-5/10")],
-            b"345",
-        ),
+        "/dl/shifted" => Reply::new(206, &[("Content-Range", "bytes 3-5/10")], b"345"),
         // 206 with no Content-Range.
-        "/dl/bare" => reply("206 Partial Content", &[], b"012"),
+        "/dl/bare" => Reply::new(206, &[], b"012"),
         // HEAD refused: info falls back to a ranged GET for byte 0.
-        "/dl/nohead" if req.method == "HEAD" => reply("405 Method Not Allowed", &[], b""),
-        "/dl/nohead" => reply(
-            "206 Partial Content",
+        "/dl/nohead" if req.method == "HEAD" => Reply::new(405, &[], b""),
+        "/dl/nohead" => Reply::new(
+            206,
             &[
                 ("Content-Range", "bytes 0-0/10"),
                 ("Content-Disposition", "attachment; filename=\"N.zip\""),
@@ -266,21 +162,15 @@ async fn zipper_rejects_lying_or_odd_answers() {
             b"0",
         ),
         // Headers, then silence.
-        "/dl/stall" => match reply(
-            "206 Partial Content",
+        "/dl/stall" => Reply::new(
+            206,
             &[("Content-Range", "bytes 0-9/10"), ("Content-Length", "10")],
             b"",
-        ) {
-            Reply::Raw(b) => Reply::Stall(b),
-            s => s,
-        },
+        )
+        .stalled(),
         // A body with a token echoed in it, as garbage.
-        "/dl/echo" => reply(
-            "400 Bad Request",
-            &[],
-            format!("bad request {}", req.target).as_bytes(),
-        ),
-        _ => reply("418 I'm a teapot", &[], b"\x00\xff garbage"),
+        "/dl/echo" => Reply::new(400, &[], format!("bad request {}", req.target).as_bytes()),
+        _ => Reply::new(418, &[], b"\x00\xff garbage"),
     })
     .await;
     let z = scripted(&script, TokenPassing::Query, |c| c.max_retries = 1);
@@ -317,13 +207,13 @@ async fn zipper_rejects_lying_or_odd_answers() {
 
 #[tokio::test]
 async fn zipper_401_from_an_untrusted_redirect_target_is_not_renewed() {
-    let script = Script::start(|req: &Req, port| {
+    let script = Scripted::start(|req: &Request| {
         if req.target.starts_with("/dl/") {
-            let loc = format!("http://localhost:{port}/final");
-            return reply("302 Found", &[("Location", &loc)], b"");
+            let loc = format!("http://localhost:{}/final", req.port);
+            return Reply::new(302, &[("Location", &loc)], b"");
         }
-        reply(
-            "401 Unauthorized",
+        Reply::new(
+            401,
             &[],
             br#"{"trace-id":"z","code":"DAT-ZIP-604","message":"Token not found"}"#,
         )
