@@ -385,13 +385,15 @@ impl<S: RangeSource> Inner<S> {
         state.ahead_next = next;
     }
 
-    /// Tops the window up once `handle`'s fetch has ended, if the handle is still open.
+    /// Tops the window up once `handle`'s fetch has ended well, if the handle is still open.
     fn top_up_when_done(self: &Arc<Self>, handle: BlockHandle) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
-            // Success or not: either way the connection is free. A failure reaches the reader
-            // through its own read, which then drops the window.
-            let _ = handle.wait().await;
+            // After a failure the source is likely failing: the reader's next read meets it
+            // and drops the window, rather than each failed fetch starting another.
+            if handle.wait().await.is_err() {
+                return;
+            }
             if let Some(me) = me.upgrade() {
                 me.top_up();
             }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures::FutureExt as _;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -364,7 +366,6 @@ async fn prefetch_a_freed_connection_reads_ahead_without_waiting_for_the_next_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_a_closed_handle_starts_no_more_read_ahead() {
-    use futures::FutureExt as _;
     let (src, reader) = paused_reader_setup();
     reader.read(0, MIB).await.unwrap();
     // Polled once: the read starts its fetch and read-ahead, then the handle is closed while
@@ -373,4 +374,17 @@ async fn prefetch_a_closed_handle_starts_no_more_read_ahead() {
     drop(reader);
     // The fetches in flight finish (and stay in the cache); none follows them.
     assert_eq!(blocks_requested_when_quiet(&src).await, vec![0, 1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_a_failed_read_ahead_fetch_starts_no_other() {
+    let (src, reader) = paused_reader_setup();
+    reader.read(0, MIB).await.unwrap();
+    assert!(reader.read(MIB, MIB).now_or_never().is_none());
+    // Blocks 1, 2 and 3 are on their way; all three fail (an outage): the failures do not
+    // start blocks 4 and 5, as successes would.
+    src.fail_next(3);
+    assert_eq!(blocks_requested_when_quiet(&src).await, vec![0, 1, 2, 3]);
+    assert_eq!(src.stats().failures, 3);
+    drop(reader);
 }
