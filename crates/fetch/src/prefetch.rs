@@ -35,10 +35,11 @@
 //! starts small again.
 //!
 //! When read-ahead happens: at each read, and also as soon as one of the handle's read-ahead
-//! fetches ends, so a connection that frees up takes the next request at once instead of idling
-//! until the reader's next read arrives (a reader waiting on a later block, or the kernel's
-//! async reads held back, would otherwise leave it idle). The window is measured from where
-//! the reader's latest read ended, as at a read; a closed handle starts nothing more.
+//! fetches ends well (after a failure, the next read decides), so a connection that frees up
+//! takes the next request at once instead of idling until the reader's next read arrives (a
+//! reader waiting on a later block, or the kernel's async reads held back, would otherwise
+//! leave it idle). The window is measured from where the reader's latest read ended, as at a
+//! read; a closed handle starts nothing more.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
