@@ -215,6 +215,11 @@ async fn add_listed(cli: &Cli, fs: &Arc<MountFs>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Threads reading the kernel's requests, each on its own clone of /dev/fuse (`clone_fd`), so
+/// replies from the tokio workers (one per core) go back through one queue each instead of all
+/// contending for one.
+const FUSE_THREADS: usize = 2;
+
 /// mount(2) with the options asked for (read-only, no devices or setuid, no atime, and the
 /// access list); as a user, fuser mounts through the setuid fusermount3.
 fn mount(
@@ -250,6 +255,8 @@ fn mount(
     let mut config = Config::default();
     config.acl = acl;
     config.mount_options = options;
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
     let session = Session::new(FuseAdapter::new(fs, rt), mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     mountpoint::raise_read_ahead(mountpoint);

@@ -33,6 +33,13 @@
 //! request's worth is free rather than trickling one-block requests, as long as at least that
 //! much is already requested ahead of the reader. A failed read drops the window; the next read
 //! starts small again.
+//!
+//! When read-ahead happens: at each read, and also as soon as one of the handle's read-ahead
+//! fetches ends well (after a failure, the next read decides), so a connection that frees up
+//! takes the next request at once instead of idling until the reader's next read arrives (a
+//! reader waiting on a later block, or the kernel's async reads held back, would otherwise
+//! leave it idle). The window is measured from where the reader's latest read ended, as at a
+//! read; a closed handle starts nothing more.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -158,6 +165,13 @@ struct State {
 /// Reads of one open file, with read-ahead when they stream. Methods take `&self`: the
 /// kernel may send several reads of one handle at once, and they proceed in parallel.
 pub struct Prefetcher<S: RangeSource> {
+    inner: Arc<Inner<S>>,
+}
+
+/// A handle's reader, shared with the tasks that watch its read-ahead fetches: when one ends
+/// (a connection frees up), they start the next without waiting for the reader's next read.
+/// They hold it weakly, so a closed handle starts nothing more.
+struct Inner<S: RangeSource> {
     cache: Arc<BlockCache<S>>,
     id: String,
     size: u64,
@@ -184,42 +198,51 @@ impl<S: RangeSource> Prefetcher<S> {
             request_blocks: blocks(config.max_request),
             max_in_flight: config.max_in_flight.max(1),
         };
-        Self {
+        let inner = Inner {
             cache,
             id: id.into(),
             size,
             config,
             limits,
             state: Mutex::new(State::default()),
+        };
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
     pub fn id(&self) -> &str {
-        &self.id
+        &self.inner.id
     }
 
     pub fn size(&self) -> u64 {
-        self.size
+        self.inner.size
     }
 
     /// The shared cache underneath (for its stats, or to pin the product's tail).
     pub fn cache(&self) -> &Arc<BlockCache<S>> {
-        &self.cache
+        &self.inner.cache
     }
 
     /// The current read-ahead window in bytes (0 when the reader is not streaming).
     pub fn window_bytes(&self) -> u64 {
-        self.lock().window * self.cache.block_size()
+        self.inner.lock().window * self.inner.cache.block_size()
     }
 
     /// How the last read was classified.
     pub fn last_access(&self) -> Option<Access> {
-        self.lock().last_access
+        self.inner.lock().last_access
     }
 
     /// Bytes `offset..offset + len`: exactly those, shorter only at the end of the product,
     /// empty past it. Starts read-ahead when the reader streams.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, FetchError> {
+        self.inner.read(offset, len).await
+    }
+}
+
+impl<S: RangeSource> Inner<S> {
+    async fn read(self: &Arc<Self>, offset: u64, len: u64) -> Result<Bytes, FetchError> {
         let pending = {
             let mut state = self.lock();
             let access = self.classify(&state, offset);
@@ -310,8 +333,19 @@ impl<S: RangeSource> Prefetcher<S> {
         (window / self.limits.max_in_flight as u64).clamp(1, self.limits.request_blocks)
     }
 
+    /// A read-ahead fetch of this handle ended, so a connection is free: reads ahead from
+    /// where the reader is now, as its next read would, without waiting for that read.
+    fn top_up(self: &Arc<Self>) {
+        let mut state = self.lock();
+        let Some(next) = state.next_offset.filter(|&n| n > 0 && state.window > 0) else {
+            return;
+        };
+        let last_block = (next - 1) / self.cache.block_size();
+        self.read_ahead(&mut state, last_block);
+    }
+
     /// Starts read-ahead of the blocks after `last_block`, within the window and the bounds.
-    fn read_ahead(&self, state: &mut State, last_block: u64) {
+    fn read_ahead(self: &Arc<Self>, state: &mut State, last_block: u64) {
         state.pending.retain(|h| !h.is_ready());
         if state.window == 0 || last_block <= state.stream_block {
             return;
@@ -338,12 +372,33 @@ impl<S: RangeSource> Prefetcher<S> {
                 break;
             }
             let handles = self.cache.start(&self.id, next..next + n, self.size);
-            state
-                .pending
-                .extend(handles.into_iter().filter(|h| !h.is_ready()));
+            let waiting: Vec<BlockHandle> = handles.into_iter().filter(|h| !h.is_ready()).collect();
+            // One watcher per fetch (its blocks arrive together): its end frees a connection.
+            let mut watched = HashSet::new();
+            for h in &waiting {
+                if h.fetch_id().is_some_and(|f| watched.insert(f)) {
+                    self.top_up_when_done(h.clone());
+                }
+            }
+            state.pending.extend(waiting);
             next += n;
         }
         state.ahead_next = next;
+    }
+
+    /// Tops the window up once `handle`'s fetch has ended well, if the handle is still open.
+    fn top_up_when_done(self: &Arc<Self>, handle: BlockHandle) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // After a failure the source is likely failing: the reader's next read meets it
+            // and drops the window, rather than each failed fetch starting another.
+            if handle.wait().await.is_err() {
+                return;
+            }
+            if let Some(me) = me.upgrade() {
+                me.top_up();
+            }
+        });
     }
 }
 

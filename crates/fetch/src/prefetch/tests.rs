@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures::FutureExt as _;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -303,4 +305,86 @@ async fn prefetch_mixed_reads_are_byte_exact_despite_faults() {
         offset = end as u64;
     }
     assert!(failures > 0, "faults were injected");
+}
+
+/// A reader that streams into its second block and then stops reading: its window (4 blocks
+/// past the block read, 1 block per request, 2 read-ahead requests at once) has room for
+/// blocks 2..6, but only 2 fit in flight when the read comes.
+fn paused_reader_setup() -> (Arc<MemorySource>, Prefetcher<Arc<MemorySource>>) {
+    let size = 16 * MIB;
+    let (src, cache, _) = setup(size, CacheConfig::default());
+    // Fetches overlap, so the in-flight bound is what holds the later blocks back.
+    src.set_delay(Some(Duration::from_millis(20)));
+    let config = PrefetchConfig {
+        initial_window: 4 * MIB,
+        max_window: 4 * MIB,
+        max_in_flight: 2,
+        max_request: MIB,
+        ..PrefetchConfig::default()
+    };
+    (src.clone(), Prefetcher::new(cache, "p", size, config))
+}
+
+/// Waits until the source has answered every request it got and none has come for a while
+/// (the top-up happens in spawned tasks), then returns the blocks requested, in order.
+async fn blocks_requested_when_quiet(src: &MemorySource) -> Vec<u64> {
+    let mut quiet = 0;
+    let mut seen = usize::MAX;
+    for _ in 0..1000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let n = src.log().len();
+        if src.in_flight() == 0 && n == seen {
+            quiet += 1;
+            if quiet == 10 {
+                break;
+            }
+        } else {
+            quiet = 0;
+        }
+        seen = n;
+    }
+    let mut blocks: Vec<u64> = src.log().iter().map(|r| r.range.start / MIB).collect();
+    blocks.sort_unstable();
+    blocks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_a_freed_connection_reads_ahead_without_waiting_for_the_next_read() {
+    let (src, reader) = paused_reader_setup();
+    reader.read(0, MIB).await.unwrap();
+    reader.read(MIB, MIB).await.unwrap();
+    // At the second read: its own block 1, then read-ahead of blocks 2 and 3 (2 in flight).
+    // No more reads come; blocks 4 and 5 are requested as blocks 2 and 3 arrive, and nothing
+    // past the window (block 6 on).
+    assert_eq!(
+        blocks_requested_when_quiet(&src).await,
+        vec![0, 1, 2, 3, 4, 5]
+    );
+    assert!(src.max_in_flight() <= 3, "{} at once", src.max_in_flight());
+    assert_eq!(src.stats().bytes, 6 * MIB, "each block fetched once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_a_closed_handle_starts_no_more_read_ahead() {
+    let (src, reader) = paused_reader_setup();
+    reader.read(0, MIB).await.unwrap();
+    // Polled once: the read starts its fetch and read-ahead, then the handle is closed while
+    // they are in flight (a reader interrupted mid-read, then its file closed).
+    assert!(reader.read(MIB, MIB).now_or_never().is_none());
+    drop(reader);
+    // The fetches in flight finish (and stay in the cache); none follows them.
+    assert_eq!(blocks_requested_when_quiet(&src).await, vec![0, 1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_a_failed_read_ahead_fetch_starts_no_other() {
+    let (src, reader) = paused_reader_setup();
+    reader.read(0, MIB).await.unwrap();
+    assert!(reader.read(MIB, MIB).now_or_never().is_none());
+    // Blocks 1, 2 and 3 are on their way; all three fail (an outage): the failures do not
+    // start blocks 4 and 5, as successes would.
+    src.fail_next(3);
+    assert_eq!(blocks_requested_when_quiet(&src).await, vec![0, 1, 2, 3]);
+    assert_eq!(src.stats().failures, 3);
+    drop(reader);
 }
