@@ -24,21 +24,20 @@
 //! Locking: one `std::sync::Mutex` around the maps, held for map operations only, never across an
 //! `.await`. All methods that start fetches must be called inside a Tokio runtime.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use lru::LruCache;
-use tokio::sync::watch;
 
 use crate::{FetchError, RangeSource};
 
 mod handle;
+mod state;
 mod task;
 
 pub use handle::{BlockHandle, PendingRead};
-use handle::{HandleState, Outcome, TailOutcome};
+use handle::{Outcome, TailOutcome};
+use state::{NewRun, State};
 use task::{fetch_tail, run_fetch, FetchGuard};
 
 /// 1 MiB. Large enough that a request's fixed cost (a round trip of 50-300 ms to zipper, token
@@ -119,45 +118,10 @@ pub struct CacheStats {
     pub pinned_bytes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct BlockKey {
-    id: Arc<str>,
-    index: u64,
-}
-
-/// A block being fetched: which fetch, and where in its run the block sits.
-struct InFlight {
-    fetch: u64,
-    slot: usize,
-    rx: watch::Receiver<Outcome>,
-}
-
-/// A tail being fetched from `start` to the product's end.
-struct TailFetch {
-    start: u64,
-    rx: watch::Receiver<TailOutcome>,
-}
-
-/// The last bytes of a product, `offset..offset + data.len()` (ends at the product's end).
-struct Tail {
-    offset: u64,
-    data: Bytes,
-}
-
-struct Inner {
-    blocks: LruCache<BlockKey, Bytes>,
-    block_bytes: u64,
-    tails: LruCache<Arc<str>, Tail>,
-    tails_in_flight: HashMap<Arc<str>, TailFetch>,
-    in_flight: HashMap<BlockKey, InFlight>,
-    next_fetch: u64,
-    stats: CacheStats,
-}
-
 struct Core<S> {
     source: S,
     config: CacheConfig,
-    inner: Mutex<Inner>,
+    inner: Mutex<State>,
 }
 
 /// Blocks of products in memory under a byte budget, with one fetch per missing block.
@@ -167,62 +131,10 @@ pub struct BlockCache<S: RangeSource> {
 }
 
 impl<S: RangeSource> Core<S> {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // The maps stay consistent between statements; a panic elsewhere must not wedge reads.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// Evicts least recently used blocks until blocks + tails fit the budget.
-    fn evict(&self, inner: &mut Inner) {
-        let pinned = inner.stats.pinned_bytes;
-        while inner.block_bytes + pinned > self.config.budget_bytes {
-            let Some((_, old)) = inner.blocks.pop_lru() else {
-                break;
-            };
-            inner.block_bytes -= old.len() as u64;
-            inner.stats.evictions += 1;
-        }
-        let resident = inner.block_bytes + pinned;
-        inner.stats.resident_bytes = resident;
-        inner.stats.peak_resident_bytes = inner.stats.peak_resident_bytes.max(resident);
-    }
-
-    fn insert_block(&self, inner: &mut Inner, key: BlockKey, data: Bytes) {
-        let len = data.len() as u64;
-        if let Some(old) = inner.blocks.put(key, data) {
-            inner.block_bytes -= old.len() as u64;
-        }
-        inner.block_bytes += len;
-        self.evict(inner);
-    }
-}
-
-/// A read of `range` served by the product's tail, pinned (a slice) or on its way (joined), if
-/// the tail covers it. Tails run to the product's end, so only the start needs checking.
-fn read_tail(inner: &mut Inner, id: &str, range: Range<u64>) -> Option<PendingRead> {
-    if let Some(tail) = inner.tails.get(id) {
-        if tail.offset <= range.start {
-            let from = (range.start - tail.offset) as usize;
-            let to = (range.end - tail.offset) as usize;
-            let bytes = tail.data.get(from..to).map(|_| tail.data.slice(from..to))?;
-            inner.stats.hits += 1;
-            return Some(PendingRead::ready(bytes));
-        }
-    }
-    let fetch = inner.tails_in_flight.get(id).filter(|f| {
-        // A fetch whose task died without an answer is not worth joining.
-        f.start <= range.start && (f.rx.borrow().is_some() || f.rx.has_changed().is_ok())
-    })?;
-    let read = PendingRead::tail(Arc::from(id), fetch.rx.clone(), fetch.start, range);
-    inner.stats.joins += 1;
-    Some(read)
-}
-
-/// How one block was found by [`BlockCache::start`].
-enum Found {
-    Ready(Bytes),
-    Joined(u64, usize, watch::Receiver<Outcome>),
-    Missing,
 }
 
 impl<S: RangeSource> BlockCache<S> {
@@ -232,15 +144,7 @@ impl<S: RangeSource> BlockCache<S> {
             core: Arc::new(Core {
                 source,
                 config,
-                inner: Mutex::new(Inner {
-                    blocks: LruCache::unbounded(),
-                    block_bytes: 0,
-                    tails: LruCache::unbounded(),
-                    tails_in_flight: HashMap::new(),
-                    in_flight: HashMap::new(),
-                    next_fetch: 0,
-                    stats: CacheStats::default(),
-                }),
+                inner: Mutex::new(State::new(config.budget_bytes)),
             }),
         }
     }
@@ -266,11 +170,7 @@ impl<S: RangeSource> BlockCache<S> {
 
     /// Whether the block is in memory now (in-flight blocks are not); does not touch LRU order.
     pub fn contains(&self, id: &str, index: u64) -> bool {
-        let key = BlockKey {
-            id: Arc::from(id),
-            index,
-        };
-        self.core.lock().blocks.contains(&key)
+        self.core.lock().contains(id, index)
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -285,89 +185,9 @@ impl<S: RangeSource> BlockCache<S> {
         let end = blocks.end.min(self.block_count(size));
         let blocks = blocks.start.min(end)..end;
         let id: Arc<str> = Arc::from(id);
-        let mut handles = Vec::with_capacity((blocks.end - blocks.start) as usize);
-        let mut runs = Vec::new();
         let max_run = (MAX_REQUEST_BYTES / self.block_size()).max(1);
-        {
-            let mut inner = self.core.lock();
-            let mut found: Vec<(u64, Found)> = Vec::with_capacity(handles.capacity());
-            for index in blocks.clone() {
-                let key = BlockKey {
-                    id: id.clone(),
-                    index,
-                };
-                let f = if let Some(data) = inner.blocks.get(&key) {
-                    Found::Ready(data.clone())
-                } else if let Some(f) = inner.in_flight.get(&key) {
-                    Found::Joined(f.fetch, f.slot, f.rx.clone())
-                } else {
-                    Found::Missing
-                };
-                match f {
-                    Found::Ready(_) => inner.stats.hits += 1,
-                    Found::Joined(..) => inner.stats.joins += 1,
-                    Found::Missing => inner.stats.misses += 1,
-                }
-                found.push((index, f));
-            }
-            let mut i = 0;
-            while i < found.len() {
-                let (index, f) = &found[i];
-                let state = match f {
-                    Found::Ready(data) => HandleState::Ready(data.clone()),
-                    Found::Joined(fetch, slot, rx) => HandleState::Pending {
-                        fetch: *fetch,
-                        slot: *slot,
-                        rx: rx.clone(),
-                    },
-                    Found::Missing => {
-                        // A new fetch for this block and the missing ones right after it.
-                        let run_start = *index;
-                        let mut run_end = run_start + 1;
-                        while run_end - run_start < max_run
-                            && found
-                                .get((run_end - blocks.start) as usize)
-                                .is_some_and(|(_, f)| matches!(f, Found::Missing))
-                        {
-                            run_end += 1;
-                        }
-                        let fetch = inner.next_fetch;
-                        inner.next_fetch += 1;
-                        inner.stats.requests += 1;
-                        let (tx, rx) = watch::channel(None);
-                        for (slot, index) in (run_start..run_end).enumerate() {
-                            let key = BlockKey {
-                                id: id.clone(),
-                                index,
-                            };
-                            let entry = InFlight {
-                                fetch,
-                                slot,
-                                rx: rx.clone(),
-                            };
-                            inner.in_flight.insert(key, entry);
-                            handles.push(BlockHandle {
-                                index,
-                                state: HandleState::Pending {
-                                    fetch,
-                                    slot,
-                                    rx: rx.clone(),
-                                },
-                            });
-                        }
-                        runs.push((run_start..run_end, fetch, tx));
-                        i += (run_end - run_start) as usize;
-                        continue;
-                    }
-                };
-                handles.push(BlockHandle {
-                    index: *index,
-                    state,
-                });
-                i += 1;
-            }
-        }
-        for (blocks, fetch, tx) in runs {
+        let (handles, runs) = self.core.lock().plan(&id, blocks, max_run);
+        for NewRun { blocks, fetch, tx } in runs {
             // Armed before the spawn: if spawning fails, dropping the guard clears the entries.
             let guard = FetchGuard {
                 core: self.core.clone(),
@@ -399,7 +219,8 @@ impl<S: RangeSource> BlockCache<S> {
     }
 
     /// Blocks `blocks` (clipped to the product), fetching the missing ones with as few requests
-    /// as possible (one per run of consecutive missing blocks).
+    /// as possible (one per run of consecutive missing blocks). Tests' view of [`Self::start`].
+    #[cfg(test)]
     pub async fn fetch_blocks(
         &self,
         id: &str,
@@ -433,7 +254,7 @@ impl<S: RangeSource> BlockCache<S> {
             return PendingRead::ready(Bytes::new());
         }
         let end = offset.saturating_add(len).min(size);
-        if let Some(read) = read_tail(&mut self.core.lock(), id, offset..end) {
+        if let Some(read) = self.core.lock().read_tail(id, offset..end) {
             return read;
         }
         let bs = self.block_size();
@@ -464,20 +285,14 @@ impl<S: RangeSource> BlockCache<S> {
             return PendingRead::ready(Bytes::new());
         }
         let start = size - len;
-        let mut inner = self.core.lock();
-        if let Some(read) = read_tail(&mut inner, id, start..size) {
+        let mut state = self.core.lock();
+        if let Some(read) = state.read_tail(id, start..size) {
             return read;
         }
         let owned_id: Arc<str> = Arc::from(id);
-        let (tx, rx) = watch::channel(None);
-        let entry = TailFetch {
-            start,
-            rx: rx.clone(),
-        };
-        inner.tails_in_flight.insert(owned_id.clone(), entry);
-        inner.stats.requests += 1;
-        inner.stats.misses += 1;
-        drop(inner);
+        let tx = state.start_tail(&owned_id, start);
+        let rx = tx.subscribe();
+        drop(state);
         // Spawned like block fetches, so an interrupted open does not waste it.
         tokio::spawn(fetch_tail(
             self.core.clone(),
@@ -490,17 +305,12 @@ impl<S: RangeSource> BlockCache<S> {
 
     /// The pinned tail of a product, as `(offset, bytes)`, if there is one.
     pub fn tail(&self, id: &str) -> Option<(u64, Bytes)> {
-        let inner = self.core.lock();
-        inner.tails.peek(id).map(|t| (t.offset, t.data.clone()))
+        self.core.lock().tail(id)
     }
 
     /// Drops the pinned tail of a product (e.g. when its last handle is closed).
     pub fn unpin(&self, id: &str) {
-        let mut inner = self.core.lock();
-        if let Some(old) = inner.tails.pop(id) {
-            inner.stats.pinned_bytes -= old.data.len() as u64;
-            self.core.evict(&mut inner);
-        }
+        self.core.lock().unpin(id);
     }
 }
 

@@ -1,11 +1,13 @@
 //! The persistent disk cache: product blocks and product info kept across mounts.
 //!
 //! Two pieces:
-//! - [`DiskStore`], the directory: one file per block, `<dir>/v1/<id>/<index>.blk`, and the
-//!   product's info (size, file name, Range support) in `<dir>/v1/<id>/info.json`;
-//! - [`DiskCache`], a [`RangeSource`] layer: `get_range` serves the blocks it holds and fetches
-//!   only the missing runs from below (then stores them); `info` is answered from `info.json`,
-//!   so a product read whole once reads again with zero requests, even with the server down.
+//! - [`DiskStore`], the directory: one file per block, `<dir>/v1/<id>/<index>.blk`, until the
+//!   product is whole, then one file (`whole`); the product's info (size, file name, Range
+//!   support) in `<dir>/v1/<id>/info.json`;
+//! - [`DiskCache`] (`layer`), a [`crate::RangeSource`] layer: `get_range` serves the blocks it
+//!   holds and fetches only the missing runs from below (then stores them); `info` is answered
+//!   from `info.json`, so a product read whole once reads again with zero requests, even with
+//!   the server down.
 //!
 //! Why a layer under the block cache, not a tier inside it: the block cache already asks for
 //! aligned runs of blocks and shares one fetch among concurrent readers, so a disk read gets the
@@ -42,28 +44,28 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::spool::{BlockSink, StreamClaim};
-use crate::{FetchError, ObjectInfo, RangeSource, RangeSupport};
+use crate::{ObjectInfo, RangeSupport};
 
+mod layer;
 mod members;
-use members::ZipDirectory;
 mod whole;
+pub use layer::DiskCache;
 use whole::WholeIndex;
 
 /// Block size on disk: the block cache's (1 MiB), so its aligned requests map onto whole
 /// files; per-file overhead (inode, header, rename) stays under 1%, and a product read in
 /// part caches only about what was read.
 pub const DISK_BLOCK_SIZE: u64 = crate::cache::DEFAULT_BLOCK_SIZE;
-/// Default budget: leave this fraction of the cache's filesystem free (the 5%), so a
+/// Default budget: leave this fraction of the cache's filesystem free (5%), so a
 /// cache that fills the disk never starves the user's own files.
 pub const KEEP_FREE: f64 = 0.05;
 /// Eviction frees down to this fraction of the budget, so one scan of the directory pays for
@@ -75,10 +77,6 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// Temp files older than this are left-overs of a crash and are removed at open; younger ones
 /// may be another mount's write in progress.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
-
-/// How often [`DiskStore::finish_assembly`] looks whether the assemblies are done: a copy of a
-/// product takes about a second per GiB, so a few tens of ms late is nothing.
-const ASSEMBLY_POLL: Duration = Duration::from_millis(20);
 
 const MAGIC: &[u8; 8] = b"EOBLK01\n";
 /// In a product's directory: held (`flock`) by the process streaming the product whole, so
@@ -213,22 +211,6 @@ impl DiskStore {
     #[cfg(test)]
     pub(crate) fn set_auto_assemble(&self, on: bool) {
         self.auto_assemble.store(on, Ordering::Relaxed);
-    }
-
-    /// Waits, at most `within`, for the assemblies this process has started: called before
-    /// the process exits, so that a product whose last block just landed is kept as one file
-    /// now rather than at its next open.
-    pub fn finish_assembly(&self, within: Duration) {
-        let until = std::time::Instant::now() + within;
-        while !self
-            .assembling
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-            && std::time::Instant::now() < until
-        {
-            std::thread::sleep(ASSEMBLY_POLL);
-        }
     }
 
     pub fn root(&self) -> &Path {
@@ -375,248 +357,6 @@ impl DiskStore {
             self.evict();
         }
         self.assemble_soon(id, size);
-    }
-
-    /// The index of `id`'s whole file, when it has one that pairs with its data file.
-    fn whole(&self, id: &str) -> Option<Arc<WholeIndex>> {
-        let dir = self.product_dir(id);
-        let Ok(meta) = std::fs::metadata(dir.join(whole::DATA)) else {
-            self.wholes_map().remove(id);
-            return None;
-        };
-        if let Some(w) = self.wholes_map().get(id).filter(|w| w.pairs_with(&meta)) {
-            return Some(Arc::clone(w));
-        }
-        let w = Arc::new(WholeIndex::read(&dir).filter(|w| w.block_size == DISK_BLOCK_SIZE)?);
-        self.wholes_map().insert(id.to_string(), Arc::clone(&w));
-        Some(w)
-    }
-
-    fn wholes_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<WholeIndex>>> {
-        self.wholes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Block `index` (of `len` bytes) from `id`'s whole file, checked against its index's CRC;
-    /// a whole file that fails the check is deleted.
-    fn get_from_whole(&self, id: &str, index: u64, len: u64) -> Option<Bytes> {
-        let w = self.whole(id)?;
-        if index >= w.crcs.len() as u64 || w.block_len(index) != len {
-            return None;
-        }
-        let path = self.product_dir(id).join(whole::DATA);
-        let file = std::fs::File::open(&path).ok()?;
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, index * DISK_BLOCK_SIZE).ok()?;
-        if crc32fast::hash(&buf) != w.crcs[index as usize] {
-            tracing::warn!(path = %path.display(), index, "corrupt block in a whole product in the disk cache; keeping its good blocks and fetching the bad one again");
-            self.corrupt.fetch_add(1, Ordering::Relaxed);
-            self.split_whole(id, &w);
-            return None;
-        }
-        self.hits.fetch_add(1, Ordering::Relaxed);
-        touch(&path);
-        Some(Bytes::from(buf))
-    }
-
-    /// Blocks `first..=last` of `id` from its whole file, read at once into one buffer (huge
-    /// pages where the kernel has them), each block checked against its CRC: the disk cache's
-    /// answer for a product held whole, with no copy to assemble the run. `None` when the
-    /// product is not whole, the read fails, or a block fails its check (the file is then
-    /// split back into its good blocks). Blocking.
-    pub fn read_whole_run(&self, id: &str, first: u64, last: u64) -> Option<Bytes> {
-        use std::os::fd::AsRawFd;
-        let w = self.whole(id)?;
-        if last >= w.crcs.len() as u64 || first > last {
-            return None;
-        }
-        let bs = DISK_BLOCK_SIZE;
-        let start = first * bs;
-        let len = ((last + 1) * bs).min(w.size) - start;
-        let path = self.product_dir(id).join(whole::DATA);
-        let file = std::fs::File::open(&path).ok()?;
-        let mut buf = BytesMut::with_capacity(len as usize);
-        crate::zipper::huge_pages_for(&mut buf);
-        let spare = buf.spare_capacity_mut();
-        let mut done = 0usize;
-        while done < len as usize {
-            // SAFETY: pread writes at most `len - done` bytes into the buffer's own spare
-            // capacity, which holds `len`; the bytes count as initialised only once written.
-            let n = unsafe {
-                libc::pread(
-                    file.as_raw_fd(),
-                    spare.as_mut_ptr().add(done).cast(),
-                    len as usize - done,
-                    (start + done as u64) as libc::off_t,
-                )
-            };
-            if n <= 0 {
-                return None;
-            }
-            done += n as usize;
-        }
-        // SAFETY: the loop above wrote all `len` bytes.
-        unsafe { buf.set_len(len as usize) };
-        for (k, block) in buf.chunks(bs as usize).enumerate() {
-            if crc32fast::hash(block) != w.crcs[first as usize + k] {
-                tracing::warn!(path = %path.display(), index = first + k as u64, "corrupt block in a whole product in the disk cache; keeping its good blocks and fetching the bad one again");
-                self.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.split_whole(id, &w);
-                return None;
-            }
-        }
-        self.hits.fetch_add(last - first + 1, Ordering::Relaxed);
-        touch(&path);
-        Some(buf.freeze())
-    }
-
-    /// Turns `id`'s whole file, found corrupt, back into block files: the blocks that pass
-    /// their check are kept, the others are fetched again (and the product assembled again once
-    /// they are held). Rare (bit rot), so copying is fine.
-    fn split_whole(&self, id: &str, w: &WholeIndex) {
-        let dir = self.product_dir(id);
-        let Some(_lock) = whole::lock_wait(&dir) else {
-            return;
-        };
-        if let Ok(file) = std::fs::File::open(dir.join(whole::DATA)) {
-            for (i, crc) in w.crcs.iter().enumerate() {
-                let i = i as u64;
-                let mut buf = vec![0u8; w.block_len(i) as usize];
-                let good = file.read_exact_at(&mut buf, i * DISK_BLOCK_SIZE).is_ok()
-                    && crc32fast::hash(&buf) == *crc;
-                if good && self.write_block(id, i, &buf).is_ok() {
-                    self.used
-                        .fetch_add(HEADER as u64 + buf.len() as u64, Ordering::Relaxed);
-                }
-            }
-        }
-        if std::fs::remove_file(dir.join(whole::DATA)).is_ok() {
-            self.sub_used(w.size);
-        }
-        let _ = std::fs::remove_file(dir.join(whole::INDEX));
-        self.wholes_map().remove(id);
-    }
-
-    /// `id`'s whole file, opened for reading, when the product (a download of `size` bytes)
-    /// is held whole: for the kernel to read directly. While it is open the bytes stay
-    /// readable even if the file is evicted (unlinked) meanwhile.
-    pub fn whole_file(&self, id: &str, size: u64) -> Option<std::fs::File> {
-        let w = self.whole(id).filter(|w| w.size == size)?;
-        let path = self.product_dir(id).join(whole::DATA);
-        let file = std::fs::File::open(&path).ok()?;
-        // The file opened is the one the index pairs with (not one renamed in since).
-        if !w.pairs_with(&file.metadata().ok()?) {
-            return None;
-        }
-        touch(&path);
-        Some(file)
-    }
-
-    /// Assembles `id` (a download of `size` bytes) into one file on a thread of its own, when
-    /// its every block is held and no thread here is at it already.
-    pub fn assemble_soon(&self, id: &str, size: u64) {
-        if !self.auto_assemble.load(Ordering::Relaxed) || size == 0 {
-            return;
-        }
-        // The last block first (a stat: a product streamed in order lacks it until the end),
-        // then a count of the block files (one directory read), before a thread is started.
-        let last = (size - 1) / DISK_BLOCK_SIZE;
-        if !self.has_block_file(id, last, size - last * DISK_BLOCK_SIZE)
-            || self.block_files(id) < size.div_ceil(DISK_BLOCK_SIZE)
-            || self.whole(id).is_some()
-        {
-            return;
-        }
-        let Some(me) = self.me.upgrade() else { return };
-        if !self
-            .assembling
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string())
-        {
-            return;
-        }
-        let id = id.to_string();
-        let spawned = std::thread::Builder::new()
-            .name("disk-assemble".into())
-            .spawn({
-                let id = id.clone();
-                move || {
-                    me.assemble(&id, size);
-                    me.assembling
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                }
-            });
-        if spawned.is_err() {
-            self.assembling
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-        }
-    }
-
-    /// How many block files `id` has.
-    fn block_files(&self, id: &str) -> u64 {
-        let Ok(files) = std::fs::read_dir(self.product_dir(id)) else {
-            return 0;
-        };
-        files
-            .flatten()
-            .filter(|f| {
-                let name = f.file_name();
-                let name = name.to_string_lossy();
-                !name.starts_with('.') && name.ends_with(".blk")
-            })
-            .count() as u64
-    }
-
-    /// Assembles `id` (a download of `size` bytes) into one file from its blocks, each
-    /// verified, then deletes the blocks; true when the product is whole afterwards. Blocking.
-    pub fn assemble(&self, id: &str, size: u64) -> bool {
-        if self.whole(id).is_some() {
-            return true;
-        }
-        let bs = DISK_BLOCK_SIZE;
-        let n = size.div_ceil(bs);
-        let len = |i: u64| bs.min(size - i * bs);
-        if size == 0 || !(0..n).all(|i| self.has_block_file(id, i, len(i))) {
-            return false;
-        }
-        let dir = self.product_dir(id);
-        let read = |i: u64| {
-            let raw = std::fs::read(self.block_path(id, i)).ok()?;
-            verify(&raw, len(i)).ok()?;
-            let crc = u32::from_le_bytes(raw[16..20].try_into().expect("4 bytes"));
-            Some((raw[HEADER..].to_vec(), crc))
-        };
-        let pid = std::process::id();
-        let temp = |name: &str| {
-            let k = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-            format!(".{name}.{pid}.{k}.tmp")
-        };
-        match whole::assemble(&dir, size, bs, &temp, &read) {
-            Ok(Some(index)) => {
-                self.used.fetch_add(size, Ordering::Relaxed);
-                self.wholes_map().insert(id.to_string(), Arc::new(index));
-                for i in 0..n {
-                    if std::fs::remove_file(self.block_path(id, i)).is_ok() {
-                        self.sub_used(HEADER as u64 + len(i));
-                    }
-                }
-                self.assembled.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    id,
-                    "the product is whole in the disk cache: kept as one file"
-                );
-                true
-            }
-            Ok(None) => self.whole(id).is_some(),
-            Err(e) => {
-                tracing::warn!(id, error = %e, "cannot assemble the product in the disk cache");
-                false
-            }
-        }
     }
 
     fn write_block(&self, id: &str, index: u64, data: &[u8]) -> std::io::Result<()> {
@@ -954,264 +694,6 @@ impl DiskStore {
         }
         self.wholes_map().remove(id);
         tracing::info!(id, "dropped the product's blocks from the disk cache");
-    }
-}
-
-/// The disk cache as a [`RangeSource`] layer. See the module doc.
-pub struct DiskCache<S> {
-    inner: S,
-    store: Option<Arc<DiskStore>>,
-    infos: Mutex<HashMap<String, ObjectInfo>>,
-    /// Central directories of products whose zip tail is held, by product id (`members`),
-    /// with the store's count of dropped products when each was read.
-    zips: Mutex<HashMap<String, (u64, Arc<ZipDirectory>)>>,
-}
-
-impl<S: RangeSource> DiskCache<S> {
-    /// `store: None` passes everything through to `inner`.
-    pub fn new(inner: S, store: Option<Arc<DiskStore>>) -> Self {
-        DiskCache {
-            inner,
-            store,
-            infos: Mutex::default(),
-            zips: Mutex::default(),
-        }
-    }
-
-    pub fn source(&self) -> &S {
-        &self.inner
-    }
-
-    pub fn store(&self) -> Option<&Arc<DiskStore>> {
-        self.store.as_ref()
-    }
-
-    /// Where the bytes of node `id` (a file of a product, [`crate::nodes`]) sit in its
-    /// product's cached zip: `(product id, data offset in the zip, member size, zip size)`.
-    /// `None` when `id` is not a node id, when the product's info or the blocks of its
-    /// central directory or of the member's local header are not held, or when the member is
-    /// not stored as it is. The directory is parsed once per product and kept until a product
-    /// is dropped from the store (its bytes changed at the source); the local header is read
-    /// and checked (signature and name) on every call, so blocks dropped or replaced since
-    /// give `None`, never another member's bytes.
-    async fn in_cached_zip(
-        &self,
-        store: &Arc<DiskStore>,
-        id: &str,
-    ) -> Option<(String, u64, u64, u64)> {
-        let (uuid, path) = crate::nodes::split_node_id(id)?;
-        let (uuid, name) = (uuid.to_string(), path.join("/"));
-        let dropped = store.dropped.load(Ordering::Relaxed);
-        let known = self
-            .zips
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&uuid)
-            .filter(|(gen, _)| *gen == dropped)
-            .map(|(_, dir)| Arc::clone(dir));
-        let (s, key) = (Arc::clone(store), uuid.clone());
-        let (dir, at, size) = blocking(move || {
-            let dir = match known {
-                Some(d) => d,
-                None => {
-                    let zip_size = s.load_info(&key)?.size;
-                    let read = |r: Range<u64>| s.read_held(&key, zip_size, r);
-                    Arc::new(ZipDirectory::read(zip_size, read)?)
-                }
-            };
-            let entry = dir.get(&name)?;
-            let read = |r: Range<u64>| s.read_held(&key, dir.zip_size, r);
-            let at = members::locate(&dir, &name, entry, read)?;
-            let size = entry.size;
-            Some((dir, at, size))
-        })
-        .await?;
-        let zip_size = dir.zip_size;
-        let mut zips = self.zips.lock().unwrap_or_else(|p| p.into_inner());
-        if !zips.contains_key(&uuid) {
-            tracing::info!(
-                id = %uuid,
-                "the product's zip is in the disk cache: its files are read from there"
-            );
-        }
-        zips.insert(uuid.clone(), (dropped, dir));
-        Some((uuid, at, size, zip_size))
-    }
-
-    /// Bytes `range` of node `id` from its product's cached zip, when held (see
-    /// [`Self::in_cached_zip`]); `None`: the caller fetches them as usual.
-    async fn read_cached_zip(
-        &self,
-        store: &Arc<DiskStore>,
-        id: &str,
-        range: &Range<u64>,
-    ) -> Option<Bytes> {
-        let (uuid, at, size, zip_size) = self.in_cached_zip(store, id).await?;
-        if range.start >= size || range.start >= range.end {
-            return None;
-        }
-        let want = (at + range.start)..(at + range.end.min(size));
-        let s = Arc::clone(store);
-        let bytes = blocking(move || s.read_held(&uuid, zip_size, want)).await?;
-        Some(Bytes::from(bytes))
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("disk cache task panicked")
-}
-
-impl<S: RangeSource> RangeSource for DiskCache<S> {
-    async fn info(&self, id: &str) -> Result<ObjectInfo, FetchError> {
-        let Some(store) = &self.store else {
-            return self.inner.info(id).await;
-        };
-        if let Some(i) = self.infos.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
-            return Ok(i.clone());
-        }
-        let (s, key) = (Arc::clone(store), id.to_string());
-        let info = match blocking(move || s.load_info(&key)).await {
-            Some(info) => info,
-            None => match self.in_cached_zip(store, id).await {
-                // A file of a product whose zip is held: its size is the member's.
-                Some((_, _, size, _)) => ObjectInfo {
-                    size,
-                    filename: None,
-                    ranges: RangeSupport::Honoured,
-                },
-                None => {
-                    let info = self.inner.info(id).await?;
-                    let (s, key, i) = (Arc::clone(store), id.to_string(), info.clone());
-                    blocking(move || s.save_info(&key, &i)).await;
-                    info
-                }
-            },
-        };
-        self.infos
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), info.clone());
-        Ok(info)
-    }
-
-    async fn get_range(&self, id: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
-        let Some(store) = &self.store else {
-            return self.inner.get_range(id, range).await;
-        };
-        if let Some(bytes) = self.read_cached_zip(store, id, &range).await {
-            return Ok(bytes);
-        }
-        let size = self.info(id).await?.size;
-        let Range { start, end } = range;
-        if start >= end {
-            return Ok(Bytes::new());
-        }
-        if start >= size {
-            return Err(FetchError::OutOfRange {
-                id: id.to_string(),
-                start,
-                end,
-                size,
-            });
-        }
-        let end = end.min(size);
-        let bs = store.block_size();
-        let (first, last) = (start / bs, (end - 1) / bs);
-        let skip = (start - first * bs) as usize;
-        let want = (end - start) as usize;
-        let (s, key) = (Arc::clone(store), id.to_string());
-        if let Some(run) = blocking(move || s.read_whole_run(&key, first, last)).await {
-            return Ok(run.slice(skip..skip + want));
-        }
-        let block_len = move |i: u64| bs.min(size - i * bs);
-        let (s, key) = (Arc::clone(store), id.to_string());
-        let mut blocks: Vec<Option<Bytes>> = blocking(move || {
-            (first..=last)
-                .map(|i| s.get(&key, i, block_len(i)))
-                .collect()
-        })
-        .await;
-        // Fetch each run of missing blocks with one request, and keep it.
-        let mut one_answer = None;
-        let mut i = 0;
-        while i < blocks.len() {
-            if blocks[i].is_some() {
-                i += 1;
-                continue;
-            }
-            let mut j = i;
-            while j < blocks.len() && blocks[j].is_none() {
-                j += 1;
-            }
-            let (a, b) = (first + i as u64, first + j as u64);
-            let want = (a * bs)..(b * bs).min(size);
-            let got = self.inner.get_range(id, want.clone()).await?;
-            if got.len() as u64 != want.end - want.start {
-                return Err(FetchError::Protocol(format!(
-                    "asked for bytes {want:?} of {id} and got {} bytes",
-                    got.len()
-                )));
-            }
-            if i == 0 && j == blocks.len() {
-                // Every block came in this one answer: serve a slice of it, as the write below
-                // does, instead of a copy (a fresh 8 MiB buffer per read-ahead request was a
-                // quarter of the mount's page faults in a loopback `cp`, scripts/bench P1).
-                one_answer = Some(got.clone());
-            }
-            let mut fetched = Vec::with_capacity(j - i);
-            for k in a..b {
-                let from = ((k - a) * bs) as usize;
-                let block = got.slice(from..from + block_len(k) as usize);
-                blocks[(k - first) as usize] = Some(block.clone());
-                fetched.push((k, block));
-            }
-            let (s, key) = (Arc::clone(store), id.to_string());
-            blocking(move || {
-                for (k, block) in fetched {
-                    s.put(&key, size, k, &block);
-                }
-            })
-            .await;
-            i = j;
-        }
-        if let Some(got) = one_answer {
-            return Ok(got.slice(skip..skip + want));
-        }
-        if blocks.len() == 1 {
-            let b = blocks.pop().flatten().expect("filled above");
-            return Ok(b.slice(skip..skip + want));
-        }
-        let mut out = BytesMut::with_capacity(want);
-        let mut pos = first * bs;
-        for b in blocks.into_iter().flatten() {
-            let (bstart, bend) = (pos, pos + b.len() as u64);
-            let from = start.max(bstart) - bstart;
-            let to = end.min(bend) - bstart;
-            if from < to {
-                out.extend_from_slice(&b[from as usize..to as usize]);
-            }
-            pos = bend;
-        }
-        Ok(out.freeze())
-    }
-
-    /// The product's whole file when the store holds one of the product's size. A product
-    /// whose every block is held but not yet assembled starts its assembly (the next open
-    /// finds the file).
-    async fn backing_file(&self, id: &str) -> Option<std::fs::File> {
-        let store = self.store.as_ref()?;
-        let size = self.info(id).await.ok()?.size;
-        let (s, key) = (Arc::clone(store), id.to_string());
-        blocking(move || {
-            let file = s.whole_file(&key, size);
-            if file.is_none() {
-                s.assemble_soon(&key, size);
-            }
-            file
-        })
-        .await
     }
 }
 

@@ -225,6 +225,7 @@ impl<S: RangeSource> Prefetcher<S> {
     }
 
     /// The current read-ahead window in bytes (0 when the reader is not streaming).
+    #[cfg(test)]
     pub fn window_bytes(&self) -> u64 {
         self.inner.lock().window * self.inner.cache.block_size()
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{BlockKey, Core, Inner, Outcome, Tail, TailOutcome, PINNED_SHARE_DIVISOR};
+use super::{Core, Outcome, TailOutcome};
 use crate::{FetchError, RangeSource};
 
 /// Removes a fetch's in-flight entries if its task ends without doing so (a panic in the source,
@@ -24,20 +24,8 @@ pub(super) struct FetchGuard<S: RangeSource> {
 impl<S: RangeSource> Drop for FetchGuard<S> {
     fn drop(&mut self) {
         if self.armed {
-            let mut inner = self.core.lock();
-            remove_in_flight(&mut inner, &self.id, self.blocks.clone(), self.fetch);
-        }
-    }
-}
-
-fn remove_in_flight(inner: &mut Inner, id: &Arc<str>, blocks: Range<u64>, fetch: u64) {
-    for index in blocks {
-        let key = BlockKey {
-            id: id.clone(),
-            index,
-        };
-        if inner.in_flight.get(&key).is_some_and(|f| f.fetch == fetch) {
-            inner.in_flight.remove(&key);
+            let blocks = self.blocks.clone();
+            self.core.lock().forget_run(&self.id, blocks, self.fetch);
         }
     }
 }
@@ -89,27 +77,12 @@ pub(super) async fn run_fetch<S: RangeSource>(
                 .map(|from| data.slice(from..(from + bs as usize).min(data.len())))
                 .collect()
         });
-    {
-        let mut inner = core.lock();
-        remove_in_flight(&mut inner, &guard.id, blocks.clone(), guard.fetch);
-        guard.armed = false;
-        match &result {
-            Ok(parts) => {
-                inner.stats.bytes_fetched += end - start;
-                for (index, part) in blocks.clone().zip(parts.iter()) {
-                    let key = BlockKey {
-                        id: guard.id.clone(),
-                        index,
-                    };
-                    core.insert_block(&mut inner, key, part.clone());
-                }
-            }
-            Err(e) => {
-                inner.stats.failed_requests += 1;
-                tracing::debug!(id = %guard.id, start, end, error = %e, "block fetch failed");
-            }
-        }
+    if let Err(e) = &result {
+        tracing::debug!(id = %guard.id, start, end, error = %e, "block fetch failed");
     }
+    core.lock()
+        .complete_run(&guard.id, blocks, guard.fetch, &result, end - start);
+    guard.armed = false;
     tx.send_replace(Some(result));
 }
 
@@ -121,35 +94,9 @@ pub(super) async fn fetch_tail<S: RangeSource>(
     tx: watch::Sender<TailOutcome>,
 ) {
     let result = get_exact(&core.source, &id, range.clone()).await;
-    {
-        let mut inner = core.lock();
-        inner.tails_in_flight.remove(&id);
-        match &result {
-            Ok(data) => {
-                let len = data.len() as u64;
-                inner.stats.bytes_fetched += len;
-                let tail = Tail {
-                    offset: range.start,
-                    data: data.clone(),
-                };
-                if let Some(old) = inner.tails.put(id, tail) {
-                    inner.stats.pinned_bytes -= old.data.len() as u64;
-                }
-                inner.stats.pinned_bytes += len;
-                let cap = core.config.budget_bytes / PINNED_SHARE_DIVISOR;
-                while inner.stats.pinned_bytes > cap {
-                    let Some((_, old)) = inner.tails.pop_lru() else {
-                        break;
-                    };
-                    inner.stats.pinned_bytes -= old.data.len() as u64;
-                }
-                core.evict(&mut inner);
-            }
-            Err(e) => {
-                inner.stats.failed_requests += 1;
-                tracing::debug!(%id, start = range.start, error = %e, "tail fetch failed");
-            }
-        }
+    if let Err(e) = &result {
+        tracing::debug!(%id, start = range.start, error = %e, "tail fetch failed");
     }
+    core.lock().complete_tail(id, range.start, &result);
     tx.send_replace(Some(result));
 }

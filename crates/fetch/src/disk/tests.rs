@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use super::*;
+use std::os::unix::fs::FileExt;
+
 use crate::mock::MemorySource;
+use crate::{FetchError, RangeSource};
 
 const MIB: u64 = 1 << 20;
 

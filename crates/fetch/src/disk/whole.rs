@@ -16,10 +16,25 @@
 //! torn write only ever loses one block), and a product is assembled once, by the one process
 //! that wins the `assemble.lock` `flock`; the copy is local and costs about as much as reading
 //! the product once from disk.
+//!
+//! This file holds the format and the assembly, and the store's methods for whole products
+//! (found, read, split back into blocks when corrupt, handed out for passthrough).
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{touch, verify, DiskStore, DISK_BLOCK_SIZE, HEADER};
+
+/// How often [`DiskStore::finish_assembly`] looks whether the assemblies are done: a copy of a
+/// product takes about a second per GiB, so a few tens of ms late is nothing.
+const ASSEMBLY_POLL: Duration = Duration::from_millis(20);
 
 /// The data file, in the product's directory.
 pub const DATA: &str = "whole.data";
@@ -184,6 +199,266 @@ fn flock(dir: &Path, how: libc::c_int) -> std::io::Result<Option<std::fs::File>>
         Ok(Some(file))
     } else {
         Ok(None)
+    }
+}
+
+impl DiskStore {
+    /// Waits, at most `within`, for the assemblies this process has started: called before
+    /// the process exits, so that a product whose last block just landed is kept as one file
+    /// now rather than at its next open.
+    pub fn finish_assembly(&self, within: Duration) {
+        let until = std::time::Instant::now() + within;
+        while !self
+            .assembling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(ASSEMBLY_POLL);
+        }
+    }
+
+    /// The index of `id`'s whole file, when it has one that pairs with its data file.
+    pub(super) fn whole(&self, id: &str) -> Option<Arc<WholeIndex>> {
+        let dir = self.product_dir(id);
+        let Ok(meta) = std::fs::metadata(dir.join(DATA)) else {
+            self.wholes_map().remove(id);
+            return None;
+        };
+        if let Some(w) = self.wholes_map().get(id).filter(|w| w.pairs_with(&meta)) {
+            return Some(Arc::clone(w));
+        }
+        let w = Arc::new(WholeIndex::read(&dir).filter(|w| w.block_size == DISK_BLOCK_SIZE)?);
+        self.wholes_map().insert(id.to_string(), Arc::clone(&w));
+        Some(w)
+    }
+
+    pub(super) fn wholes_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<WholeIndex>>> {
+        self.wholes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Block `index` (of `len` bytes) from `id`'s whole file, checked against its index's CRC;
+    /// a whole file that fails the check is deleted.
+    pub(super) fn get_from_whole(&self, id: &str, index: u64, len: u64) -> Option<Bytes> {
+        let w = self.whole(id)?;
+        if index >= w.crcs.len() as u64 || w.block_len(index) != len {
+            return None;
+        }
+        let path = self.product_dir(id).join(DATA);
+        let file = std::fs::File::open(&path).ok()?;
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, index * DISK_BLOCK_SIZE).ok()?;
+        if crc32fast::hash(&buf) != w.crcs[index as usize] {
+            tracing::warn!(path = %path.display(), index, "corrupt block in a whole product in the disk cache; keeping its good blocks and fetching the bad one again");
+            self.corrupt.fetch_add(1, Ordering::Relaxed);
+            self.split_whole(id, &w);
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        touch(&path);
+        Some(Bytes::from(buf))
+    }
+
+    /// Blocks `first..=last` of `id` from its whole file, read at once into one buffer (huge
+    /// pages where the kernel has them), each block checked against its CRC: the disk cache's
+    /// answer for a product held whole, with no copy to assemble the run. `None` when the
+    /// product is not whole, the read fails, or a block fails its check (the file is then
+    /// split back into its good blocks). Blocking.
+    pub fn read_whole_run(&self, id: &str, first: u64, last: u64) -> Option<Bytes> {
+        use std::os::fd::AsRawFd;
+        let w = self.whole(id)?;
+        if last >= w.crcs.len() as u64 || first > last {
+            return None;
+        }
+        let bs = DISK_BLOCK_SIZE;
+        let start = first * bs;
+        let len = ((last + 1) * bs).min(w.size) - start;
+        let path = self.product_dir(id).join(DATA);
+        let file = std::fs::File::open(&path).ok()?;
+        let mut buf = BytesMut::with_capacity(len as usize);
+        crate::zipper::huge_pages_for(&mut buf);
+        let spare = buf.spare_capacity_mut();
+        let mut done = 0usize;
+        while done < len as usize {
+            // SAFETY: pread writes at most `len - done` bytes into the buffer's own spare
+            // capacity, which holds `len`; the bytes count as initialised only once written.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    spare.as_mut_ptr().add(done).cast(),
+                    len as usize - done,
+                    (start + done as u64) as libc::off_t,
+                )
+            };
+            if n <= 0 {
+                return None;
+            }
+            done += n as usize;
+        }
+        // SAFETY: the loop above wrote all `len` bytes.
+        unsafe { buf.set_len(len as usize) };
+        for (k, block) in buf.chunks(bs as usize).enumerate() {
+            if crc32fast::hash(block) != w.crcs[first as usize + k] {
+                tracing::warn!(path = %path.display(), index = first + k as u64, "corrupt block in a whole product in the disk cache; keeping its good blocks and fetching the bad one again");
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.split_whole(id, &w);
+                return None;
+            }
+        }
+        self.hits.fetch_add(last - first + 1, Ordering::Relaxed);
+        touch(&path);
+        Some(buf.freeze())
+    }
+
+    /// Turns `id`'s whole file, found corrupt, back into block files: the blocks that pass
+    /// their check are kept, the others are fetched again (and the product assembled again once
+    /// they are held). Rare (bit rot), so copying is fine.
+    pub(super) fn split_whole(&self, id: &str, w: &WholeIndex) {
+        let dir = self.product_dir(id);
+        let Some(_lock) = lock_wait(&dir) else {
+            return;
+        };
+        if let Ok(file) = std::fs::File::open(dir.join(DATA)) {
+            for (i, crc) in w.crcs.iter().enumerate() {
+                let i = i as u64;
+                let mut buf = vec![0u8; w.block_len(i) as usize];
+                let good = file.read_exact_at(&mut buf, i * DISK_BLOCK_SIZE).is_ok()
+                    && crc32fast::hash(&buf) == *crc;
+                if good && self.write_block(id, i, &buf).is_ok() {
+                    self.used
+                        .fetch_add(HEADER as u64 + buf.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        if std::fs::remove_file(dir.join(DATA)).is_ok() {
+            self.sub_used(w.size);
+        }
+        let _ = std::fs::remove_file(dir.join(INDEX));
+        self.wholes_map().remove(id);
+    }
+
+    /// `id`'s whole file, opened for reading, when the product (a download of `size` bytes)
+    /// is held whole: for the kernel to read directly. While it is open the bytes stay
+    /// readable even if the file is evicted (unlinked) meanwhile.
+    pub fn whole_file(&self, id: &str, size: u64) -> Option<std::fs::File> {
+        let w = self.whole(id).filter(|w| w.size == size)?;
+        let path = self.product_dir(id).join(DATA);
+        let file = std::fs::File::open(&path).ok()?;
+        // The file opened is the one the index pairs with (not one renamed in since).
+        if !w.pairs_with(&file.metadata().ok()?) {
+            return None;
+        }
+        touch(&path);
+        Some(file)
+    }
+
+    /// Assembles `id` (a download of `size` bytes) into one file on a thread of its own, when
+    /// its every block is held and no thread here is at it already.
+    pub fn assemble_soon(&self, id: &str, size: u64) {
+        if !self.auto_assemble.load(Ordering::Relaxed) || size == 0 {
+            return;
+        }
+        // The last block first (a stat: a product streamed in order lacks it until the end),
+        // then a count of the block files (one directory read), before a thread is started.
+        let last = (size - 1) / DISK_BLOCK_SIZE;
+        if !self.has_block_file(id, last, size - last * DISK_BLOCK_SIZE)
+            || self.block_files(id) < size.div_ceil(DISK_BLOCK_SIZE)
+            || self.whole(id).is_some()
+        {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        if !self
+            .assembling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+        {
+            return;
+        }
+        let id = id.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("disk-assemble".into())
+            .spawn({
+                let id = id.clone();
+                move || {
+                    me.assemble(&id, size);
+                    me.assembling
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                }
+            });
+        if spawned.is_err() {
+            self.assembling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+    }
+
+    /// How many block files `id` has.
+    pub(super) fn block_files(&self, id: &str) -> u64 {
+        let Ok(files) = std::fs::read_dir(self.product_dir(id)) else {
+            return 0;
+        };
+        files
+            .flatten()
+            .filter(|f| {
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with('.') && name.ends_with(".blk")
+            })
+            .count() as u64
+    }
+
+    /// Assembles `id` (a download of `size` bytes) into one file from its blocks, each
+    /// verified, then deletes the blocks; true when the product is whole afterwards. Blocking.
+    pub fn assemble(&self, id: &str, size: u64) -> bool {
+        if self.whole(id).is_some() {
+            return true;
+        }
+        let bs = DISK_BLOCK_SIZE;
+        let n = size.div_ceil(bs);
+        let len = |i: u64| bs.min(size - i * bs);
+        if size == 0 || !(0..n).all(|i| self.has_block_file(id, i, len(i))) {
+            return false;
+        }
+        let dir = self.product_dir(id);
+        let read = |i: u64| {
+            let raw = std::fs::read(self.block_path(id, i)).ok()?;
+            verify(&raw, len(i)).ok()?;
+            let crc = u32::from_le_bytes(raw[16..20].try_into().expect("4 bytes"));
+            Some((raw[HEADER..].to_vec(), crc))
+        };
+        let pid = std::process::id();
+        let temp = |name: &str| {
+            let k = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+            format!(".{name}.{pid}.{k}.tmp")
+        };
+        match assemble(&dir, size, bs, &temp, &read) {
+            Ok(Some(index)) => {
+                self.used.fetch_add(size, Ordering::Relaxed);
+                self.wholes_map().insert(id.to_string(), Arc::new(index));
+                for i in 0..n {
+                    if std::fs::remove_file(self.block_path(id, i)).is_ok() {
+                        self.sub_used(HEADER as u64 + len(i));
+                    }
+                }
+                self.assembled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    id,
+                    "the product is whole in the disk cache: kept as one file"
+                );
+                true
+            }
+            Ok(None) => self.whole(id).is_some(),
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot assemble the product in the disk cache");
+                false
+            }
+        }
     }
 }
 
