@@ -426,6 +426,41 @@ struct StreamTask<S> {
     md5: Option<String>,
 }
 
+/// Cuts a stream into the sink's aligned blocks (the last one short).
+struct BlockCutter {
+    bs: u64,
+    size: u64,
+    /// The block being filled; starts at its aligned offset.
+    block: BytesMut,
+    /// Keep the product's last block back ([`BlockCutter::held`]) instead of handing it out.
+    hold_last: bool,
+    held: Option<(u64, Bytes)>,
+}
+
+impl BlockCutter {
+    /// The blocks `chunk` (the stream's bytes from `pos`) completes, as `(index, bytes)`.
+    fn feed(&mut self, pos: u64, chunk: &[u8]) -> Vec<(u64, Bytes)> {
+        let bs = self.bs;
+        self.block.extend_from_slice(chunk);
+        let mut block_start = pos + chunk.len() as u64 - self.block.len() as u64;
+        let mut done = Vec::new();
+        while self.block.len() as u64 >= bs
+            || (!self.block.is_empty() && block_start + self.block.len() as u64 >= self.size)
+        {
+            let n = (bs as usize).min(self.block.len());
+            let index = block_start / bs;
+            let data = self.block.split_to(n).freeze();
+            if self.hold_last && index == (self.size - 1) / bs {
+                self.held = Some((index, data));
+            } else {
+                done.push((index, data));
+            }
+            block_start += n as u64;
+        }
+        done
+    }
+}
+
 impl<S: StreamSource> StreamTask<S> {
     async fn run(self, from: u64) {
         let result = self.stream_or_follow(from).await;
@@ -562,25 +597,19 @@ impl<S: StreamSource> StreamTask<S> {
         let tail = self.spool.tail(from).await?;
         let mut stream = self.inner.stream_from(&self.id, from, tail).await?;
         let mut pos = from;
-        // The block being filled for the sink: starts at its aligned offset, so after a restart
-        // mid-block its head is read back from the spool.
-        let bs = self.sink.as_ref().map(|s| s.block_size());
-        let mut block = BytesMut::new();
-        let mut last_block = None;
-        if let Some(bs) = bs {
-            let head = pos - pos % bs;
-            if head < pos {
-                let file = Arc::clone(&self.spool.file);
-                let mut buf = vec![0u8; (pos - head) as usize];
-                let buf = tokio::task::spawn_blocking(move || {
-                    file.read_exact_at(&mut buf, head).map(|_| buf)
-                })
-                .await
-                .map_err(|e| FetchError::Local(format!("spool task failed: {e}")))?
-                .map_err(|e| FetchError::Local(format!("cannot read the spool: {e}")))?;
-                block.extend_from_slice(&buf);
-            }
-        }
+        let mut cutter = match self.sink.as_ref().map(|s| s.block_size()) {
+            Some(bs) => Some(BlockCutter {
+                bs,
+                size,
+                block: self.block_head(pos, bs).await?,
+                // With a checksum to verify, the sink's last block waits for the verdict too:
+                // other processes read the sink, and it keeps the product whole only once it
+                // holds every block.
+                hold_last: self.md5.is_some(),
+                held: None,
+            }),
+            None => None,
+        };
         while pos < size {
             let Some(mut chunk) = stream.next_chunk().await? else {
                 return Err(FetchError::Protocol(format!(
@@ -589,29 +618,16 @@ impl<S: StreamSource> StreamTask<S> {
                 )));
             };
             chunk.truncate(chunk.len().min((size - pos) as usize));
-            let file = Arc::clone(&self.spool.file);
-            let mut done = Vec::new();
-            if let Some(bs) = bs {
-                block.extend_from_slice(&chunk);
-                let mut block_start = pos + chunk.len() as u64 - block.len() as u64;
-                while block.len() as u64 >= bs
-                    || (!block.is_empty() && block_start + block.len() as u64 >= size)
-                {
-                    let n = (bs as usize).min(block.len());
-                    let index = block_start / bs;
-                    let data = block.split_to(n).freeze();
-                    // With a checksum to verify, the sink's last block waits for the verdict
-                    // too: other processes read the sink, and it keeps the product whole
-                    // only once it holds every block.
-                    if self.md5.is_some() && index == (size - 1) / bs {
-                        last_block = Some((index, data));
-                    } else {
-                        done.push((index, data));
-                    }
-                    block_start += n as u64;
-                }
-            }
-            let (sink, id, at) = (self.sink.clone(), self.id.clone(), pos);
+            let done = cutter
+                .as_mut()
+                .map(|c| c.feed(pos, &chunk))
+                .unwrap_or_default();
+            let (file, sink, id, at) = (
+                Arc::clone(&self.spool.file),
+                self.sink.clone(),
+                self.id.clone(),
+                pos,
+            );
             let len = chunk.len() as u64;
             tokio::task::spawn_blocking(move || {
                 file.write_all_at(&chunk, at)?;
@@ -625,26 +641,12 @@ impl<S: StreamSource> StreamTask<S> {
             .await
             .map_err(|e| FetchError::Local(format!("spool task failed: {e}")))?
             .map_err(|e| FetchError::Local(format!("cannot write the spool: {e}")))?;
-            let quarter = size.div_ceil(4).max(1);
-            if pos / quarter != (pos + len) / quarter && pos + len < size {
-                tracing::info!(
-                    id = %self.id,
-                    "streaming whole product (server ignores Range): {} of {} MiB",
-                    (pos + len) >> 20,
-                    size >> 20
-                );
-            }
+            self.advance(pos, len);
             pos += len;
-            // With a checksum to verify, the last byte waits for the verdict.
-            let shown = if self.md5.is_some() {
-                pos.min(size - 1)
-            } else {
-                pos
-            };
-            self.spool.progress.send_modify(|p| p.frontier = shown);
         }
         self.verify().await?;
-        if let (Some(sink), Some((index, data))) = (self.sink.clone(), last_block) {
+        let held = cutter.and_then(|c| c.held);
+        if let (Some(sink), Some((index, data))) = (self.sink.clone(), held) {
             let id = self.id.clone();
             tokio::task::spawn_blocking(move || sink.put_block(&id, size, index, &data))
                 .await
@@ -652,6 +654,47 @@ impl<S: StreamSource> StreamTask<S> {
         }
         self.spool.progress.send_modify(|p| p.frontier = size);
         Ok(())
+    }
+
+    /// The start of the block that byte `pos` falls in, up to `pos`, read back from the spool:
+    /// after a restart mid-block, the sink's block is filled from its aligned offset.
+    async fn block_head(&self, pos: u64, bs: u64) -> Result<BytesMut, FetchError> {
+        let head = pos - pos % bs;
+        let mut block = BytesMut::new();
+        if head < pos {
+            let file = Arc::clone(&self.spool.file);
+            let mut buf = vec![0u8; (pos - head) as usize];
+            let buf = tokio::task::spawn_blocking(move || {
+                file.read_exact_at(&mut buf, head).map(|_| buf)
+            })
+            .await
+            .map_err(|e| FetchError::Local(format!("spool task failed: {e}")))?
+            .map_err(|e| FetchError::Local(format!("cannot read the spool: {e}")))?;
+            block.extend_from_slice(&buf);
+        }
+        Ok(block)
+    }
+
+    /// `len` bytes from `pos` are spooled: readers see them (the last byte, with a checksum to
+    /// verify, waits for the verdict), and the log says each quarter.
+    fn advance(&self, pos: u64, len: u64) {
+        let size = self.spool.size;
+        let quarter = size.div_ceil(4).max(1);
+        if pos / quarter != (pos + len) / quarter && pos + len < size {
+            tracing::info!(
+                id = %self.id,
+                "streaming whole product (server ignores Range): {} of {} MiB",
+                (pos + len) >> 20,
+                size >> 20
+            );
+        }
+        let end = pos + len;
+        let shown = if self.md5.is_some() {
+            end.min(size - 1)
+        } else {
+            end
+        };
+        self.spool.progress.send_modify(|p| p.frontier = shown);
     }
 
     /// The whole spool against the catalogue's MD5, when it has one.

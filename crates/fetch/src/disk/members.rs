@@ -70,6 +70,111 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// Where the central directory of a zip of `zip_size` bytes lies, `(offset, size)`, from its
+/// end record (and the zip64 record the locator before it points at).
+fn directory_span(
+    zip_size: u64,
+    read: &impl Fn(Range<u64>) -> Option<Vec<u8>>,
+) -> Option<(u64, u64)> {
+    // The end record: the last signature whose comment runs exactly to the end.
+    let tail_len = zip_size.min(EOCD_LEN + MAX_COMMENT + LOCATOR_LEN);
+    if tail_len < EOCD_LEN {
+        return None;
+    }
+    let tail_start = zip_size - tail_len;
+    let tail = read(tail_start..zip_size)?;
+    let at = (0..=tail.len() - EOCD_LEN as usize).rev().find(|&i| {
+        u32_at(&tail, i) == Some(EOCD_SIG)
+            && u16_at(&tail, i + 20)
+                .is_some_and(|c| i + EOCD_LEN as usize + c as usize == tail.len())
+    })?;
+    let count = u16_at(&tail, at + 10)? as u64;
+    let mut cd_size = u32_at(&tail, at + 12)? as u64;
+    let mut cd_offset = u32_at(&tail, at + 16)? as u64;
+    // Zip64: the locator sits right before the end record and points at the zip64 record.
+    if at >= LOCATOR_LEN as usize && u32_at(&tail, at - LOCATOR_LEN as usize) == Some(LOCATOR_SIG) {
+        let record = u64_at(&tail, at - LOCATOR_LEN as usize + 8)?;
+        if record.checked_add(EOCD64_LEN)? > zip_size {
+            return None;
+        }
+        let r = read(record..record + EOCD64_LEN)?;
+        if u32_at(&r, 0)? != EOCD64_SIG {
+            return None;
+        }
+        cd_size = u64_at(&r, 40)?;
+        cd_offset = u64_at(&r, 48)?;
+    } else if count == 0xFFFF || cd_size == 0xFFFF_FFFF || cd_offset == 0xFFFF_FFFF {
+        return None;
+    }
+    if cd_size > MAX_DIRECTORY || cd_offset.checked_add(cd_size)? > zip_size {
+        return None;
+    }
+    Some((cd_offset, cd_size))
+}
+
+/// The files of a central directory, by name (directories and names that are not UTF-8 left
+/// out); `None` when a record does not parse.
+fn entries(cd: &[u8]) -> Option<HashMap<String, Entry>> {
+    let mut entries = HashMap::new();
+    let mut pos = 0usize;
+    while pos + CENTRAL_LEN <= cd.len() {
+        if u32_at(cd, pos)? != CENTRAL_SIG {
+            return None;
+        }
+        let flags = u16_at(cd, pos + 8)?;
+        let method = u16_at(cd, pos + 10)?;
+        let mut csize = u32_at(cd, pos + 20)? as u64;
+        let mut size = u32_at(cd, pos + 24)? as u64;
+        let name_len = u16_at(cd, pos + 28)? as usize;
+        let extra_len = u16_at(cd, pos + 30)? as usize;
+        let comment_len = u16_at(cd, pos + 32)? as usize;
+        let mut header_offset = u32_at(cd, pos + 42)? as u64;
+        let name_at = pos + CENTRAL_LEN;
+        let name = cd.get(name_at..name_at + name_len)?;
+        let extra = cd.get(name_at + name_len..name_at + name_len + extra_len)?;
+        zip64_fields(extra, [&mut size, &mut csize, &mut header_offset])?;
+        pos = name_at + name_len + extra_len + comment_len;
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if name.ends_with('/') {
+            continue;
+        }
+        entries.insert(
+            name.to_string(),
+            Entry {
+                header_offset,
+                size,
+                stored: method == 0 && flags & 1 == 0 && csize == size,
+            },
+        );
+    }
+    Some(entries)
+}
+
+/// Replaces each saturated field (size, compressed size, header offset, in that order) with
+/// its value from the zip64 extra field, which holds only the saturated ones.
+fn zip64_fields(extra: &[u8], fields: [&mut u64; 3]) -> Option<()> {
+    let mut e = 0usize;
+    let mut fields = fields;
+    while e + 4 <= extra.len() {
+        let id = u16_at(extra, e)?;
+        let len = u16_at(extra, e + 2)? as usize;
+        let body = extra.get(e + 4..e + 4 + len)?;
+        if id == ZIP64_EXTRA {
+            let mut f = 0usize;
+            for v in fields.iter_mut() {
+                if **v == 0xFFFF_FFFF {
+                    **v = u64_at(body, f)?;
+                    f += 8;
+                }
+            }
+        }
+        e += 4 + len;
+    }
+    Some(())
+}
+
 impl ZipDirectory {
     /// Reads the central directory of a zip of `zip_size` bytes through `read` (exactly the
     /// bytes asked for, or `None` when they are not at hand). `None` when a piece is missing or
@@ -78,97 +183,12 @@ impl ZipDirectory {
         zip_size: u64,
         read: impl Fn(Range<u64>) -> Option<Vec<u8>>,
     ) -> Option<ZipDirectory> {
-        // The end record: the last signature whose comment runs exactly to the end.
-        let tail_len = zip_size.min(EOCD_LEN + MAX_COMMENT + LOCATOR_LEN);
-        if tail_len < EOCD_LEN {
-            return None;
-        }
-        let tail_start = zip_size - tail_len;
-        let tail = read(tail_start..zip_size)?;
-        let at = (0..=tail.len() - EOCD_LEN as usize).rev().find(|&i| {
-            u32_at(&tail, i) == Some(EOCD_SIG)
-                && u16_at(&tail, i + 20)
-                    .is_some_and(|c| i + EOCD_LEN as usize + c as usize == tail.len())
-        })?;
-        let count = u16_at(&tail, at + 10)? as u64;
-        let mut cd_size = u32_at(&tail, at + 12)? as u64;
-        let mut cd_offset = u32_at(&tail, at + 16)? as u64;
-        // Zip64: the locator sits right before the end record and points at the zip64 record.
-        if at >= LOCATOR_LEN as usize
-            && u32_at(&tail, at - LOCATOR_LEN as usize) == Some(LOCATOR_SIG)
-        {
-            let record = u64_at(&tail, at - LOCATOR_LEN as usize + 8)?;
-            if record.checked_add(EOCD64_LEN)? > zip_size {
-                return None;
-            }
-            let r = read(record..record + EOCD64_LEN)?;
-            if u32_at(&r, 0)? != EOCD64_SIG {
-                return None;
-            }
-            cd_size = u64_at(&r, 40)?;
-            cd_offset = u64_at(&r, 48)?;
-        } else if count == 0xFFFF || cd_size == 0xFFFF_FFFF || cd_offset == 0xFFFF_FFFF {
-            return None;
-        }
-        if cd_size > MAX_DIRECTORY || cd_offset.checked_add(cd_size)? > zip_size {
-            return None;
-        }
+        let (cd_offset, cd_size) = directory_span(zip_size, &read)?;
         let cd = read(cd_offset..cd_offset + cd_size)?;
-        let mut entries = HashMap::new();
-        let mut pos = 0usize;
-        while pos + CENTRAL_LEN <= cd.len() {
-            if u32_at(&cd, pos)? != CENTRAL_SIG {
-                return None;
-            }
-            let flags = u16_at(&cd, pos + 8)?;
-            let method = u16_at(&cd, pos + 10)?;
-            let mut csize = u32_at(&cd, pos + 20)? as u64;
-            let mut size = u32_at(&cd, pos + 24)? as u64;
-            let name_len = u16_at(&cd, pos + 28)? as usize;
-            let extra_len = u16_at(&cd, pos + 30)? as usize;
-            let comment_len = u16_at(&cd, pos + 32)? as usize;
-            let mut header_offset = u32_at(&cd, pos + 42)? as u64;
-            let name_at = pos + CENTRAL_LEN;
-            let name = cd.get(name_at..name_at + name_len)?;
-            let extra = cd.get(name_at + name_len..name_at + name_len + extra_len)?;
-            // The zip64 extra holds, in this order, only the fields saturated above.
-            let mut e = 0usize;
-            while e + 4 <= extra.len() {
-                let id = u16_at(extra, e)?;
-                let len = u16_at(extra, e + 2)? as usize;
-                let body = extra.get(e + 4..e + 4 + len)?;
-                if id == ZIP64_EXTRA {
-                    let mut f = 0usize;
-                    let mut next = |v: &mut u64| -> Option<()> {
-                        if *v == 0xFFFF_FFFF {
-                            *v = u64_at(body, f)?;
-                            f += 8;
-                        }
-                        Some(())
-                    };
-                    next(&mut size)?;
-                    next(&mut csize)?;
-                    next(&mut header_offset)?;
-                }
-                e += 4 + len;
-            }
-            pos = name_at + name_len + extra_len + comment_len;
-            let Ok(name) = std::str::from_utf8(name) else {
-                continue;
-            };
-            if name.ends_with('/') {
-                continue;
-            }
-            entries.insert(
-                name.to_string(),
-                Entry {
-                    header_offset,
-                    size,
-                    stored: method == 0 && flags & 1 == 0 && csize == size,
-                },
-            );
-        }
-        Some(ZipDirectory { zip_size, entries })
+        Some(ZipDirectory {
+            zip_size,
+            entries: entries(&cd)?,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Entry> {
