@@ -127,8 +127,13 @@ impl<R: Resolver, S: RangeSource> Filesystem for FuseAdapter<R, S> {
                 Ok(fh) => fh,
                 Err(e) => return reply.error(errno(&e)),
             };
-            // A product whole in the disk cache: the kernel reads its file directly.
-            let file = fs.backing_file(fh).await;
+            // A product whole in the disk cache: the kernel reads its file directly. Not for
+            // O_DIRECT opens: the kernel would reopen the cache file so, and not every
+            // filesystem under a cache takes O_DIRECT.
+            let file = match flags.0 & libc::O_DIRECT {
+                0 => fs.backing_file(fh).await,
+                _ => None,
+            };
             let (mode, refused) = modes.open(ino.0, fh, file, |f| reply.open_backing(f));
             if let Some(e) = refused {
                 fs.passthrough().turn_off(&refusal(&e));

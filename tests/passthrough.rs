@@ -100,7 +100,7 @@ fn without_passthrough_the_same_bytes_come_through_the_daemon() {
 }
 
 #[test]
-fn a_product_evicted_while_open_by_passthrough_reads_on_to_its_end() {
+fn a_product_dropped_from_the_cache_while_open_by_passthrough_reads_on_to_its_end() {
     if !support::fuse_or_skip() {
         return;
     }
@@ -110,7 +110,8 @@ fn a_product_evicted_while_open_by_passthrough_reads_on_to_its_end() {
     let mut head = vec![0u8; ((SIZE_MIB << 20) / 3) as usize];
     f.read_exact(&mut head).unwrap();
     assert_eq!(status(&m, "fs.passthrough_opens"), "1");
-    // Dropped from the cache (as eviction does) while the file is open.
+    // Dropped from the cache (`cache clear`; eviction unlinks the same way, see the disk
+    // cache's own tests) while the file is open.
     let out = ws.run(
         &double,
         &[

@@ -23,9 +23,11 @@
 //! a reader sees a whole old file or a whole new one; no fsync: after a power loss a renamed
 //! but empty or garbled file fails the check like any corrupt one.
 //!
-//! Two mounts sharing one directory need no lock: renames are atomic, readers verify, both
-//! write identical bytes for one block, and eviction by either only deletes whole files (a
-//! reader that loses the race finds the file gone and fetches the block). Each process keeps
+//! Two mounts sharing one directory need no lock for blocks: renames are atomic, readers
+//! verify, both write identical bytes for one block, and eviction by either only deletes whole
+//! files (a reader that loses the race finds the file gone and fetches the block). Two locks
+//! exist, both `flock`s released whichever way a process ends: `stream.lock` (one stream per
+//! product) and `assemble.lock` (one assembly of a whole product, and a deletion waits for it). Each process keeps
 //! its own estimate of the bytes used and rescans the directory when it evicts.
 //!
 //! Files of a product (node ids, see [`crate::nodes`]) are served from the product's own zip
@@ -136,6 +138,9 @@ pub struct DiskStore {
     me: Weak<DiskStore>,
     /// Said once that the filesystem is too full for the cache to keep anything.
     warned_full: AtomicBool,
+    /// Per product: blocks this process must still store before its completeness is counted
+    /// again (`whole`: one directory read per product instead of one per block).
+    assemble_waits: Mutex<HashMap<String, u64>>,
 }
 
 /// A directory name for a product id: ids are UUIDs, anything else is hex-encoded so no id can
@@ -186,6 +191,7 @@ impl DiskStore {
             auto_assemble: AtomicBool::new(true),
             me: me.clone(),
             warned_full: AtomicBool::new(false),
+            assemble_waits: Mutex::default(),
         });
         let now = SystemTime::now();
         let mut used = 0;
@@ -356,7 +362,7 @@ impl DiskStore {
         if self.over_budget() {
             self.evict();
         }
-        self.assemble_soon(id, size);
+        self.assemble_soon(id, size, false);
     }
 
     fn write_block(&self, id: &str, index: u64, data: &[u8]) -> std::io::Result<()> {
@@ -374,7 +380,7 @@ impl DiskStore {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = whole::create_new(&tmp)?;
             for p in parts {
                 f.write_all(p)?;
             }
@@ -405,6 +411,17 @@ impl DiskStore {
                     let want_free = total as f64 * (frac + (1.0 - target) * frac);
                     (want_free as u64).saturating_sub(free)
                 }
+                None => 0,
+            },
+        }
+    }
+
+    /// Bytes over budget once `more` bytes are written (0: they fit).
+    fn excess_with(&self, more: u64) -> u64 {
+        match self.budget {
+            DiskBudget::Bytes(b) => (self.used_bytes() + more).saturating_sub(b),
+            DiskBudget::KeepFree(frac) => match fs_space(&self.root) {
+                Some((total, free)) => ((total as f64 * frac) as u64 + more).saturating_sub(free),
                 None => 0,
             },
         }

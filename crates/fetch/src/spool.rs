@@ -531,6 +531,14 @@ impl<S: StreamSource> StreamTask<S> {
                     tracing::info!(id = %self.id, from, "the other process's stream ended; streaming the rest here");
                 }
                 let result = self.stream(from).await;
+                if matches!(result, Err(FetchError::Changed(_))) {
+                    // The blocks of a build that failed its check go before the claim does:
+                    // a process taking over must not find them and complete the product.
+                    if let Some(sink) = self.sink.clone() {
+                        let id = self.id.clone();
+                        let _ = tokio::task::spawn_blocking(move || sink.forget(&id)).await;
+                    }
+                }
                 drop(claim);
                 return result;
             }

@@ -170,7 +170,7 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
         let (first, last) = (start / bs, (end - 1) / bs);
         let (skip, want) = ((start - first * bs) as usize, (end - start) as usize);
         let (s, key) = (Arc::clone(store), id.to_string());
-        if let Some(run) = blocking(move || s.read_whole_run(&key, first, last)).await {
+        if let Some(run) = blocking(move || s.read_whole_run(&key, size, first, last)).await {
             return Ok(run.slice(skip..skip + want));
         }
         let run = Run {
@@ -196,7 +196,7 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
         blocking(move || {
             let file = s.whole_file(&key, size);
             if file.is_none() {
-                s.assemble_soon(&key, size);
+                s.assemble_soon(&key, size, true);
             }
             file
         })

@@ -492,8 +492,12 @@ async fn a_whole_file_open_for_reading_reads_on_after_it_is_evicted() {
         dir.path(),
         MemorySource::new()
             .with_product("p", d.clone())
-            .with_product("q", MemorySource::random_bytes((3 * MIB) as usize, 12)),
-        DiskBudget::Bytes(size + 2 * MIB),
+            .with_product(
+                "q",
+                MemorySource::random_bytes((size + 2 * MIB) as usize, 12),
+            ),
+        // Room to assemble p (its blocks and its copy at once), not for p and q together.
+        DiskBudget::Bytes(2 * size + MIB),
     );
     c.get_range("p", 0..size).await.unwrap();
     let store = Arc::clone(c.store().unwrap());
@@ -501,11 +505,11 @@ async fn a_whole_file_open_for_reading_reads_on_after_it_is_evicted() {
     // Back-date it, then fill the budget: the whole product is evicted at once, index too.
     open.set_modified(SystemTime::now() - Duration::from_secs(3600))
         .unwrap();
-    c.get_range("q", 0..3 * MIB).await.unwrap();
+    c.get_range("q", 0..size + 2 * MIB).await.unwrap();
     assert!(!store.product_dir("p").join(whole::DATA).exists());
     assert!(!store.product_dir("p").join(whole::INDEX).exists());
     assert!(store.whole_file("p", size).is_none());
-    assert!(store.used_bytes() <= size + 2 * MIB);
+    assert!(store.used_bytes() <= 2 * size + MIB);
     // The reader holding it open still reads every byte.
     assert_eq!(read_all(&open), d.to_vec());
 }
@@ -584,4 +588,52 @@ fn a_cache_on_a_filesystem_too_full_to_keep_anything_says_so_once() {
     });
     let text = String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned();
     assert_eq!(text.matches("the cache keeps nothing").count(), 1, "{text}");
+}
+
+/// A whole file is served only for the size the reader knows (another process may have made
+/// it for a different build), and never through a symlink planted in a shared cache directory.
+#[tokio::test]
+async fn a_whole_file_of_another_size_or_behind_a_symlink_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let size = d.len() as u64;
+    let c = layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        BIG,
+    );
+    c.get_range("p", 0..size).await.unwrap();
+    let store = Arc::clone(c.store().unwrap());
+    drop(wait_whole(&store, "p", size));
+    assert!(store.read_whole_run("p", size, 0, 5).is_some());
+    assert!(store.read_whole_run("p", size - 1000, 0, 5).is_none());
+    assert!(store.read_whole_run("p", size + 1, 0, 5).is_none());
+    // whole.data replaced by a symlink to a file of the same bytes (an index that names the
+    // target's inode, as someone planting it could write).
+    let pdir = store.product_dir("p");
+    let target = dir.path().join("elsewhere");
+    std::fs::rename(pdir.join(whole::DATA), &target).unwrap();
+    std::os::unix::fs::symlink(&target, pdir.join(whole::DATA)).unwrap();
+    assert!(store.whole_file("p", size).is_none());
+    assert!(store.read_whole_run("p", size, 0, 5).is_none());
+}
+
+/// Assembling needs the product's size again until its blocks go: without that room in the
+/// budget the product stays in blocks, read as before.
+#[tokio::test]
+async fn a_product_with_no_room_to_be_copied_stays_in_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let size = d.len() as u64;
+    let c = layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        DiskBudget::Bytes(size + 2 * MIB),
+    );
+    c.get_range("p", 0..size).await.unwrap();
+    let store = Arc::clone(c.store().unwrap());
+    assert!(!store.assemble("p", size), "no room for the copy");
+    assert!(store.whole_file("p", size).is_none());
+    let again = layer(dir.path(), MemorySource::new(), BIG);
+    assert_eq!(again.get_range("p", 0..size).await.unwrap(), d);
 }

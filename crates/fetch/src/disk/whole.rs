@@ -126,6 +126,13 @@ impl WholeIndex {
 /// missing or fails its check.
 pub type ReadBlock<'a> = dyn Fn(u64) -> Option<(Vec<u8>, u32)> + 'a;
 
+/// A whole file just made, and the product's assemble lock, held until the caller has
+/// finished (its blocks deleted, its bytes counted).
+pub struct Assembled {
+    pub index: WholeIndex,
+    _lock: std::fs::File,
+}
+
 /// Assembles `dir`'s whole file of `size` bytes from its blocks, read (and verified) by
 /// `block`. `Ok(None)`: another process is assembling it, or a block is missing. `temp` names
 /// this process's temp files (`.tmp` at the end, so a crash's leftovers are swept at open).
@@ -135,14 +142,14 @@ pub fn assemble(
     block_size: u64,
     temp: &dyn Fn(&str) -> String,
     block: &ReadBlock,
-) -> std::io::Result<Option<WholeIndex>> {
-    let Some(_lock) = lock(dir)? else {
+) -> std::io::Result<Option<Assembled>> {
+    let Some(lock) = lock(dir)? else {
         return Ok(None);
     };
     let data_tmp = dir.join(temp(DATA));
     let index_tmp = dir.join(temp(INDEX));
-    let result = (|| {
-        let mut out = std::fs::File::create(&data_tmp)?;
+    let result = (|| -> std::io::Result<Option<WholeIndex>> {
+        let mut out = create_new(&data_tmp)?;
         let n = size.div_ceil(block_size);
         let mut crcs = Vec::with_capacity(n as usize);
         for i in 0..n {
@@ -161,7 +168,7 @@ pub fn assemble(
             ino: out.metadata()?.ino(),
             crcs,
         };
-        let mut f = std::fs::File::create(&index_tmp)?;
+        let mut f = create_new(&index_tmp)?;
         f.write_all(&index.encode())?;
         f.sync_all()?;
         std::fs::rename(&index_tmp, dir.join(INDEX))?;
@@ -172,7 +179,27 @@ pub fn assemble(
         let _ = std::fs::remove_file(&data_tmp);
         let _ = std::fs::remove_file(&index_tmp);
     }
-    result
+    Ok(result?.map(|index| Assembled { index, _lock: lock }))
+}
+
+/// A new file at `path`, never one already there (nor what a symlink there points to).
+pub fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+/// `path` opened for reading when it is a regular file itself (a symlink planted in a shared
+/// cache directory is not followed).
+pub fn open_regular(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
 }
 
 /// `flock(LOCK_EX | LOCK_NB)` on the product's assemble lock: `None` while another holds it.
@@ -246,7 +273,7 @@ impl DiskStore {
             return None;
         }
         let path = self.product_dir(id).join(DATA);
-        let file = std::fs::File::open(&path).ok()?;
+        let file = open_regular(&path).filter(|f| f.metadata().is_ok_and(|m| w.pairs_with(&m)))?;
         let mut buf = vec![0u8; len as usize];
         file.read_exact_at(&mut buf, index * DISK_BLOCK_SIZE).ok()?;
         if crc32fast::hash(&buf) != w.crcs[index as usize] {
@@ -265,9 +292,9 @@ impl DiskStore {
     /// answer for a product held whole, with no copy to assemble the run. `None` when the
     /// product is not whole, the read fails, or a block fails its check (the file is then
     /// split back into its good blocks). Blocking.
-    pub fn read_whole_run(&self, id: &str, first: u64, last: u64) -> Option<Bytes> {
+    pub fn read_whole_run(&self, id: &str, size: u64, first: u64, last: u64) -> Option<Bytes> {
         use std::os::fd::AsRawFd;
-        let w = self.whole(id)?;
+        let w = self.whole(id).filter(|w| w.size == size)?;
         if last >= w.crcs.len() as u64 || first > last {
             return None;
         }
@@ -275,7 +302,7 @@ impl DiskStore {
         let start = first * bs;
         let len = ((last + 1) * bs).min(w.size) - start;
         let path = self.product_dir(id).join(DATA);
-        let file = std::fs::File::open(&path).ok()?;
+        let file = open_regular(&path).filter(|f| f.metadata().is_ok_and(|m| w.pairs_with(&m)))?;
         let mut buf = BytesMut::with_capacity(len as usize);
         crate::zipper::huge_pages_for(&mut buf);
         let spare = buf.spare_capacity_mut();
@@ -319,7 +346,12 @@ impl DiskStore {
         let Some(_lock) = lock_wait(&dir) else {
             return;
         };
-        if let Ok(file) = std::fs::File::open(dir.join(DATA)) {
+        // Split (and reassembled) by another process meanwhile: not ours to touch any more.
+        if WholeIndex::read(&dir).as_ref() != Some(w) {
+            self.wholes_map().remove(id);
+            return;
+        }
+        if let Some(file) = open_regular(&dir.join(DATA)) {
             for (i, crc) in w.crcs.iter().enumerate() {
                 let i = i as u64;
                 let mut buf = vec![0u8; w.block_len(i) as usize];
@@ -344,7 +376,7 @@ impl DiskStore {
     pub fn whole_file(&self, id: &str, size: u64) -> Option<std::fs::File> {
         let w = self.whole(id).filter(|w| w.size == size)?;
         let path = self.product_dir(id).join(DATA);
-        let file = std::fs::File::open(&path).ok()?;
+        let file = open_regular(&path)?;
         // The file opened is the one the index pairs with (not one renamed in since).
         if !w.pairs_with(&file.metadata().ok()?) {
             return None;
@@ -354,18 +386,19 @@ impl DiskStore {
     }
 
     /// Assembles `id` (a download of `size` bytes) into one file on a thread of its own, when
-    /// its every block is held and no thread here is at it already.
-    pub fn assemble_soon(&self, id: &str, size: u64) {
+    /// its every block is held and no thread here is at it already. `force`: count its blocks
+    /// now (at an open), whatever this process stored since the last count.
+    pub fn assemble_soon(&self, id: &str, size: u64, force: bool) {
         if !self.auto_assemble.load(Ordering::Relaxed) || size == 0 {
             return;
         }
-        // The last block first (a stat: a product streamed in order lacks it until the end),
-        // then a count of the block files (one directory read), before a thread is started.
-        let last = (size - 1) / DISK_BLOCK_SIZE;
-        if !self.has_block_file(id, last, size - last * DISK_BLOCK_SIZE)
-            || self.block_files(id) < size.div_ceil(DISK_BLOCK_SIZE)
-            || self.whole(id).is_some()
-        {
+        if force {
+            self.assemble_waits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+        }
+        if !self.may_be_complete(id, size) || self.whole(id).is_some() {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
@@ -398,6 +431,31 @@ impl DiskStore {
         }
     }
 
+    /// Whether `id` may hold every block now, cheaply: a count of its block files (one
+    /// directory read) says how many are missing, and no new count is made before this process
+    /// has stored that many more (another process's blocks are counted at the next open,
+    /// [`DiskStore::assemble_soon`] from `DiskCache::backing_file` passes `force`).
+    fn may_be_complete(&self, id: &str, size: u64) -> bool {
+        let n = size.div_ceil(DISK_BLOCK_SIZE);
+        let mut waits = self
+            .assemble_waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(left) = waits.get_mut(id) {
+            if *left > 1 {
+                *left -= 1;
+                return false;
+            }
+        }
+        let missing = n.saturating_sub(self.block_files(id));
+        if missing == 0 {
+            waits.remove(id);
+            return true;
+        }
+        waits.insert(id.to_string(), missing);
+        false
+    }
+
     /// How many block files `id` has.
     pub(super) fn block_files(&self, id: &str) -> u64 {
         let Ok(files) = std::fs::read_dir(self.product_dir(id)) else {
@@ -427,18 +485,24 @@ impl DiskStore {
         }
         let dir = self.product_dir(id);
         let read = |i: u64| {
-            let raw = std::fs::read(self.block_path(id, i)).ok()?;
+            let mut raw = std::fs::read(self.block_path(id, i)).ok()?;
             verify(&raw, len(i)).ok()?;
             let crc = u32::from_le_bytes(raw[16..20].try_into().expect("4 bytes"));
-            Some((raw[HEADER..].to_vec(), crc))
+            Some((raw.split_off(HEADER), crc))
         };
         let pid = std::process::id();
         let temp = |name: &str| {
             let k = self.temp_counter.fetch_add(1, Ordering::Relaxed);
             format!(".{name}.{pid}.{k}.tmp")
         };
+        // The copy needs the product's size again until its blocks go: not at the cost of the
+        // budget (or of the room the budget keeps free for the user's own files).
+        if self.excess_with(size) > 0 {
+            tracing::debug!(id, "no room to assemble the product in the disk cache now");
+            return false;
+        }
         match assemble(&dir, size, bs, &temp, &read) {
-            Ok(Some(index)) => {
+            Ok(Some(Assembled { index, _lock })) => {
                 self.used.fetch_add(size, Ordering::Relaxed);
                 self.wholes_map().insert(id.to_string(), Arc::new(index));
                 for i in 0..n {
@@ -499,7 +563,7 @@ mod tests {
         let temp = |name: &str| format!(".{name}.test.tmp");
         let block = |i: u64| (i != 1).then(|| (vec![i as u8; 1024], 0));
         let got = assemble(dir.path(), 3 * 1024, 1024, &temp, &block).unwrap();
-        assert_eq!(got, None);
+        assert!(got.is_none());
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -515,7 +579,8 @@ mod tests {
         let block = |i: u64| Some((vec![i as u8; 1024], crc32fast::hash(&[i as u8; 1024])));
         let index = assemble(dir.path(), 2 * 1024, 1024, &temp, &block)
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .index;
         assert_eq!(WholeIndex::read(dir.path()), Some(index));
         // Another file of the same length under the data file's name: a different inode.
         let other = dir.path().join("other");
@@ -531,7 +596,9 @@ mod tests {
         assert!(held.is_some());
         let temp = |name: &str| format!(".{name}.test.tmp");
         let block = |_: u64| -> Option<(Vec<u8>, u32)> { panic!("must not read while locked") };
-        assert_eq!(assemble(dir.path(), 10, 1024, &temp, &block).unwrap(), None);
+        assert!(assemble(dir.path(), 10, 1024, &temp, &block)
+            .unwrap()
+            .is_none());
         drop(held);
         assert!(lock(dir.path()).unwrap().is_some());
     }
