@@ -58,12 +58,13 @@ impl<R: Resolver, S: RangeSource> FuseAdapter<R, S> {
     }
 }
 
+/// Why a user's mount has no passthrough.
+pub const NEEDS_ROOT: &str = "registering a backing file needs CAP_SYS_ADMIN (mount as root)";
+
 /// Why the kernel refused a backing file, for the log and the status file.
 fn refusal(e: &std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::EPERM) => {
-            "registering a backing file needs CAP_SYS_ADMIN (mount as root)".to_string()
-        }
+        Some(libc::EPERM) => NEEDS_ROOT.to_string(),
         Some(libc::ELOOP) => {
             "the disk cache lies on a stacked filesystem such as overlayfs".to_string()
         }

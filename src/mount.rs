@@ -155,6 +155,12 @@ async fn build(cli: &Cli) -> anyhow::Result<Arc<MountFs>> {
             ..FsConfig::default()
         },
     ));
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        // Said now, not at the first open of a cached product: the kernel registers backing
+        // files for CAP_SYS_ADMIN only.
+        fs.passthrough().turn_off(crate::fuse::NEEDS_ROOT);
+    }
     if cli.mount.listed_only && !cli.mount.no_tree {
         tracing::info!("--listed-only: no /eodata tree in the root (it would open every product)");
     }

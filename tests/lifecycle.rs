@@ -286,8 +286,8 @@ fn a_users_mount_reads_a_cached_product_through_the_daemon_saying_once_that_pass
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
     };
-    // Streamed and cached by the first read; whole on disk once assembled, when an open
-    // tries passthrough and the kernel refuses it.
+    // Streamed and cached by the first read, whole on disk once assembled; passthrough is
+    // off from the start (said once), and every read goes through the daemon.
     let deadline = Instant::now() + Duration::from_secs(30);
     read();
     while !status().contains("passthrough: off") {

@@ -149,3 +149,61 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The kernel's one mode per inode: a file opened through the daemon before the product was
+/// whole keeps its inode in that mode, so a second open while it is open is read through the
+/// daemon too (the kernel refuses to mix); once both are closed the next opens pass through and
+/// share one registration; open and release racing in quick cycles stay exact.
+#[test]
+fn opens_of_one_file_keep_the_kernels_one_mode_per_inode() {
+    if !support::fuse_or_skip() {
+        return;
+    }
+    let products = products(2, SIZE_MIB);
+    let double = start_double(double_config(Some(&products)));
+    let ws = Workspace::new();
+    let cache = ws.path().join("cache");
+    let want = file_sha256(&product_file(&products, 0));
+    let m = mount_cached(&ws, &double, &cache, &[]);
+    let read_all = |f: &mut std::fs::File| {
+        let mut all = Vec::new();
+        f.read_to_end(&mut all).unwrap();
+        all
+    };
+    let mut a = std::fs::File::open(m.path(&zip_name())).unwrap();
+    let first = read_all(&mut a);
+    assert_eq!(sha256_hex(&first), want);
+    let whole = cache.join("v1").join(TUTORIAL_ID).join("whole.data");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !whole.is_file() {
+        assert!(std::time::Instant::now() < deadline, "never whole");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Whole now, with `a` still open through the daemon: `b` goes the same way.
+    let mut b = std::fs::File::open(m.path(&zip_name())).unwrap();
+    assert_eq!(sha256_hex(&read_all(&mut b)), want);
+    assert_eq!(status(&m, "fs.passthrough_opens"), "0");
+    drop((a, b));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut c = std::fs::File::open(m.path(&zip_name())).unwrap();
+    let mut d = std::fs::File::open(m.path(&zip_name())).unwrap();
+    assert_eq!(sha256_hex(&read_all(&mut c)), want);
+    assert_eq!(sha256_hex(&read_all(&mut d)), want);
+    assert_eq!(status(&m, "fs.passthrough_opens"), "2");
+    drop(c);
+    for keep_d in [true, false] {
+        if !keep_d {
+            drop(std::mem::replace(
+                &mut d,
+                std::fs::File::open("/dev/null").unwrap(),
+            ));
+        }
+        for _ in 0..50 {
+            let mut e = std::fs::File::open(m.path(&zip_name())).unwrap();
+            let mut buf = vec![0u8; 4096];
+            e.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf[..], &first[..4096]);
+        }
+    }
+    m.stop();
+}
