@@ -394,6 +394,24 @@ fn wait_whole(store: &DiskStore, id: &str, size: u64) -> std::fs::File {
     panic!("{id} never became whole");
 }
 
+/// A store in `dir` (of `budget`) holding product `p` (`data()`) whole, as one file: the
+/// layer, its store and the product's bytes.
+async fn held_whole(
+    dir: &Path,
+    budget: DiskBudget,
+) -> (DiskCache<MemorySource>, Arc<DiskStore>, Bytes) {
+    let d = data();
+    let c = layer(
+        dir,
+        MemorySource::new().with_product("p", d.clone()),
+        budget,
+    );
+    c.get_range("p", 0..d.len() as u64).await.unwrap();
+    let store = Arc::clone(c.store().unwrap());
+    drop(wait_whole(&store, "p", d.len() as u64));
+    (c, store, d)
+}
+
 fn read_all(f: &std::fs::File) -> Vec<u8> {
     use std::io::Read as _;
     let mut out = Vec::new();
@@ -453,16 +471,8 @@ async fn a_product_held_whole_becomes_one_file_whose_blocks_still_read_with_zero
 #[tokio::test]
 async fn a_corrupt_whole_file_is_dropped_and_fetched_again_never_served() {
     let dir = tempfile::tempdir().unwrap();
-    let d = data();
+    let (_first, store, d) = held_whole(dir.path(), BIG).await;
     let size = d.len() as u64;
-    let first = layer(
-        dir.path(),
-        MemorySource::new().with_product("p", d.clone()),
-        BIG,
-    );
-    first.get_range("p", 0..size).await.unwrap();
-    let store = Arc::clone(first.store().unwrap());
-    drop(wait_whole(&store, "p", size));
     // One bit of block 2 flipped in place (bit rot: same inode, same length).
     let path = store.product_dir("p").join(whole::DATA);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -595,16 +605,8 @@ fn a_cache_on_a_filesystem_too_full_to_keep_anything_says_so_once() {
 #[tokio::test]
 async fn a_whole_file_of_another_size_or_behind_a_symlink_is_never_served() {
     let dir = tempfile::tempdir().unwrap();
-    let d = data();
+    let (_c, store, d) = held_whole(dir.path(), BIG).await;
     let size = d.len() as u64;
-    let c = layer(
-        dir.path(),
-        MemorySource::new().with_product("p", d.clone()),
-        BIG,
-    );
-    c.get_range("p", 0..size).await.unwrap();
-    let store = Arc::clone(c.store().unwrap());
-    drop(wait_whole(&store, "p", size));
     assert!(store.read_whole_run("p", size, 0, 5).is_some());
     assert!(store.read_whole_run("p", size - 1000, 0, 5).is_none());
     assert!(store.read_whole_run("p", size + 1, 0, 5).is_none());
