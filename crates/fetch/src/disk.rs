@@ -352,6 +352,13 @@ impl DiskStore {
         if self.has(id, index, data.len() as u64) {
             return;
         }
+        // Once the filesystem was found too full to keep anything, a block that would not fit
+        // is not written at all (it would be deleted at once), until there is room again.
+        if self.warned_full.load(Ordering::Relaxed)
+            && self.excess_with(HEADER as u64 + data.len() as u64) > 0
+        {
+            return;
+        }
         if let Err(e) = self.write_block(id, index, data) {
             tracing::warn!(id, index, error = %e, "cannot write to the disk cache");
             return;
