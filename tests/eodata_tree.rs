@@ -8,7 +8,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fake_creodias::generate::{ensure, GenerateOptions};
 use support::*;
@@ -203,9 +203,10 @@ fn a_day_of_2000_products_lists_whole_and_fast() {
         warm.as_secs_f64()
     );
     assert_eq!((n, again), (2000, 2000));
-    assert!(warm < Duration::from_secs(2), "warm ls -l took {warm:?}");
-    // Pages of 1,000, once: two full ones and the empty one that the second's nextLink leads
-    // to (the service, like the real one, gives a nextLink with every full page).
+    // How fast is scripts/bench's row L (times are not asserted: a busy machine is not a
+    // failure). The warm listing is served from the kept listing, with no request: pages of
+    // 1,000, once, two full ones and the empty one that the second's nextLink leads to (the
+    // service, like the real one, gives a nextLink with every full page).
     assert_eq!(catalogue_requests(&double).len(), 3);
     mount.stop();
 }
