@@ -118,10 +118,8 @@ fn a_query_of_2500_products_pages_correctly_and_lists_fast() {
     );
     assert_eq!(lines.len(), 2500);
     assert_eq!(again.len(), 2500);
-    assert!(
-        second < Duration::from_secs(2),
-        "second ls -l took {second:?}"
-    );
+    // The second listing is the kept one (no catalogue request, checked below); how fast is
+    // scripts/bench's business, not an assert's.
 
     // Paging: every product of the index exactly once.
     let listed = names_in(&dir);
