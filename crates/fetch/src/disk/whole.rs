@@ -265,39 +265,33 @@ impl DiskStore {
         self.wholes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Block `index` (of `len` bytes) from `id`'s whole file, checked against its index's CRC;
-    /// a whole file that fails the check is deleted.
+    /// Block `index` (of `len` bytes) from `id`'s whole file, checked against its index's CRC
+    /// ([`Self::read_run`]).
     pub(super) fn get_from_whole(&self, id: &str, index: u64, len: u64) -> Option<Bytes> {
         let w = self.whole(id)?;
         if index >= w.crcs.len() as u64 || w.block_len(index) != len {
             return None;
         }
-        let path = self.product_dir(id).join(DATA);
-        let file = open_regular(&path).filter(|f| f.metadata().is_ok_and(|m| w.pairs_with(&m)))?;
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, index * DISK_BLOCK_SIZE).ok()?;
-        if crc32fast::hash(&buf) != w.crcs[index as usize] {
-            tracing::warn!(path = %path.display(), index, "corrupt block in a whole product in the disk cache; keeping its good blocks and fetching the bad one again");
-            self.corrupt.fetch_add(1, Ordering::Relaxed);
-            self.split_whole(id, &w);
-            return None;
-        }
-        self.hits.fetch_add(1, Ordering::Relaxed);
-        touch(&path);
-        Some(Bytes::from(buf))
+        self.read_run(id, &w, index, index)
     }
 
-    /// Blocks `first..=last` of `id` from its whole file, read at once into one buffer (huge
-    /// pages where the kernel has them), each block checked against its CRC: the disk cache's
-    /// answer for a product held whole, with no copy to assemble the run. `None` when the
-    /// product is not whole, the read fails, or a block fails its check (the file is then
-    /// split back into its good blocks). Blocking.
+    /// Blocks `first..=last` of `id` (a download of `size` bytes) from its whole file
+    /// ([`Self::read_run`]): the disk cache's answer for a product held whole, with no copy to
+    /// assemble the run. `None` when the product is not whole at that size. Blocking.
     pub fn read_whole_run(&self, id: &str, size: u64, first: u64, last: u64) -> Option<Bytes> {
-        use std::os::fd::AsRawFd;
         let w = self.whole(id).filter(|w| w.size == size)?;
         if last >= w.crcs.len() as u64 || first > last {
             return None;
         }
+        self.read_run(id, &w, first, last)
+    }
+
+    /// Blocks `first..=last` of the whole file `w` indexes, read at once into one buffer (huge
+    /// pages where the kernel has them), each block checked against its CRC. `None` when the
+    /// file is not the one `w` pairs with, the read fails, or a block fails its check (the file
+    /// is then split back into its good blocks).
+    fn read_run(&self, id: &str, w: &Arc<WholeIndex>, first: u64, last: u64) -> Option<Bytes> {
+        use std::os::fd::AsRawFd;
         let bs = DISK_BLOCK_SIZE;
         let start = first * bs;
         let len = ((last + 1) * bs).min(w.size) - start;
@@ -329,7 +323,7 @@ impl DiskStore {
             if crc32fast::hash(block) != w.crcs[first as usize + k] {
                 tracing::warn!(path = %path.display(), index = first + k as u64, "corrupt block in a whole product in the disk cache; keeping its good blocks and fetching the bad one again");
                 self.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.split_whole(id, &w);
+                self.split_whole(id, w);
                 return None;
             }
         }
