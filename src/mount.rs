@@ -58,9 +58,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     serve(session, mountpoint, rt, disk)
 }
 
-/// How long an exiting mount waits for the disk cache to finish keeping a product it just
-/// completed as one file: a few seconds covers products of several GiB on a local disk; one
-/// not finished by then is assembled at its next open instead.
+/// How long an exiting mount waits for the disk cache to finish making a product it just
+/// completed whole (an `fsync` and a rename; reading back the blocks other processes wrote): a
+/// few seconds covers products of several GiB on a local disk; one not finished by then is
+/// made whole at its next open instead.
 const ASSEMBLY_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The mountpoint is usable (a directory, empty unless -o nonempty, /dev/fuse open to us):

@@ -65,6 +65,14 @@ pub fn render(
     let _ = writeln!(s, "cache.bytes_fetched: {}", cache.bytes_fetched);
     let _ = writeln!(s, "cache.resident_bytes: {}", cache.resident_bytes);
     let _ = writeln!(s, "cache.evictions: {}", cache.evictions);
+    let (reused, fresh) = eodata_fetch::buffers::counts();
+    let _ = writeln!(s, "buffers.reused: {reused}");
+    let _ = writeln!(s, "buffers.fresh: {fresh}");
+    let _ = writeln!(
+        s,
+        "buffers.pooled_bytes: {}",
+        eodata_fetch::buffers::pooled_bytes()
+    );
     match last_error {
         Some((t, msg)) => {
             let _ = writeln!(s, "last_error: {} {msg}", unix(*t));

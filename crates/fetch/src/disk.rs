@@ -1,9 +1,10 @@
 //! The persistent disk cache: product blocks and product info kept across mounts.
 //!
 //! Two pieces:
-//! - [`DiskStore`], the directory: one file per block, `<dir>/v1/<id>/<index>.blk`, until the
-//!   product is whole, then one file (`whole`); the product's info (size, file name, Range
-//!   support) in `<dir>/v1/<id>/info.json`;
+//! - [`DiskStore`], the directory: per product `<dir>/v1/<id>/`, its blocks at their own
+//!   offsets in one sparse file with a log of the blocks held (`part.data`, `part.log`, see
+//!   `partial`) until the product is whole, then that same file renamed `whole.data` beside an
+//!   index (`whole`); the product's info (size, file name, Range support) in `info.json`;
 //! - [`DiskCache`] (`layer`), a [`crate::RangeSource`] layer: `get_range` serves the blocks it
 //!   holds and fetches only the missing runs from below (then stores them); `info` is answered
 //!   from `info.json`, so a product read whole once reads again with zero requests, even with
@@ -16,32 +17,28 @@
 //! memory cache (tuned elsewhere) stays unaware of files. Without a directory the layer passes
 //! everything through, so the mount has one type either way.
 //!
-//! Safety of what is served: each block file starts with a header holding the block's length
-//! and CRC-32; a block is served only when the file's length, the header's length, the length
-//! the product's size implies and the CRC all agree. Anything else (torn write, bit rot, a
-//! foreign file) is deleted and fetched again. Writes go to a temp file renamed into place, so
-//! a reader sees a whole old file or a whole new one; no fsync: after a power loss a renamed
-//! but empty or garbled file fails the check like any corrupt one.
+//! Safety of what is served: every block has a CRC-32 (in the log, or the whole file's index),
+//! and a block is served only when the bytes read match it. Anything else (torn write, bit rot,
+//! a foreign file, a log that does not pair with its data file) is dropped and fetched again.
+//! No fsync while blocks arrive: after a power loss a logged block whose bytes did not reach
+//! the disk fails its check like any corrupt one. A whole file is checked and `fsync`ed before
+//! it takes its final name, since the kernel reads it without a check (passthrough).
 //!
-//! Two mounts sharing one directory need no lock for blocks: renames are atomic, readers
-//! verify, both write identical bytes for one block, and eviction by either only deletes whole
-//! files (a reader that loses the race finds the file gone and fetches the block). Two locks
-//! exist, both `flock`s released whichever way a process ends: `stream.lock` (one stream per
-//! product) and `assemble.lock` (one assembly of a whole product, and a deletion waits for it). Each process keeps
-//! its own estimate of the bytes used and rescans the directory when it evicts.
+//! Two mounts sharing one directory: both may write any block (identical bytes) without a
+//! lock, and readers verify. Two `flock`s, released whichever way a process ends:
+//! `stream.lock` (one stream per product) and `assemble.lock` (creating, trimming, deleting or
+//! making whole a product's files). Each process keeps its own estimate of the bytes used and
+//! rescans the directory when it evicts.
 //!
 //! Files of a product (node ids, see [`crate::nodes`]) are served from the product's own zip
 //! blocks when the cache holds them (`members`): a product whose zip was read once needs no
 //! download for its folder view's files.
 //!
-//! A product whose every block is held is assembled into one file (`whole`, in the background
-//! once its last block lands, or at the next open): its blocks are then read from that file,
-//! still checked block by block, and [`DiskStore::whole_file`] hands it to the FUSE adapter for
-//! the kernel to read directly (passthrough).
-//!
-//! Eviction: least recently used by file mtime (touched when a block is served, at most once
-//! per [`TOUCH_INTERVAL`]), down to [`EVICT_TO`] of the budget: the budget is
-//! `--cache-dir-size`, or by default whatever keeps [`KEEP_FREE`] of the filesystem free.
+//! Eviction: least recently used product first, by its data file's mtime (touched when a block
+//! is served, at most once per [`TOUCH_INTERVAL`]), down to [`EVICT_TO`] of the budget; a
+//! product held in part loses its lowest blocks first, so one bigger than the budget keeps its
+//! latest part. The budget is `--cache-dir-size`, or by default whatever keeps [`KEEP_FREE`]
+//! of the filesystem free.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -59,13 +56,15 @@ use crate::{ObjectInfo, RangeSupport};
 
 mod layer;
 mod members;
+mod partial;
 mod whole;
 pub use layer::DiskCache;
+use partial::Partial;
 use whole::WholeIndex;
 
 /// Block size on disk: the block cache's (1 MiB), so its aligned requests map onto whole
-/// files; per-file overhead (inode, header, rename) stays under 1%, and a product read in
-/// part caches only about what was read.
+/// blocks; a log record is 16 bytes a block, and a product read in part caches only about what
+/// was read.
 pub const DISK_BLOCK_SIZE: u64 = crate::cache::DEFAULT_BLOCK_SIZE;
 /// Default budget: leave this fraction of the cache's filesystem free (5%), so a
 /// cache that fills the disk never starves the user's own files.
@@ -80,18 +79,18 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// may be another mount's write in progress.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
-const MAGIC: &[u8; 8] = b"EOBLK01\n";
 /// In a product's directory: held (`flock`) by the process streaming the product whole, so
 /// every other process sharing the cache reads the blocks it lands instead of a second stream.
 const STREAM_LOCK: &str = "stream.lock";
-const HEADER: usize = 24;
+/// Open pairs kept per process; more are closed (and opened again when next used).
+const MAX_OPEN_PARTIALS: usize = 64;
 /// Layout version: a changed format goes to a new directory instead of misreading old files.
 const LAYOUT: &str = "v1";
 
 /// How much the disk cache may hold.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum DiskBudget {
-    /// At most this many bytes of block files.
+    /// At most this many bytes of product files.
     Bytes(u64),
     /// As much as leaves this fraction of the filesystem free.
     KeepFree(f64),
@@ -102,11 +101,11 @@ pub enum DiskBudget {
 pub struct DiskStats {
     pub hits: u64,
     pub misses: u64,
-    /// Block files found torn or corrupt, deleted.
+    /// Blocks found torn or corrupt, dropped.
     pub corrupt: u64,
     pub writes: u64,
     pub evicted: u64,
-    /// Products assembled into one file (`whole`).
+    /// Products made whole (`whole`).
     pub assembled: u64,
 }
 
@@ -129,18 +128,17 @@ pub struct DiskStore {
     /// Whole files' indexes read in this process, by product id; each use checks that the
     /// data file is still the one the index pairs with (one `stat`).
     wholes: Mutex<HashMap<String, Arc<WholeIndex>>>,
-    /// Products being assembled by a thread of this process.
+    /// Products held in part, open in this process, by product id.
+    partials: Mutex<HashMap<String, Arc<Partial>>>,
+    /// Products being made whole by a thread of this process.
     assembling: Mutex<HashSet<String>>,
-    /// Assemble a product once its last block is stored (on; tests of the block files turn
-    /// it off).
+    /// Make a product whole once its last block is stored (on; tests of products held in part
+    /// turn it off).
     auto_assemble: AtomicBool,
     /// This store, for the assembling threads it starts.
     me: Weak<DiskStore>,
     /// Said once that the filesystem is too full for the cache to keep anything.
     warned_full: AtomicBool,
-    /// Per product: blocks this process must still store before its completeness is counted
-    /// again (`whole`: one directory read per product instead of one per block).
-    assemble_waits: Mutex<HashMap<String, u64>>,
 }
 
 /// A directory name for a product id: ids are UUIDs, anything else is hex-encoded so no id can
@@ -169,7 +167,9 @@ fn dir_name(id: &str) -> String {
 }
 
 impl DiskStore {
-    /// Opens (creating) the cache in `dir`, removes stale temp files and counts what it holds.
+    /// Opens (creating) the cache in `dir`, removes stale temp files and the block files of the
+    /// layout before this one (`<index>.blk`, whole products are kept), and counts what it
+    /// holds.
     pub fn open(dir: &Path, budget: DiskBudget) -> std::io::Result<Arc<DiskStore>> {
         let root = dir.join(LAYOUT);
         std::fs::create_dir_all(&root)?;
@@ -187,17 +187,19 @@ impl DiskStore {
             dropped: AtomicU64::new(0),
             assembled: AtomicU64::new(0),
             wholes: Mutex::default(),
+            partials: Mutex::default(),
             assembling: Mutex::default(),
             auto_assemble: AtomicBool::new(true),
             me: me.clone(),
             warned_full: AtomicBool::new(false),
-            assemble_waits: Mutex::default(),
         });
         let now = SystemTime::now();
         let mut used = 0;
         for (path, meta) in store.scan_files() {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(".tmp") {
+            if name.ends_with(".blk") {
+                let _ = std::fs::remove_file(&path);
+            } else if name.ends_with(".tmp") {
                 let age = meta
                     .modified()
                     .ok()
@@ -206,14 +208,14 @@ impl DiskStore {
                     let _ = std::fs::remove_file(&path);
                 }
             } else if counts(&path) {
-                used += meta.len();
+                used += disk_len(&meta);
             }
         }
         store.used.store(used, Ordering::Relaxed);
         Ok(store)
     }
 
-    /// Whether products are assembled into one file once whole (the default).
+    /// Whether products are made whole once every block is held (the default).
     #[cfg(test)]
     pub(crate) fn set_auto_assemble(&self, on: bool) {
         self.auto_assemble.store(on, Ordering::Relaxed);
@@ -227,7 +229,7 @@ impl DiskStore {
         DISK_BLOCK_SIZE
     }
 
-    /// Bytes of block files, as this process counts them.
+    /// Bytes of product files on disk, as this process counts them.
     pub fn used_bytes(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
@@ -245,11 +247,6 @@ impl DiskStore {
 
     fn product_dir(&self, id: &str) -> PathBuf {
         self.root.join(dir_name(id))
-    }
-
-    /// The file of block `index` of `id`.
-    pub fn block_path(&self, id: &str, index: u64) -> PathBuf {
-        self.product_dir(id).join(format!("{index}.blk"))
     }
 
     /// Every file under the product directories, with its metadata.
@@ -273,40 +270,16 @@ impl DiskStore {
         out
     }
 
-    /// Block `index` of `id`, which must be `len` bytes long, if held and intact. A file that
-    /// fails the check is deleted. Blocking.
-    pub fn get(&self, id: &str, index: u64, len: u64) -> Option<Bytes> {
-        if let Some(block) = self.get_from_whole(id, index, len) {
-            return Some(block);
+    /// Block `index` of `id` (a download of `size` bytes), if held and intact: from its whole
+    /// file, else from its partial one. A block that fails its check is dropped. Blocking.
+    pub fn get(&self, id: &str, size: u64, index: u64) -> Option<Bytes> {
+        let got = self
+            .read_whole_run(id, size, index, index)
+            .or_else(|| self.read_partial_run(id, size, index, index));
+        if got.is_none() {
+            self.misses.fetch_add(1, Ordering::Relaxed);
         }
-        let path = self.block_path(id, index);
-        let raw = match std::fs::read(&path) {
-            Ok(raw) => raw,
-            // Assembled since the look above (and its blocks deleted)?
-            Err(_) => match self.get_from_whole(id, index, len) {
-                Some(block) => return Some(block),
-                None => {
-                    self.misses.fetch_add(1, Ordering::Relaxed);
-                    return None;
-                }
-            },
-        };
-        match verify(&raw, len) {
-            Ok(()) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                touch(&path);
-                Some(Bytes::from(raw).slice(HEADER..))
-            }
-            Err(why) => {
-                tracing::warn!(path = %path.display(), why, "corrupt block in the disk cache; deleting it and fetching again");
-                self.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                if std::fs::remove_file(&path).is_ok() {
-                    self.sub_used(raw.len() as u64);
-                }
-                None
-            }
-        }
+        got
     }
 
     /// Bytes `range` of `id` (a download of `size` bytes) from the blocks held, fetching
@@ -317,75 +290,148 @@ impl DiskStore {
             return (start == end).then(Vec::new);
         }
         let bs = DISK_BLOCK_SIZE;
-        let blocks = (start / bs)..=((end - 1) / bs);
-        let len = |i: u64| bs.min(size - i * bs);
-        // Every file present first (a stat each), so a product held in part costs no reads.
-        if !blocks.clone().all(|i| self.has(id, i, len(i))) {
+        let (first, last) = (start / bs, (end - 1) / bs);
+        // Every block present first, so a product held in part costs no reads.
+        if !(first..=last).all(|i| self.has(id, size, i)) {
             return None;
         }
-        let mut out = Vec::with_capacity((end - start) as usize);
-        for i in blocks {
-            let block = self.get(id, i, len(i))?;
-            let from = start.max(i * bs) - i * bs;
-            let to = end.min(i * bs + block.len() as u64) - i * bs;
-            out.extend_from_slice(&block[from as usize..to as usize]);
-        }
-        Some(out)
+        let run = self
+            .read_whole_run(id, size, first, last)
+            .or_else(|| self.read_partial_run(id, size, first, last))?;
+        let from = (start - first * bs) as usize;
+        Some(run[from..from + (end - start) as usize].to_vec())
     }
 
-    /// Whether block `index` of `id` is held with the right length (not verified): in the
-    /// product's whole file or as a block file.
-    pub fn has(&self, id: &str, index: u64, len: u64) -> bool {
+    /// Whether block `index` of `id` (a download of `size` bytes) is held (not verified): in
+    /// the product's whole file or its partial one.
+    pub fn has(&self, id: &str, size: u64, index: u64) -> bool {
         self.whole(id)
-            .is_some_and(|w| index < w.crcs.len() as u64 && w.block_len(index) == len)
-            || self.has_block_file(id, index, len)
+            .is_some_and(|w| w.size == size && index < w.crcs.len() as u64)
+            || self
+                .partial(id, size, false)
+                .is_some_and(|p| p.crc(index).is_some())
     }
 
-    fn has_block_file(&self, id: &str, index: u64, len: u64) -> bool {
-        std::fs::metadata(self.block_path(id, index)).is_ok_and(|m| m.len() == HEADER as u64 + len)
-    }
-
-    /// Stores block `index` of `id`, a download of `size` bytes (temp file + rename), then
-    /// evicts if over budget; the product's last block starts its assembly into one file.
+    /// Stores block `index` of `id`, a download of `size` bytes, in the product's partial
+    /// file, then evicts if over budget; the product's last block starts making it whole.
     /// Blocking. Failures are logged, not returned: the cache is an optimisation.
     pub fn put(&self, id: &str, size: u64, index: u64, data: &[u8]) {
-        if self.has(id, index, data.len() as u64) {
+        if self.has(id, size, index) {
             return;
         }
         // Once the filesystem was found too full to keep anything, a block that would not fit
-        // is not written at all (it would be deleted at once), until there is room again.
-        if self.warned_full.load(Ordering::Relaxed)
-            && self.excess_with(HEADER as u64 + data.len() as u64) > 0
-        {
+        // is not written at all (it would be dropped at once), until there is room again.
+        if self.warned_full.load(Ordering::Relaxed) && self.excess_with(data.len() as u64) > 0 {
             return;
         }
-        if let Err(e) = self.write_block(id, index, data) {
+        let Some(p) = self.partial(id, size, true) else {
+            return;
+        };
+        if let Err(e) = p.write(index, data) {
             tracing::warn!(id, index, error = %e, "cannot write to the disk cache");
             return;
         }
         self.writes.fetch_add(1, Ordering::Relaxed);
-        self.used
-            .fetch_add((HEADER + data.len()) as u64, Ordering::Relaxed);
+        self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.over_budget() {
             self.evict();
         }
         self.assemble_soon(id, size, false);
     }
 
-    fn write_block(&self, id: &str, index: u64, data: &[u8]) -> std::io::Result<()> {
+    /// `id`'s partial file for a download of `size` bytes, open: the one this process has if
+    /// it is still current, else the one on disk, else (with `create`, and no whole file) a
+    /// new one, made under the product's lock.
+    pub(crate) fn partial(&self, id: &str, size: u64, create: bool) -> Option<Arc<Partial>> {
         let dir = self.product_dir(id);
-        std::fs::create_dir_all(&dir)?;
-        let mut header = [0u8; HEADER];
-        header[..8].copy_from_slice(MAGIC);
-        header[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
-        header[16..20].copy_from_slice(&crc32fast::hash(data).to_le_bytes());
-        self.write_atomic(&dir, &format!("{index}.blk"), &[&header, data])
+        let known = self.partials_map().get(id).cloned();
+        if let Some(p) = known {
+            if p.size == size && p.current(&dir) {
+                return Some(p);
+            }
+            self.partials_map().remove(id);
+        }
+        let opened = match Partial::open(&dir, size, DISK_BLOCK_SIZE) {
+            Some(p) => p,
+            None if !create || self.whole(id).is_some() => return None,
+            None => self.create_partial(id, &dir, size)?,
+        };
+        let p = Arc::new(opened);
+        let mut map = self.partials_map();
+        if map.len() >= MAX_OPEN_PARTIALS {
+            map.clear();
+        }
+        map.insert(id.to_string(), Arc::clone(&p));
+        Some(p)
+    }
+
+    /// A new partial file for `id`, under the product's lock (or the one another process made
+    /// meanwhile). A pair of another size or that does not pair up is replaced.
+    fn create_partial(&self, id: &str, dir: &Path, size: u64) -> Option<Partial> {
+        let made = std::fs::create_dir_all(dir).and_then(|_| {
+            let _lock = whole::lock_wait(dir);
+            if let Some(p) = Partial::open(dir, size, DISK_BLOCK_SIZE) {
+                return Ok(Some(p));
+            }
+            if WholeIndex::read(dir).is_some() {
+                return Ok(None);
+            }
+            let old = partial::disk_bytes(dir);
+            let p = Partial::create(dir, size, DISK_BLOCK_SIZE, &|name| self.temp_name(name))?;
+            self.sub_used(old);
+            Ok(Some(p))
+        });
+        made.unwrap_or_else(|e| {
+            tracing::warn!(id, error = %e, "cannot write to the disk cache");
+            None
+        })
+    }
+
+    /// Blocks `first..=last` of `id` (a download of `size` bytes) from its partial file, all
+    /// held: one read, each block checked against its logged CRC. A block that fails is dropped
+    /// from the log (fetched and written again). Blocking.
+    pub(crate) fn read_partial_run(
+        &self,
+        id: &str,
+        size: u64,
+        first: u64,
+        last: u64,
+    ) -> Option<Bytes> {
+        let p = self.partial(id, size, false)?;
+        let crcs = p.crcs(first, last)?;
+        let start = first * DISK_BLOCK_SIZE;
+        let len = ((last + 1) * DISK_BLOCK_SIZE).min(size) - start;
+        let buf = whole::pread_run(p.data(), start, len)?;
+        if let Some(k) = whole::first_bad(&buf, DISK_BLOCK_SIZE, &crcs) {
+            let index = first + k as u64;
+            tracing::warn!(
+                id,
+                index,
+                "corrupt block in the disk cache; dropping it and fetching it again"
+            );
+            self.corrupt.fetch_add(1, Ordering::Relaxed);
+            p.forget(index);
+            return None;
+        }
+        self.hits.fetch_add(last - first + 1, Ordering::Relaxed);
+        touch(&self.product_dir(id).join(partial::DATA));
+        Some(buf)
+    }
+
+    fn partials_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Partial>>> {
+        self.partials.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A temp file name for `name`, unique to this process and call (`.tmp` at the end, so a
+    /// crash's leftovers are swept at open).
+    fn temp_name(&self, name: &str) -> String {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        format!(".{name}.{}.{n}.tmp", std::process::id())
     }
 
     /// Writes `parts` to `dir/name` through a temp file unique to this process and write.
     fn write_atomic(&self, dir: &Path, name: &str, parts: &[&[u8]]) -> std::io::Result<()> {
-        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        let tmp = dir.join(self.temp_name(name));
         let result = (|| {
             let mut f = whole::create_new(&tmp)?;
             for p in parts {
@@ -438,21 +484,29 @@ impl DiskStore {
         self.excess(1.0) > 0
     }
 
-    /// Deletes least recently used blocks (oldest mtime first) until within [`EVICT_TO`] of
-    /// the budget. One eviction at a time per process; others skip.
+    /// Frees the least recently used products (oldest data file first) until within
+    /// [`EVICT_TO`] of the budget: a whole product goes at once, one held in part loses its
+    /// lowest blocks first. One eviction at a time per process; others skip. A product whose
+    /// lock another process holds (making it whole, deleting it) is skipped this time.
     pub fn evict(&self) {
         let Ok(_turn) = self.evicting.try_lock() else {
             return;
         };
-        let mut blocks: Vec<(SystemTime, PathBuf, u64)> = self
+        let mut files: Vec<(SystemTime, PathBuf, u64)> = self
             .scan_files()
             .into_iter()
             .filter(|(p, _)| counts(p))
-            .map(|(p, m)| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), p, m.len()))
+            .map(|(p, m)| {
+                (
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    p,
+                    disk_len(&m),
+                )
+            })
             .collect();
         // The scan is the truth (another mount may have written or evicted).
         self.used
-            .store(blocks.iter().map(|b| b.2).sum(), Ordering::Relaxed);
+            .store(files.iter().map(|f| f.2).sum(), Ordering::Relaxed);
         let mut to_free = self.excess(EVICT_TO);
         if to_free == 0 {
             return;
@@ -468,22 +522,73 @@ impl DiskStore {
                 );
             }
         }
-        blocks.sort();
-        for (_, path, len) in blocks {
+        files.sort();
+        for (_, path, len) in files {
             if to_free == 0 {
                 break;
             }
-            if std::fs::remove_file(&path).is_ok() {
-                if path.file_name().is_some_and(|n| n == whole::DATA) {
-                    // A whole product goes at once; its index with it.
-                    let _ = std::fs::remove_file(path.with_file_name(whole::INDEX));
+            let Some(dir) = path.parent() else { continue };
+            let Some(_lock) = whole::try_lock(dir) else {
+                continue;
+            };
+            let freed = if path.file_name().is_some_and(|n| n == whole::DATA) {
+                // A whole product goes at once; its index with it.
+                let gone = std::fs::remove_file(&path).is_ok();
+                let _ = std::fs::remove_file(dir.join(whole::INDEX));
+                if gone {
+                    len
+                } else {
+                    0
                 }
-                self.sub_used(len);
+            } else {
+                self.trim_partial(dir, to_free)
+            };
+            if freed > 0 {
+                self.sub_used(freed);
                 self.evicted.fetch_add(1, Ordering::Relaxed);
-                to_free = to_free.saturating_sub(len);
+                to_free = to_free.saturating_sub(freed);
             }
         }
+        // This process's open pairs read their logs again (a block dropped here is not held).
+        self.partials_map().clear();
         tracing::debug!(used = self.used_bytes(), "disk cache evicted");
+    }
+
+    /// Frees at least `want` bytes of the partial file in `dir` (its lowest blocks first), or
+    /// all of it (its files deleted): the bytes freed. The caller holds the product's lock.
+    fn trim_partial(&self, dir: &Path, want: u64) -> u64 {
+        let all = partial::disk_bytes(dir);
+        let Some(p) = Partial::open_any(dir) else {
+            // Not a pair (a crash between creating its two files): nothing in it is served.
+            let _ = std::fs::remove_file(dir.join(partial::LOG));
+            return if std::fs::remove_file(dir.join(partial::DATA)).is_ok() {
+                all
+            } else {
+                0
+            };
+        };
+        let held = p.held_indices();
+        let held_bytes: u64 = held.iter().map(|&i| p.block_len(i)).sum();
+        if held_bytes <= want {
+            let _ = std::fs::remove_file(dir.join(partial::LOG));
+            return if std::fs::remove_file(dir.join(partial::DATA)).is_ok() {
+                all
+            } else {
+                0
+            };
+        }
+        let mut drop = Vec::new();
+        let mut freed = 0;
+        for i in held {
+            if freed >= want {
+                break;
+            }
+            freed += p.block_len(i);
+            drop.push(i);
+        }
+        let before = partial::disk_bytes(dir);
+        p.drop_blocks(&drop);
+        before.saturating_sub(partial::disk_bytes(dir))
     }
 
     /// The product's info as stored by [`DiskStore::save_info`].
@@ -522,26 +627,16 @@ impl DiskStore {
     }
 }
 
-/// Whether a file of the store counts against its budget: block files and whole products.
+/// Whether a file of the store counts against its budget: the products' data files.
 fn counts(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "blk")
-        || path.file_name().is_some_and(|n| n == whole::DATA)
+    path.file_name()
+        .is_some_and(|n| n == whole::DATA || n == partial::DATA)
 }
 
-/// Why a block file is not to be served, if it is not.
-fn verify(raw: &[u8], len: u64) -> Result<(), &'static str> {
-    if raw.len() < HEADER || &raw[..8] != MAGIC {
-        return Err("no header");
-    }
-    let stored_len = u64::from_le_bytes(raw[8..16].try_into().expect("8 bytes"));
-    if stored_len != len || raw.len() as u64 != HEADER as u64 + len {
-        return Err("wrong length");
-    }
-    let crc = u32::from_le_bytes(raw[16..20].try_into().expect("4 bytes"));
-    if crc32fast::hash(&raw[HEADER..]) != crc {
-        return Err("checksum mismatch");
-    }
-    Ok(())
+/// The disk a file takes: its allocated blocks (a partial file's holes take none).
+fn disk_len(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.blocks() * 512
 }
 
 fn touch(path: &Path) {
@@ -577,14 +672,11 @@ impl BlockSink for DiskStore {
     fn put_block(&self, id: &str, size: u64, index: u64, data: &[u8]) {
         self.put(id, size, index, data);
     }
-    fn has_block(&self, id: &str, index: u64) -> bool {
-        self.whole(id).is_some_and(|w| index < w.crcs.len() as u64)
-            || self.block_path(id, index).exists()
+    fn has_block(&self, id: &str, size: u64, index: u64) -> bool {
+        self.has(id, size, index)
     }
     fn get_block(&self, id: &str, size: u64, index: u64) -> Option<Bytes> {
-        let bs = DISK_BLOCK_SIZE;
-        let len = bs.min(size.checked_sub(index.checked_mul(bs)?)?);
-        self.get(id, index, len)
+        self.get(id, size, index)
     }
     fn claim_stream(&self, id: &str) -> Option<StreamClaim> {
         self.claim(id)
@@ -635,22 +727,18 @@ impl DiskStore {
                 });
                 continue;
             }
-            let (mut held, mut blocks) = (0, 0);
-            for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if f.path().extension().is_some_and(|e| e == "blk") {
-                    held += f
-                        .metadata()
-                        .map(|m| m.len())
-                        .unwrap_or(0)
-                        .saturating_sub(HEADER as u64);
-                    blocks += 1;
-                }
-            }
-            if blocks == 0 && info.is_none() {
+            let part = Partial::open_any(&dir);
+            if part.is_none() && info.is_none() {
                 // Only a stream lock left behind by `remove_product` or an empty start.
                 continue;
             }
-            let whole = size.is_some_and(|s| blocks == s.div_ceil(DISK_BLOCK_SIZE) && held == s);
+            let size = size.or(part.as_ref().map(|p| p.size));
+            let held = part.as_ref().map_or(0, |p| {
+                p.held_indices().iter().map(|&i| p.block_len(i)).sum()
+            });
+            let whole = part
+                .as_ref()
+                .is_some_and(|p| Some(p.size) == size && p.held() == p.blocks());
             out.push(CachedProduct {
                 id,
                 size,
@@ -692,31 +780,25 @@ impl DiskStore {
         }
     }
 
-    /// Deletes the product's blocks, whole file and info (its bytes changed at the source).
+    /// Deletes the product's files and info (its bytes changed at the source).
     pub fn remove_product(&self, id: &str) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         let dir = self.product_dir(id);
-        // An assembly of the old blocks in progress finishes first, then is deleted too.
+        // Making it whole, in progress, finishes first, then is deleted too.
         let _lock = whole::lock_wait(&dir);
-        let Ok(files) = std::fs::read_dir(&dir) else {
-            return;
-        };
-        for f in files.flatten() {
-            let path = f.path();
-            let counted = counts(&path);
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let is_info = path
-                .file_name()
-                .is_some_and(|n| n == "info.json" || n == whole::INDEX);
-            if !(counted || is_info) {
-                continue;
-            }
-            let removed = std::fs::remove_file(&path).is_ok();
-            if removed && counted {
-                self.sub_used(len);
+        for name in [whole::DATA, partial::DATA] {
+            let path = dir.join(name);
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                if std::fs::remove_file(&path).is_ok() {
+                    self.sub_used(disk_len(&meta));
+                }
             }
         }
+        for name in [whole::INDEX, partial::LOG, "info.json"] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
         self.wholes_map().remove(id);
+        self.partials_map().remove(id);
         tracing::info!(id, "dropped the product's blocks from the disk cache");
     }
 }

@@ -6,9 +6,10 @@
 //!   connection budget. Implements [`RangeSource`].
 //! - `spool`: for products whose server ignores Range, one stream from byte 0 shared by all
 //!   readers, spooled to a file; reads are served as the bytes arrive. Passes Range through.
-//! - `disk`: the persistent disk cache (`--cache-dir`): verified block files and product info
-//!   across mounts; serves a product's files (node ids) from its zip's blocks when it holds
+//! - `disk`: the persistent disk cache (`--cache-dir`): verified blocks (one sparse file per
+//!   product, made whole in place) and product info across mounts; serves a product's files (node ids) from its zip's blocks when it holds
 //!   them; passes everything through without a directory.
+//! - `buffers`: big buffers reused instead of freed (fresh ones cost page faults and zeroing).
 //! - `cache`: fixed-size aligned blocks in an LRU bounded in bytes; concurrent readers of one
 //!   block share one fetch.
 //! - `prefetch`: one per open file; detects sequential reading and reads ahead in parallel.
@@ -16,6 +17,7 @@
 //! - `mock`: an in-memory [`RangeSource`] with fault injection, for tests of the layers above;
 //!   built for this crate's tests and behind the `mock` feature for other crates' tests.
 
+pub mod buffers;
 pub mod cache;
 pub mod disk;
 #[cfg(any(test, feature = "mock"))]

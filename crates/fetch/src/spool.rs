@@ -100,7 +100,7 @@ pub trait BlockSink: Send + Sync + 'static {
     /// thread. Failures are the sink's to log: the spool still serves the bytes.
     fn put_block(&self, id: &str, size: u64, index: u64, data: &[u8]);
     /// Whether block `index` is held (cheap, unverified: used only to drop the spool early).
-    fn has_block(&self, id: &str, index: u64) -> bool;
+    fn has_block(&self, id: &str, size: u64, index: u64) -> bool;
     /// Block `index` of `id` (of `size` bytes), verified, if held. Blocking.
     fn get_block(&self, _id: &str, _size: u64, _index: u64) -> Option<Bytes> {
         None
@@ -565,7 +565,7 @@ impl<S: StreamSource> StreamTask<S> {
             let mut pos = from;
             while pos < size {
                 let index = pos / bs;
-                if !sink.has_block(&id, index) {
+                if !sink.has_block(&id, size, index) {
                     break;
                 }
                 let Some(block) = sink.get_block(&id, size, index) else {
@@ -589,7 +589,7 @@ impl<S: StreamSource> StreamTask<S> {
         let Some(sink) = &self.sink else { return };
         let bs = sink.block_size();
         let blocks = self.spool.size.div_ceil(bs);
-        if (0..blocks).all(|i| sink.has_block(&self.id, i)) {
+        if (0..blocks).all(|i| sink.has_block(&self.id, self.spool.size, i)) {
             let mut spools = self.spools.lock().unwrap_or_else(|p| p.into_inner());
             if spools
                 .get(&self.id)

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use eodata_auth::TokenSource;
 use eodata_http::answer::{content_length, header_str, triage, Answer};
 use reqwest::header::{ACCEPT_RANGES, CONTENT_DISPOSITION, CONTENT_RANGE};
@@ -542,8 +542,7 @@ impl<T: TokenSource> Inner<T> {
         }
         // Blocks are MiBs; a huge range grows the buffer as bytes come, not all up front.
         const MAX_PREALLOC: u64 = 64 << 20;
-        let mut buf = BytesMut::with_capacity((end - start).min(MAX_PREALLOC) as usize);
-        huge_pages_for(&mut buf);
+        let mut buf = crate::buffers::with_capacity((end - start).min(MAX_PREALLOC) as usize);
         let mut retry = RetryState::new();
         let mut pos = start;
         while pos < end {
@@ -590,7 +589,7 @@ impl<T: TokenSource> Inner<T> {
                 }
             }
         }
-        Ok(buf.freeze())
+        Ok(crate::buffers::freeze(buf))
     }
 
     /// What the answer to `asked` brings: the exchange to read it from and the last byte it
@@ -666,7 +665,7 @@ impl<T: TokenSource> Inner<T> {
         resp: &mut reqwest::Response,
         url: &str,
         want: usize,
-        buf: &mut BytesMut,
+        buf: &mut Vec<u8>,
     ) -> (usize, Result<(), FetchError>) {
         let mut got = 0usize;
         let outcome = loop {
@@ -718,31 +717,4 @@ struct Described {
     size: Option<u64>,
     filename: Option<String>,
     ranges: Option<RangeSupport>,
-}
-
-/// Asks the kernel to back a big, fresh response buffer with transparent huge pages (the whole
-/// 2 MiB pages inside it; a no-op where THP is off). Every body byte lands in freshly mapped
-/// memory (buffers of 1 MiB and more are mapped on their own, see `stack.rs` in the binary), and
-/// with 4 KiB pages faulting it in was about half of the mount's CPU in a loopback `cp`
-/// (scripts/bench P1 profile): 285k page faults per GiB, 88k with this.
-pub(crate) fn huge_pages_for(buf: &mut BytesMut) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let spare = buf.spare_capacity_mut();
-        let start = spare.as_mut_ptr() as usize;
-        let first = start.next_multiple_of(HUGE);
-        let last = (start + spare.len()) / HUGE * HUGE;
-        if last > first {
-            // SAFETY: advice on whole pages inside this buffer's own allocation; MADV_HUGEPAGE
-            // changes how they are backed, never their contents.
-            unsafe {
-                libc::madvise(
-                    first as *mut libc::c_void,
-                    last - first,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
-        }
-    }
 }

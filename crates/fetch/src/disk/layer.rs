@@ -170,7 +170,12 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
         let (first, last) = (start / bs, (end - 1) / bs);
         let (skip, want) = ((start - first * bs) as usize, (end - start) as usize);
         let (s, key) = (Arc::clone(store), id.to_string());
-        if let Some(run) = blocking(move || s.read_whole_run(&key, size, first, last)).await {
+        let held = blocking(move || {
+            s.read_whole_run(&key, size, first, last)
+                .or_else(|| s.read_partial_run(&key, size, first, last))
+        })
+        .await;
+        if let Some(run) = held {
             return Ok(run.slice(skip..skip + want));
         }
         let run = Run {
@@ -225,7 +230,7 @@ impl<S: RangeSource> DiskCache<S> {
         let (s, key) = (Arc::clone(store), id.to_string());
         blocking(move || {
             (run.first..=run.last)
-                .map(|i| s.get(&key, i, run.block_len(i)))
+                .map(|i| s.get(&key, run.size, i))
                 .collect()
         })
         .await

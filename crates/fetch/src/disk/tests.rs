@@ -64,7 +64,7 @@ async fn a_product_read_once_reads_again_with_zero_requests() {
 }
 
 #[tokio::test]
-async fn corrupt_torn_and_foreign_block_files_are_refetched_never_served() {
+async fn corrupt_torn_and_misplaced_blocks_are_refetched_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let d = data();
     let size = d.len() as u64;
@@ -75,21 +75,17 @@ async fn corrupt_torn_and_foreign_block_files_are_refetched_never_served() {
     );
     first.get_range("p", 0..size).await.unwrap();
     let store = first.store().unwrap();
-    // Block 1: one bit flipped in the data. Block 2: torn (cut short). Block 3: header says
-    // a different length. Block 5 (the short last one): replaced by plain data.
-    let flip = store.block_path("p", 1);
-    let mut raw = std::fs::read(&flip).unwrap();
-    raw[HEADER + 777] ^= 0x10;
-    std::fs::write(&flip, raw).unwrap();
-    let torn = store.block_path("p", 2);
-    let raw = std::fs::read(&torn).unwrap();
-    std::fs::write(&torn, &raw[..raw.len() / 2]).unwrap();
-    let lying = store.block_path("p", 3);
-    let mut raw = std::fs::read(&lying).unwrap();
-    raw[8..16].copy_from_slice(&(MIB - 1).to_le_bytes());
-    raw.pop();
-    std::fs::write(&lying, raw).unwrap();
-    std::fs::write(store.block_path("p", 5), &d[(5 * MIB) as usize..]).unwrap();
+    // In the partial file: block 1 with one bit flipped, block 2 zeroed (its bytes never
+    // reached the disk), block 3 holding block 4's bytes, the short last block 5 cut short.
+    let path = store.product_dir("p").join(partial::DATA);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&[d[(MIB + 777) as usize] ^ 0x10], MIB + 777)
+        .unwrap();
+    f.write_all_at(&vec![0u8; MIB as usize], 2 * MIB).unwrap();
+    f.write_all_at(&d[(4 * MIB) as usize..(5 * MIB) as usize], 3 * MIB)
+        .unwrap();
+    f.write_all_at(&[0u8; 7], size - 7).unwrap();
+    drop(f);
 
     let second = blocks_layer(
         dir.path(),
@@ -108,16 +104,23 @@ async fn corrupt_torn_and_foreign_block_files_are_refetched_never_served() {
     // Rewritten good: a third reader needs nothing.
     let third = layer(dir.path(), MemorySource::new(), BIG);
     assert_eq!(third.get_range("p", 0..size).await.unwrap(), d);
+    assert_eq!(third.source().stats().requests, 0);
 }
 
 #[tokio::test]
-async fn left_over_temp_files_are_never_read() {
+async fn left_over_temp_files_and_old_block_files_are_never_read() {
     let dir = tempfile::tempdir().unwrap();
     let d = data();
+    let pdir = dir.path().join(LAYOUT).join("p");
+    std::fs::create_dir_all(&pdir).unwrap();
+    // A crash mid-create leaves a temp file; the layout before this one, a file per block.
+    std::fs::write(pdir.join(".part.data.1.0.tmp"), b"junk").unwrap();
+    std::fs::write(pdir.join("0.blk"), b"an old block file").unwrap();
     let store = DiskStore::open(dir.path(), BIG).unwrap();
-    // A crash mid-write leaves a temp file; the block's own name does not exist.
-    std::fs::create_dir_all(store.product_dir("p")).unwrap();
-    std::fs::write(store.product_dir("p").join(".0.blk.1.0.tmp"), b"junk").unwrap();
+    assert!(
+        !pdir.join("0.blk").exists(),
+        "the old layout's blocks are removed"
+    );
     let c = DiskCache::new(
         MemorySource::new().with_product("p", d.clone()),
         Some(store),
@@ -127,39 +130,50 @@ async fn left_over_temp_files_are_never_read() {
 }
 
 #[tokio::test]
-async fn eviction_drops_the_least_recently_used_blocks_first() {
+async fn eviction_drops_the_least_recently_used_product_first_and_a_big_one_keeps_its_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = data();
+    let size = d.len() as u64;
     // Room for 3 blocks and a bit.
     let budget = DiskBudget::Bytes(3 * MIB + 1000);
     let c = blocks_layer(
         dir.path(),
-        MemorySource::new().with_product("p", d.clone()),
+        MemorySource::new()
+            .with_product("p", d.clone())
+            .with_product("q", MemorySource::random_bytes(MIB as usize, 3)),
         budget,
     );
     let store = Arc::clone(c.store().unwrap());
+    c.get_range("q", 0..1).await.unwrap();
+    let q_data = store.product_dir("q").join(partial::DATA);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&q_data)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(3000))
+        .unwrap();
     for i in 0..3 {
         c.get_range("p", i * MIB..i * MIB + 1).await.unwrap();
     }
-    // Block 0 used long ago, block 1 recently, block 2 in between.
-    let ago = |s: u64| SystemTime::now() - Duration::from_secs(s);
-    for (i, age) in [(0, 3000), (1, 10), (2, 2000)] {
-        let f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(store.block_path("p", i))
-            .unwrap();
-        f.set_modified(ago(age)).unwrap();
-    }
-    c.get_range("p", 3 * MIB..3 * MIB + 1).await.unwrap();
     assert!(
         store.used_bytes() <= 3 * MIB + 1000,
         "{}",
         store.used_bytes()
     );
-    assert!(!store.block_path("p", 0).exists(), "oldest evicted");
-    assert!(store.block_path("p", 1).exists(), "recent kept");
-    assert!(store.block_path("p", 3).exists(), "new kept");
-    assert!(store.stats().evicted >= 1);
+    assert!(
+        !q_data.exists(),
+        "the product used longest ago is evicted whole"
+    );
+    // p, bigger than what is left, loses its first block and keeps its latest ones.
+    assert!(!store.has("p", size, 0));
+    assert!(store.has("p", size, 1) && store.has("p", size, 2));
+    assert!(store.stats().evicted >= 2);
+    // What is left reads back right, with no request.
+    let again = layer(dir.path(), MemorySource::new(), BIG);
+    assert_eq!(
+        again.get_range("p", MIB..3 * MIB).await.unwrap(),
+        d.slice(MIB as usize..(3 * MIB) as usize)
+    );
 }
 
 #[tokio::test]
@@ -439,11 +453,9 @@ async fn a_product_held_whole_becomes_one_file_whose_blocks_still_read_with_zero
     let file = wait_whole(&store, "p", size);
     assert_eq!(read_all(&file), d.to_vec(), "the whole file is the product");
     assert_eq!(store.stats().assembled, 1);
-    // Its blocks are gone; the budget counts the product once.
-    let blocks = (0..6)
-        .filter(|&i| store.block_path("p", i).exists())
-        .count();
-    assert_eq!(blocks, 0);
+    // The partial file became the whole one; the budget counts the product once.
+    let pdir = store.product_dir("p");
+    assert!(!pdir.join(partial::DATA).exists() && !pdir.join(partial::LOG).exists());
     assert_eq!(store.used_bytes(), size);
     assert_eq!(
         store.products(),
@@ -462,7 +474,8 @@ async fn a_product_held_whole_becomes_one_file_whose_blocks_still_read_with_zero
         d.slice((MIB - 3) as usize..(2 * MIB + 3) as usize)
     );
     assert_eq!(second.source().stats().requests, 0);
-    assert_eq!(second.store().unwrap().used_bytes(), size);
+    let counted = second.store().unwrap().used_bytes();
+    assert!((size..size + 8192).contains(&counted), "{counted}");
     // The layer hands the file out (for passthrough) only for the product's own size.
     assert!(second.backing_file("p").await.is_some());
     assert!(store.whole_file("p", size + 1).is_none());
@@ -506,7 +519,7 @@ async fn a_whole_file_open_for_reading_reads_on_after_it_is_evicted() {
                 "q",
                 MemorySource::random_bytes((size + 2 * MIB) as usize, 12),
             ),
-        // Room to assemble p (its blocks and its copy at once), not for p and q together.
+        // Room for p or q, not for both.
         DiskBudget::Bytes(2 * size + MIB),
     );
     c.get_range("p", 0..size).await.unwrap();
@@ -622,22 +635,30 @@ async fn a_whole_file_of_another_size_or_behind_a_symlink_is_never_served() {
     assert!(store.read_whole_run("p", size, 0, 5).is_none());
 }
 
-/// Assembling needs the product's size again until its blocks go: without that room in the
-/// budget the product stays in blocks, read as before.
+/// A product is made whole in place: the partial file is renamed, not copied, so a budget
+/// with room for the product alone is enough.
 #[tokio::test]
-async fn a_product_with_no_room_to_be_copied_stays_in_blocks() {
+async fn a_product_is_made_whole_in_place_with_no_room_for_a_copy() {
     let dir = tempfile::tempdir().unwrap();
     let d = data();
     let size = d.len() as u64;
-    let c = layer(
+    let c = blocks_layer(
         dir.path(),
         MemorySource::new().with_product("p", d.clone()),
-        DiskBudget::Bytes(size + 2 * MIB),
+        DiskBudget::Bytes(size + MIB),
     );
     c.get_range("p", 0..size).await.unwrap();
     let store = Arc::clone(c.store().unwrap());
-    assert!(!store.assemble("p", size), "no room for the copy");
-    assert!(store.whole_file("p", size).is_none());
+    let ino = |name: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(store.product_dir("p").join(name))
+            .unwrap()
+            .ino()
+    };
+    let before = ino(partial::DATA);
+    assert!(store.assemble("p", size));
+    assert_eq!(ino(whole::DATA), before, "the same file, renamed");
+    assert_eq!(read_all(&store.whole_file("p", size).unwrap()), d.to_vec());
     let again = layer(dir.path(), MemorySource::new(), BIG);
     assert_eq!(again.get_range("p", 0..size).await.unwrap(), d);
 }

@@ -2,39 +2,38 @@
 //! download's bytes at the download's offsets, so the kernel can read it directly (FUSE
 //! passthrough: no daemon round trip per read); and beside it `whole.idx`, the block size, the
 //! data file's inode number and a CRC-32 per block, so every read the daemon still serves from
-//! it is checked as a block file's is.
+//! it is checked as a block in part is.
 //!
-//! Made from the product's block files once every one is held ([`assemble`]): each block is
-//! verified and copied, the data file is `fsync`ed, then the index and the data are renamed into
-//! place, index first, and only then are the block files deleted. A reader finds either the
-//! blocks or the whole file at every moment (the store looks in both). The index names the data
-//! file's inode: a data file whose inode differs (two assemblies interleaved, a crash between
-//! the two renames) is not whole, never a wrong file under the final name.
+//! Made from the product's partial file once its log holds every block ([`promote`]): each
+//! block is read back and checked against its logged CRC, the file is `fsync`ed, the index is
+//! written and renamed into place, then the data file is renamed from `part.data` to
+//! `whole.data` and the log deleted: no copy. A reader finds either the partial file or the
+//! whole one at every moment (the store looks in both). The index names the data file's inode:
+//! a data file whose inode differs (a crash between the renames, a product dropped and cached
+//! again) is not whole, never a wrong file under the final name. Done by the one process that
+//! holds the product's `assemble.lock`.
 //!
-//! Why assemble rather than write one sparse file as blocks arrive: block files keep the
-//! store's every other property (atomic rename per block, any process may write any block, a
-//! torn write only ever loses one block), and a product is assembled once, by the one process
-//! that wins the `assemble.lock` `flock`; the copy is local and costs about as much as reading
-//! the product once from disk.
-//!
-//! This file holds the format and the assembly, and the store's methods for whole products
-//! (found, read, split back into blocks when corrupt, handed out for passthrough).
+//! This file holds the format and the promotion, and the store's methods for whole products
+//! (found, read, turned back into a partial file when corrupt, handed out for passthrough).
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use super::{touch, verify, DiskStore, DISK_BLOCK_SIZE, HEADER};
+use super::partial::{self, Partial};
+use super::{touch, DiskStore, DISK_BLOCK_SIZE};
 
-/// How often [`DiskStore::finish_assembly`] looks whether the assemblies are done: a copy of a
-/// product takes about a second per GiB, so a few tens of ms late is nothing.
+/// How often [`DiskStore::finish_assembly`] looks whether the promotions are done: checking
+/// and `fsync`ing a product takes about a second per GiB, so a few tens of ms late is nothing.
 const ASSEMBLY_POLL: Duration = Duration::from_millis(20);
+/// Blocks read back at once while checking a product before it is made whole.
+const CHECK_RUN: u64 = 8;
 
 /// The data file, in the product's directory.
 pub const DATA: &str = "whole.data";
@@ -114,72 +113,103 @@ impl WholeIndex {
     pub fn pairs_with(&self, meta: &std::fs::Metadata) -> bool {
         meta.ino() == self.ino && meta.len() == self.size
     }
-
-    /// The length of block `index`.
-    pub fn block_len(&self, index: u64) -> u64 {
-        self.block_size
-            .min(self.size.saturating_sub(index * self.block_size))
-    }
 }
 
-/// One block, as [`assemble`] reads it: its payload and CRC, or `None` when the block is
-/// missing or fails its check.
-pub type ReadBlock<'a> = dyn Fn(u64) -> Option<(Vec<u8>, u32)> + 'a;
-
-/// A whole file just made, and the product's assemble lock, held until the caller has
-/// finished (its blocks deleted, its bytes counted).
-pub struct Assembled {
-    pub index: WholeIndex,
-    _lock: std::fs::File,
-}
-
-/// Assembles `dir`'s whole file of `size` bytes from its blocks, read (and verified) by
-/// `block`. `Ok(None)`: another process is assembling it, or a block is missing. `temp` names
-/// this process's temp files (`.tmp` at the end, so a crash's leftovers are swept at open).
-pub fn assemble(
+/// Makes the partial file `p` in `dir` whole: the blocks another process wrote read back and
+/// checked against `crcs` (its log's; this process's own were checked as they were written),
+/// the file `fsync`ed and checked for holes (a block punched out by an eviction racing its
+/// write), the index written and renamed in, then the data file renamed to [`DATA`] and the log
+/// deleted. `Ok(None)` when a block fails its check (it is dropped from the log, to be fetched
+/// again) or the file has a hole. The caller holds the product's lock and has checked that `p`
+/// is current.
+pub fn promote(
     dir: &Path,
-    size: u64,
-    block_size: u64,
+    p: &Partial,
+    crcs: Vec<u32>,
     temp: &dyn Fn(&str) -> String,
-    block: &ReadBlock,
-) -> std::io::Result<Option<Assembled>> {
-    let Some(lock) = lock(dir)? else {
-        return Ok(None);
-    };
-    let data_tmp = dir.join(temp(DATA));
-    let index_tmp = dir.join(temp(INDEX));
-    let result = (|| -> std::io::Result<Option<WholeIndex>> {
-        let mut out = create_new(&data_tmp)?;
-        let n = size.div_ceil(block_size);
-        let mut crcs = Vec::with_capacity(n as usize);
-        for i in 0..n {
-            let Some((payload, crc)) = block(i) else {
-                return Ok(None);
-            };
-            out.write_all(&payload)?;
-            crcs.push(crc);
+) -> std::io::Result<Option<WholeIndex>> {
+    let bs = p.block_size;
+    let mut first = 0;
+    while first < p.blocks() {
+        if p.is_mine(first) {
+            first += 1;
+            continue;
         }
-        // The bytes reach the disk before the name does: after a power loss the final name
-        // holds the whole product or nothing.
-        out.sync_all()?;
-        let index = WholeIndex {
-            size,
-            block_size,
-            ino: out.metadata()?.ino(),
-            crcs,
-        };
+        let last = (first..(first + CHECK_RUN).min(p.blocks()))
+            .take_while(|&i| !p.is_mine(i))
+            .last()
+            .unwrap_or(first);
+        let start = first * bs;
+        let len = ((last + 1) * bs).min(p.size) - start;
+        let buf = pread_run(p.data(), start, len)
+            .ok_or_else(|| std::io::Error::other("cannot read the partial file back"))?;
+        if let Some(k) = first_bad(&buf, bs, &crcs[first as usize..=last as usize]) {
+            p.forget(first + k as u64);
+            return Ok(None);
+        }
+        first = last + 1;
+    }
+    // The bytes reach the disk before the name does: after a power loss the final name holds
+    // the whole product or nothing.
+    p.data().sync_all()?;
+    if p.has_hole() {
+        return Ok(None);
+    }
+    let index = WholeIndex {
+        size: p.size,
+        block_size: bs,
+        ino: p.data_ino(),
+        crcs,
+    };
+    let index_tmp = dir.join(temp(INDEX));
+    let written = (|| {
         let mut f = create_new(&index_tmp)?;
         f.write_all(&index.encode())?;
         f.sync_all()?;
-        std::fs::rename(&index_tmp, dir.join(INDEX))?;
-        std::fs::rename(&data_tmp, dir.join(DATA))?;
-        Ok(Some(index))
+        std::fs::rename(&index_tmp, dir.join(INDEX))
     })();
-    if !matches!(result, Ok(Some(_))) {
-        let _ = std::fs::remove_file(&data_tmp);
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&index_tmp);
+        return Err(e);
     }
-    Ok(result?.map(|index| Assembled { index, _lock: lock }))
+    std::fs::rename(dir.join(partial::DATA), dir.join(DATA))?;
+    let _ = std::fs::remove_file(dir.join(partial::LOG));
+    Ok(Some(index))
+}
+
+/// Bytes `start..start + len` of `file`, read at once into one buffer (a reused one when the
+/// pool has one, `crate::buffers`); `None` when the read fails or ends early.
+pub fn pread_run(file: &std::fs::File, start: u64, len: u64) -> Option<Bytes> {
+    use std::os::fd::AsRawFd;
+    let mut buf = crate::buffers::with_capacity(len as usize);
+    let spare = buf.spare_capacity_mut();
+    let mut done = 0usize;
+    while done < len as usize {
+        // SAFETY: pread writes at most `len - done` bytes into the buffer's own spare
+        // capacity, which holds `len`; the bytes count as initialised only once written.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().add(done).cast(),
+                len as usize - done,
+                (start + done as u64) as libc::off_t,
+            )
+        };
+        if n <= 0 {
+            return None;
+        }
+        done += n as usize;
+    }
+    // SAFETY: the loop above wrote all `len` bytes.
+    unsafe { buf.set_len(len as usize) };
+    Some(crate::buffers::freeze(buf))
+}
+
+/// The first block of `buf` (blocks of `block_size`) whose CRC is not its entry in `crcs`.
+pub fn first_bad(buf: &[u8], block_size: u64, crcs: &[u32]) -> Option<usize> {
+    buf.chunks(block_size as usize)
+        .zip(crcs)
+        .position(|(block, crc)| crc32fast::hash(block) != *crc)
 }
 
 /// A new file at `path`, never one already there (nor what a symlink there points to).
@@ -202,13 +232,14 @@ pub fn open_regular(path: &Path) -> Option<std::fs::File> {
     file.metadata().ok()?.is_file().then_some(file)
 }
 
-/// `flock(LOCK_EX | LOCK_NB)` on the product's assemble lock: `None` while another holds it.
-fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
-    flock(dir, libc::LOCK_EX | libc::LOCK_NB)
+/// `flock(LOCK_EX | LOCK_NB)` on the product's assemble lock: `None` while another holds it
+/// (or the directory is gone).
+pub fn try_lock(dir: &Path) -> Option<std::fs::File> {
+    flock(dir, libc::LOCK_EX | libc::LOCK_NB).ok().flatten()
 }
 
-/// The product's assemble lock, waited for: whoever deletes a product holds it, so that an
-/// assembly that had read the old blocks cannot rename a whole file in after the deletion.
+/// The product's assemble lock, waited for: whoever creates, trims, deletes or makes whole a
+/// product's files holds it, so that none of these sees another half done.
 /// `None` when the directory is gone or the filesystem has no locks.
 pub fn lock_wait(dir: &Path) -> Option<std::fs::File> {
     flock(dir, libc::LOCK_EX).ok().flatten()
@@ -265,103 +296,63 @@ impl DiskStore {
         self.wholes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Block `index` (of `len` bytes) from `id`'s whole file, checked against its index's CRC
-    /// ([`Self::read_run`]).
-    pub(super) fn get_from_whole(&self, id: &str, index: u64, len: u64) -> Option<Bytes> {
-        let w = self.whole(id)?;
-        if index >= w.crcs.len() as u64 || w.block_len(index) != len {
-            return None;
-        }
-        self.read_run(id, &w, index, index)
-    }
-
-    /// Blocks `first..=last` of `id` (a download of `size` bytes) from its whole file
-    /// ([`Self::read_run`]): the disk cache's answer for a product held whole, with no copy to
-    /// assemble the run. `None` when the product is not whole at that size. Blocking.
+    /// Blocks `first..=last` of `id` (a download of `size` bytes) from its whole file: one
+    /// read into one buffer, each block checked against its CRC. `None` when the product is not
+    /// whole at that size, the file is not the one the index pairs with, the read fails, or a
+    /// block fails its check (the file is then turned back into a partial one, its good blocks
+    /// kept). Blocking.
     pub fn read_whole_run(&self, id: &str, size: u64, first: u64, last: u64) -> Option<Bytes> {
         let w = self.whole(id).filter(|w| w.size == size)?;
         if last >= w.crcs.len() as u64 || first > last {
             return None;
         }
-        self.read_run(id, &w, first, last)
-    }
-
-    /// Blocks `first..=last` of the whole file `w` indexes, read at once into one buffer (huge
-    /// pages where the kernel has them), each block checked against its CRC. `None` when the
-    /// file is not the one `w` pairs with, the read fails, or a block fails its check (the file
-    /// is then split back into its good blocks).
-    fn read_run(&self, id: &str, w: &Arc<WholeIndex>, first: u64, last: u64) -> Option<Bytes> {
-        use std::os::fd::AsRawFd;
         let bs = DISK_BLOCK_SIZE;
         let start = first * bs;
         let len = ((last + 1) * bs).min(w.size) - start;
         let path = self.product_dir(id).join(DATA);
         let file = open_regular(&path).filter(|f| f.metadata().is_ok_and(|m| w.pairs_with(&m)))?;
-        let mut buf = BytesMut::with_capacity(len as usize);
-        crate::zipper::huge_pages_for(&mut buf);
-        let spare = buf.spare_capacity_mut();
-        let mut done = 0usize;
-        while done < len as usize {
-            // SAFETY: pread writes at most `len - done` bytes into the buffer's own spare
-            // capacity, which holds `len`; the bytes count as initialised only once written.
-            let n = unsafe {
-                libc::pread(
-                    file.as_raw_fd(),
-                    spare.as_mut_ptr().add(done).cast(),
-                    len as usize - done,
-                    (start + done as u64) as libc::off_t,
-                )
-            };
-            if n <= 0 {
-                return None;
-            }
-            done += n as usize;
-        }
-        // SAFETY: the loop above wrote all `len` bytes.
-        unsafe { buf.set_len(len as usize) };
-        for (k, block) in buf.chunks(bs as usize).enumerate() {
-            if crc32fast::hash(block) != w.crcs[first as usize + k] {
-                tracing::warn!(path = %path.display(), index = first + k as u64, "corrupt block in a whole product in the disk cache; keeping its good blocks and fetching the bad one again");
-                self.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.split_whole(id, w);
-                return None;
-            }
+        let buf = pread_run(&file, start, len)?;
+        if let Some(k) = first_bad(&buf, bs, &w.crcs[first as usize..=last as usize]) {
+            tracing::warn!(path = %path.display(), index = first + k as u64, "corrupt block in a whole product in the disk cache; keeping its good blocks and fetching the bad one again");
+            self.corrupt.fetch_add(1, Ordering::Relaxed);
+            self.split_whole(id, &w, first + k as u64);
+            return None;
         }
         self.hits.fetch_add(last - first + 1, Ordering::Relaxed);
         touch(&path);
-        Some(buf.freeze())
+        Some(buf)
     }
 
-    /// Turns `id`'s whole file, found corrupt, back into block files: the blocks that pass
-    /// their check are kept, the others are fetched again (and the product assembled again once
-    /// they are held). Rare (bit rot), so copying is fine.
-    pub(super) fn split_whole(&self, id: &str, w: &WholeIndex) {
+    /// Turns `id`'s whole file, whose block `bad` failed its check, back into a partial file:
+    /// a log of every block but that one, then the data file renamed back. The bad block is
+    /// fetched again, and the product made whole again once it is written.
+    pub(super) fn split_whole(&self, id: &str, w: &WholeIndex, bad: u64) {
         let dir = self.product_dir(id);
         let Some(_lock) = lock_wait(&dir) else {
             return;
         };
-        // Split (and reassembled) by another process meanwhile: not ours to touch any more.
+        self.wholes_map().remove(id);
+        // Split (and made whole again) by another process meanwhile: not ours to touch.
         if WholeIndex::read(&dir).as_ref() != Some(w) {
-            self.wholes_map().remove(id);
             return;
         }
-        if let Some(file) = open_regular(&dir.join(DATA)) {
-            for (i, crc) in w.crcs.iter().enumerate() {
-                let i = i as u64;
-                let mut buf = vec![0u8; w.block_len(i) as usize];
-                let good = file.read_exact_at(&mut buf, i * DISK_BLOCK_SIZE).is_ok()
-                    && crc32fast::hash(&buf) == *crc;
-                if good && self.write_block(id, i, &buf).is_ok() {
-                    self.used
-                        .fetch_add(HEADER as u64 + buf.len() as u64, Ordering::Relaxed);
+        let good = |i: u64| (i != bad).then(|| w.crcs[i as usize]);
+        let temp = |name: &str| self.temp_name(name);
+        match Partial::from_whole(&dir, w.size, w.block_size, w.ino, good, &temp) {
+            Ok(()) => {
+                let _ = std::fs::rename(dir.join(DATA), dir.join(partial::DATA));
+                let _ = std::fs::remove_file(dir.join(INDEX));
+            }
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot keep the good blocks of a corrupt product; dropping it");
+                if let Ok(meta) = std::fs::symlink_metadata(dir.join(DATA)) {
+                    if std::fs::remove_file(dir.join(DATA)).is_ok() {
+                        self.sub_used(super::disk_len(&meta));
+                    }
                 }
+                let _ = std::fs::remove_file(dir.join(INDEX));
             }
         }
-        if std::fs::remove_file(dir.join(DATA)).is_ok() {
-            self.sub_used(w.size);
-        }
-        let _ = std::fs::remove_file(dir.join(INDEX));
-        self.wholes_map().remove(id);
     }
 
     /// `id`'s whole file, opened for reading, when the product (a download of `size` bytes)
@@ -379,20 +370,20 @@ impl DiskStore {
         Some(file)
     }
 
-    /// Assembles `id` (a download of `size` bytes) into one file on a thread of its own, when
-    /// its every block is held and no thread here is at it already. `force`: count its blocks
-    /// now (at an open), whatever this process stored since the last count.
+    /// Makes `id` (a download of `size` bytes) whole on a thread of its own, when its every
+    /// block is held and no thread here is at it already. `force`: look at the log again first
+    /// (at an open: other processes may have written the last blocks).
     pub fn assemble_soon(&self, id: &str, size: u64, force: bool) {
         if !self.auto_assemble.load(Ordering::Relaxed) || size == 0 {
             return;
         }
+        let Some(p) = self.partial(id, size, false) else {
+            return;
+        };
         if force {
-            self.assemble_waits
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(id);
+            p.refresh();
         }
-        if !self.may_be_complete(id, size) || self.whole(id).is_some() {
+        if p.held() < p.blocks() {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
@@ -425,85 +416,29 @@ impl DiskStore {
         }
     }
 
-    /// Whether `id` may hold every block now, cheaply: a count of its block files (one
-    /// directory read) says how many are missing, and no new count is made before this process
-    /// has stored that many more (another process's blocks are counted at the next open,
-    /// [`DiskStore::assemble_soon`] from `DiskCache::backing_file` passes `force`).
-    fn may_be_complete(&self, id: &str, size: u64) -> bool {
-        let n = size.div_ceil(DISK_BLOCK_SIZE);
-        let mut waits = self
-            .assemble_waits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(left) = waits.get_mut(id) {
-            if *left > 1 {
-                *left -= 1;
-                return false;
-            }
-        }
-        let missing = n.saturating_sub(self.block_files(id));
-        if missing == 0 {
-            waits.remove(id);
-            return true;
-        }
-        waits.insert(id.to_string(), missing);
-        false
-    }
-
-    /// How many block files `id` has.
-    pub(super) fn block_files(&self, id: &str) -> u64 {
-        let Ok(files) = std::fs::read_dir(self.product_dir(id)) else {
-            return 0;
-        };
-        files
-            .flatten()
-            .filter(|f| {
-                let name = f.file_name();
-                let name = name.to_string_lossy();
-                !name.starts_with('.') && name.ends_with(".blk")
-            })
-            .count() as u64
-    }
-
-    /// Assembles `id` (a download of `size` bytes) into one file from its blocks, each
-    /// verified, then deletes the blocks; true when the product is whole afterwards. Blocking.
+    /// Makes `id` (a download of `size` bytes) whole from its partial file ([`promote`]); true
+    /// when the product is whole afterwards. Blocking.
     pub fn assemble(&self, id: &str, size: u64) -> bool {
         if self.whole(id).is_some() {
             return true;
         }
-        let bs = DISK_BLOCK_SIZE;
-        let n = size.div_ceil(bs);
-        let len = |i: u64| bs.min(size - i * bs);
-        if size == 0 || !(0..n).all(|i| self.has_block_file(id, i, len(i))) {
-            return false;
-        }
         let dir = self.product_dir(id);
-        let read = |i: u64| {
-            let mut raw = std::fs::read(self.block_path(id, i)).ok()?;
-            verify(&raw, len(i)).ok()?;
-            let crc = u32::from_le_bytes(raw[16..20].try_into().expect("4 bytes"));
-            Some((raw.split_off(HEADER), crc))
-        };
-        let pid = std::process::id();
-        let temp = |name: &str| {
-            let k = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-            format!(".{name}.{pid}.{k}.tmp")
-        };
-        // The copy needs the product's size again until its blocks go: not at the cost of the
-        // budget (or of the room the budget keeps free for the user's own files).
-        if self.excess_with(size) > 0 {
-            tracing::debug!(id, "no room to assemble the product in the disk cache now");
+        let Some(_lock) = try_lock(&dir) else {
+            // Another process is at it (or deleting the product).
             return false;
-        }
-        match assemble(&dir, size, bs, &temp, &read) {
-            Ok(Some(Assembled { index, _lock })) => {
-                self.used.fetch_add(size, Ordering::Relaxed);
+        };
+        // Under the lock: the pair on disk now (this process's handle when still current, as
+        // it knows which blocks it wrote), with every block logged.
+        let Some(p) = self.partial(id, size, false) else {
+            return self.whole(id).is_some();
+        };
+        let Some(crcs) = p.all_crcs() else {
+            return false;
+        };
+        match promote(&dir, &p, crcs, &|name| self.temp_name(name)) {
+            Ok(Some(index)) => {
+                self.partials_map().remove(id);
                 self.wholes_map().insert(id.to_string(), Arc::new(index));
-                for i in 0..n {
-                    if std::fs::remove_file(self.block_path(id, i)).is_ok() {
-                        self.sub_used(HEADER as u64 + len(i));
-                    }
-                }
                 self.assembled.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     id,
@@ -511,9 +446,13 @@ impl DiskStore {
                 );
                 true
             }
-            Ok(None) => self.whole(id).is_some(),
+            Ok(None) => {
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(id, "a corrupt block in the disk cache; fetching it again");
+                false
+            }
             Err(e) => {
-                tracing::warn!(id, error = %e, "cannot assemble the product in the disk cache");
+                tracing::warn!(id, error = %e, "cannot make the product whole in the disk cache");
                 false
             }
         }
@@ -523,6 +462,7 @@ impl DiskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     fn index() -> WholeIndex {
         WholeIndex {
@@ -551,49 +491,92 @@ mod tests {
         assert_eq!(WholeIndex::decode(&wrong.encode()), None);
     }
 
-    #[test]
-    fn a_missing_block_leaves_no_whole_file_and_no_temp_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let temp = |name: &str| format!(".{name}.test.tmp");
-        let block = |i: u64| (i != 1).then(|| (vec![i as u8; 1024], 0));
-        let got = assemble(dir.path(), 3 * 1024, 1024, &temp, &block).unwrap();
-        assert!(got.is_none());
-        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+    fn temp(name: &str) -> String {
+        format!(".{name}.test.tmp")
+    }
+
+    /// A partial file of 3 blocks of 1024 bytes in `dir`, every block written.
+    fn full_partial(dir: &Path) -> Partial {
+        let p = Partial::create(dir, 3 * 1024, 1024, &temp).unwrap();
+        for i in 0..3u8 {
+            p.write(i as u64, &[i + 1; 1024]).unwrap();
+        }
+        p
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, [LOCK]);
+        names
     }
 
     #[test]
-    fn the_index_pairs_only_with_the_data_file_it_was_written_for() {
+    fn a_block_another_process_wrote_is_checked_and_leaves_no_whole_file_when_bad() {
         let dir = tempfile::tempdir().unwrap();
-        let temp = |name: &str| format!(".{name}.test.tmp");
-        let block = |i: u64| Some((vec![i as u8; 1024], crc32fast::hash(&[i as u8; 1024])));
-        let index = assemble(dir.path(), 2 * 1024, 1024, &temp, &block)
-            .unwrap()
-            .unwrap()
-            .index;
-        assert_eq!(WholeIndex::read(dir.path()), Some(index));
+        drop(full_partial(dir.path()));
+        // Another process's handle: none of the blocks are its own, so each is read back.
+        let p = Partial::open(dir.path(), 3 * 1024, 1024).unwrap();
+        p.data().write_all_at(&[9], 1500).unwrap();
+        let crcs = p.all_crcs().unwrap();
+        assert_eq!(promote(dir.path(), &p, crcs, &temp).unwrap(), None);
+        assert_eq!(names(dir.path()), [partial::DATA, partial::LOG]);
+        let again = Partial::open(dir.path(), 3 * 1024, 1024).unwrap();
+        assert_eq!(again.held_indices(), [0, 2]);
+    }
+
+    #[test]
+    fn a_block_punched_out_after_it_was_logged_leaves_no_whole_file() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partial::create(dir.path(), 3 * 4096, 4096, &temp).unwrap();
+        for i in 0..3u8 {
+            p.write(i as u64, &[i + 1; 4096]).unwrap();
+        }
+        // An eviction in another process punched block 1 after this one logged it.
+        let punched = unsafe {
+            libc::fallocate(
+                p.data().as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                4096,
+                4096,
+            )
+        };
+        assert_eq!(punched, 0);
+        let crcs = p.all_crcs().unwrap();
+        assert_eq!(promote(dir.path(), &p, crcs, &temp).unwrap(), None);
+        assert!(!dir.path().join(DATA).exists());
+    }
+
+    #[test]
+    fn a_promoted_file_is_the_same_inode_and_its_index_pairs_only_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = full_partial(dir.path());
+        let ino = p.data_ino();
+        let crcs = p.all_crcs().unwrap();
+        let index = promote(dir.path(), &p, crcs, &temp).unwrap().unwrap();
+        assert_eq!(names(dir.path()), [DATA, INDEX]);
+        assert_eq!(index.ino, ino, "renamed, not copied");
+        assert_eq!(WholeIndex::read(dir.path()), Some(index.clone()));
+        let bytes = std::fs::read(dir.path().join(DATA)).unwrap();
+        assert_eq!(bytes, [[1u8; 1024], [2; 1024], [3; 1024]].concat());
+        assert_eq!(index.crcs[1], crc32fast::hash(&[2u8; 1024]));
         // Another file of the same length under the data file's name: a different inode.
         let other = dir.path().join("other");
-        std::fs::write(&other, vec![0u8; 2048]).unwrap();
+        std::fs::write(&other, vec![0u8; 3 * 1024]).unwrap();
         std::fs::rename(&other, dir.path().join(DATA)).unwrap();
         assert_eq!(WholeIndex::read(dir.path()), None);
     }
 
     #[test]
-    fn only_one_assembler_at_a_time() {
+    fn only_one_holder_of_the_lock_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let held = lock(dir.path()).unwrap();
+        let held = try_lock(dir.path());
         assert!(held.is_some());
-        let temp = |name: &str| format!(".{name}.test.tmp");
-        let block = |_: u64| -> Option<(Vec<u8>, u32)> { panic!("must not read while locked") };
-        assert!(assemble(dir.path(), 10, 1024, &temp, &block)
-            .unwrap()
-            .is_none());
+        assert!(try_lock(dir.path()).is_none());
         drop(held);
-        assert!(lock(dir.path()).unwrap().is_some());
+        assert!(try_lock(dir.path()).is_some());
     }
 }

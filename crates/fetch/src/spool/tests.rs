@@ -136,7 +136,7 @@ impl BlockSink for RecordingSink {
             .unwrap()
             .insert((id.to_string(), index), data.to_vec());
     }
-    fn has_block(&self, id: &str, index: u64) -> bool {
+    fn has_block(&self, id: &str, _size: u64, index: u64) -> bool {
         self.blocks
             .lock()
             .unwrap()
