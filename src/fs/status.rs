@@ -65,6 +65,7 @@ pub fn render(
     let _ = writeln!(s, "cache.bytes_fetched: {}", cache.bytes_fetched);
     let _ = writeln!(s, "cache.resident_bytes: {}", cache.resident_bytes);
     let _ = writeln!(s, "cache.evictions: {}", cache.evictions);
+    let _ = writeln!(s, "cache.released: {}", cache.released);
     let (reused, fresh) = eodata_fetch::buffers::counts();
     let _ = writeln!(s, "buffers.reused: {reused}");
     let _ = writeln!(s, "buffers.fresh: {fresh}");

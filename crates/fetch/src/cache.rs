@@ -110,6 +110,8 @@ pub struct CacheStats {
     pub bytes_fetched: u64,
     /// Blocks dropped to stay under the budget.
     pub evictions: u64,
+    /// Blocks a streaming reader had passed, dropped ([`BlockCache::release`]).
+    pub released: u64,
     /// Bytes held now (blocks + pinned tails).
     pub resident_bytes: u64,
     /// The most bytes ever held at once; never above the budget.
@@ -175,6 +177,11 @@ impl<S: RangeSource> BlockCache<S> {
 
     pub fn stats(&self) -> CacheStats {
         self.core.lock().stats
+    }
+
+    /// Drops block `index` of `id` from memory now, if held (a streaming reader is past it).
+    pub fn release(&self, id: &str, index: u64) {
+        self.core.lock().release(id, index);
     }
 
     /// Makes sure every block of `blocks` (clipped to the product) is there or on its way, and

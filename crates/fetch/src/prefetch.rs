@@ -121,6 +121,10 @@ pub struct PrefetchConfig {
     /// How far forward a read may start and still count as [`Access::NearSequential`] (at least:
     /// any start inside what read-ahead already requested counts too).
     pub forward_seek: u64,
+    /// Drop a streaming reader's blocks from memory once it is [`Self::backward_seek`] past
+    /// them (see [`BlockCache::release`]): for a cache over a disk cache, where such a block is
+    /// a local read away; off by default.
+    pub drop_behind: bool,
 }
 
 impl Default for PrefetchConfig {
@@ -133,6 +137,7 @@ impl Default for PrefetchConfig {
             max_request: DEFAULT_MAX_REQUEST,
             backward_seek: DEFAULT_BACKWARD_SEEK,
             forward_seek: DEFAULT_FORWARD_SEEK,
+            drop_behind: false,
         }
     }
 }
@@ -262,6 +267,9 @@ impl<S: RangeSource> Inner<S> {
             pending
         };
         let result = pending.wait().await;
+        if result.is_ok() {
+            self.drop_behind(offset);
+        }
         if result.is_err() {
             // Start again small: the source is failing, and a retry will likely come here.
             let mut state = self.lock();
@@ -270,6 +278,30 @@ impl<S: RangeSource> Inner<S> {
             state.next_offset = Some(offset);
         }
         result
+    }
+
+    /// With [`PrefetchConfig::drop_behind`], a streaming reader at `offset` lets the block
+    /// [`PrefetchConfig::backward_seek`] behind it go from memory: the kernel keeps what it read
+    /// in its own page cache, the disk cache holds it too, and its buffer goes back to be
+    /// reused (`crate::buffers`) instead of the memory cache filling with blocks no one reads
+    /// again while fresh buffers are mapped for new ones.
+    fn drop_behind(&self, offset: u64) {
+        if !self.config.drop_behind {
+            return;
+        }
+        let streaming = {
+            let state = self.lock();
+            state.window > 0
+                && matches!(
+                    state.last_access,
+                    Some(Access::Sequential | Access::NearSequential)
+                )
+        };
+        let bs = self.cache.block_size();
+        let behind = self.config.backward_seek.div_ceil(bs) + 1;
+        if let Some(block) = (offset / bs).checked_sub(behind).filter(|_| streaming) {
+            self.cache.release(&self.id, block);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

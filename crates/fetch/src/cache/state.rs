@@ -110,6 +110,19 @@ impl State {
         self.stats.peak_resident_bytes = self.stats.peak_resident_bytes.max(resident);
     }
 
+    /// Drops block `index` of `id`, if held.
+    pub fn release(&mut self, id: &str, index: u64) {
+        let key = BlockKey {
+            id: Arc::from(id),
+            index,
+        };
+        if let Some(old) = self.blocks.pop(&key) {
+            self.block_bytes -= old.len() as u64;
+            self.stats.released += 1;
+            self.stats.resident_bytes = self.block_bytes + self.stats.pinned_bytes;
+        }
+    }
+
     fn insert_block(&mut self, key: BlockKey, data: Bytes) {
         let len = data.len() as u64;
         if let Some(old) = self.blocks.put(key, data) {

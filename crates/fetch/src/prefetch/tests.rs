@@ -388,3 +388,28 @@ async fn prefetch_a_failed_read_ahead_fetch_starts_no_other() {
     assert_eq!(src.stats().failures, 3);
     drop(reader);
 }
+
+/// With drop-behind, a streaming reader's blocks leave memory once it is past them by more than
+/// a backward seek (they would be read from the disk cache again); without it they stay.
+#[tokio::test]
+async fn prefetch_drop_behind_frees_what_a_streaming_reader_has_passed() {
+    let size = 32 * MIB;
+    for drop_behind in [false, true] {
+        let (_src, cache, data) = setup(size, CacheConfig::default());
+        let config = PrefetchConfig {
+            drop_behind,
+            ..PrefetchConfig::default()
+        };
+        let reader = Prefetcher::new(cache.clone(), "p", size, config);
+        read_like_kernel(&reader, MIB, &data).await;
+        let behind = DEFAULT_BACKWARD_SEEK / MIB + 1;
+        let kept: Vec<u64> = (0..32).filter(|&i| cache.contains("p", i)).collect();
+        if drop_behind {
+            assert_eq!(kept, (32 - behind..32).collect::<Vec<_>>());
+            assert_eq!(cache.stats().released, 32 - behind);
+        } else {
+            assert_eq!(kept, (0..32).collect::<Vec<_>>());
+            assert_eq!(cache.stats().released, 0);
+        }
+    }
+}
