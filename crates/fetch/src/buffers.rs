@@ -50,7 +50,12 @@ pub fn with_capacity(n: usize) -> Vec<u8> {
         }
         FRESH.fetch_add(1, Ordering::Relaxed);
     }
-    let mut buf = Vec::with_capacity(n.next_multiple_of(GRAIN).max(n));
+    let cap = if n >= MIN_POOLED {
+        n.next_multiple_of(GRAIN)
+    } else {
+        n
+    };
+    let mut buf = Vec::with_capacity(cap);
     huge_pages_for(&mut buf);
     buf
 }

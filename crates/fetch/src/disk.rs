@@ -101,7 +101,8 @@ pub enum DiskBudget {
 pub struct DiskStats {
     pub hits: u64,
     pub misses: u64,
-    /// Blocks found torn or corrupt, dropped.
+    /// Blocks found torn or corrupt (or, making a product whole, a block's bytes not the ones
+    /// logged), dropped.
     pub corrupt: u64,
     pub writes: u64,
     pub evicted: u64,
@@ -273,9 +274,7 @@ impl DiskStore {
     /// Block `index` of `id` (a download of `size` bytes), if held and intact: from its whole
     /// file, else from its partial one. A block that fails its check is dropped. Blocking.
     pub fn get(&self, id: &str, size: u64, index: u64) -> Option<Bytes> {
-        let got = self
-            .read_whole_run(id, size, index, index)
-            .or_else(|| self.read_partial_run(id, size, index, index));
+        let got = self.read_run(id, size, index, index);
         if got.is_none() {
             self.misses.fetch_add(1, Ordering::Relaxed);
         }
@@ -295,11 +294,18 @@ impl DiskStore {
         if !(first..=last).all(|i| self.has(id, size, i)) {
             return None;
         }
-        let run = self
-            .read_whole_run(id, size, first, last)
-            .or_else(|| self.read_partial_run(id, size, first, last))?;
+        let run = self.read_run(id, size, first, last)?;
         let from = (start - first * bs) as usize;
         Some(run[from..from + (end - start) as usize].to_vec())
+    }
+
+    /// Blocks `first..=last` of `id` (a download of `size` bytes), all held and checked: from
+    /// its whole file, else its partial one, else the whole file again (made whole between the
+    /// two looks). Blocking.
+    pub fn read_run(&self, id: &str, size: u64, first: u64, last: u64) -> Option<Bytes> {
+        self.read_whole_run(id, size, first, last)
+            .or_else(|| self.read_partial_run(id, size, first, last))
+            .or_else(|| self.read_whole_run(id, size, first, last))
     }
 
     /// Whether block `index` of `id` (a download of `size` bytes) is held (not verified): in
@@ -346,7 +352,7 @@ impl DiskStore {
         let dir = self.product_dir(id);
         let known = self.partials_map().get(id).cloned();
         if let Some(p) = known {
-            if p.size == size && p.current(&dir) {
+            if p.size == size && p.current() {
                 return Some(p);
             }
             self.partials_map().remove(id);
@@ -401,7 +407,7 @@ impl DiskStore {
         let crcs = p.crcs(first, last)?;
         let start = first * DISK_BLOCK_SIZE;
         let len = ((last + 1) * DISK_BLOCK_SIZE).min(size) - start;
-        let buf = whole::pread_run(p.data(), start, len)?;
+        let buf = whole::pread_run(&p.data()?, start, len)?;
         if let Some(k) = whole::first_bad(&buf, DISK_BLOCK_SIZE, &crcs) {
             let index = first + k as u64;
             tracing::warn!(
@@ -586,9 +592,8 @@ impl DiskStore {
             freed += p.block_len(i);
             drop.push(i);
         }
-        let before = partial::disk_bytes(dir);
         p.drop_blocks(&drop);
-        before.saturating_sub(partial::disk_bytes(dir))
+        all.saturating_sub(partial::disk_bytes(dir))
     }
 
     /// The product's info as stored by [`DiskStore::save_info`].
@@ -674,6 +679,12 @@ impl BlockSink for DiskStore {
     }
     fn has_block(&self, id: &str, size: u64, index: u64) -> bool {
         self.has(id, size, index)
+    }
+    fn has_all(&self, id: &str, size: u64) -> bool {
+        self.whole(id).is_some_and(|w| w.size == size)
+            || self
+                .partial(id, size, false)
+                .is_some_and(|p| p.held() == p.blocks())
     }
     fn get_block(&self, id: &str, size: u64, index: u64) -> Option<Bytes> {
         self.get(id, size, index)

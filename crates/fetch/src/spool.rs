@@ -99,8 +99,12 @@ pub trait BlockSink: Send + Sync + 'static {
     /// Block `index` of product `id` (of `size` bytes) is `data`. Called from a blocking
     /// thread. Failures are the sink's to log: the spool still serves the bytes.
     fn put_block(&self, id: &str, size: u64, index: u64, data: &[u8]);
-    /// Whether block `index` is held (cheap, unverified: used only to drop the spool early).
+    /// Whether block `index` is held (unverified: used only to drop the spool early).
     fn has_block(&self, id: &str, size: u64, index: u64) -> bool;
+    /// Whether every block of `id` (of `size` bytes) is held (unverified).
+    fn has_all(&self, id: &str, size: u64) -> bool {
+        (0..size.div_ceil(self.block_size())).all(|i| self.has_block(id, size, i))
+    }
     /// Block `index` of `id` (of `size` bytes), verified, if held. Blocking.
     fn get_block(&self, _id: &str, _size: u64, _index: u64) -> Option<Bytes> {
         None
@@ -587,9 +591,7 @@ impl<S: StreamSource> StreamTask<S> {
     /// finish their reads; later reads come from the sink above, or start a new spool).
     fn drop_spool_if_sunk(&self) {
         let Some(sink) = &self.sink else { return };
-        let bs = sink.block_size();
-        let blocks = self.spool.size.div_ceil(bs);
-        if (0..blocks).all(|i| sink.has_block(&self.id, self.spool.size, i)) {
+        if sink.has_all(&self.id, self.spool.size) {
             let mut spools = self.spools.lock().unwrap_or_else(|p| p.into_inner());
             if spools
                 .get(&self.id)

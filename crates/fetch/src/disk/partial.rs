@@ -17,15 +17,19 @@
 //! gets a new pair).
 //!
 //! Sharing between processes: any process may write any block (two write identical bytes)
-//! without a lock; appends of one record are atomic (`O_APPEND`, 16 bytes). Creating the pair,
-//! dropping blocks (eviction, a corrupt block), deleting it and making it whole are done under
-//! the product's `assemble.lock` ([`super::whole::lock_wait`]), after checking that the pair is
-//! still the one on disk. A block dropped while another process writes it may end up logged
-//! but punched out: its CRC then fails, and it is fetched again.
+//! without a lock. A record is one 16-byte append (`O_APPEND`); a record cut short (a full disk)
+//! is skipped by the next reader, which looks for the next whole one. Creating the pair,
+//! dropping blocks (eviction), deleting it and making it whole are done under the product's
+//! `assemble.lock` ([`super::whole::lock_wait`]), after checking that the pair is still the one
+//! on disk. A block dropped while another process writes it may end up logged but punched out:
+//! its CRC then fails, and it is fetched again. A handle keeps no file open between calls (the
+//! files are opened by name and checked against the inodes it knows), so a pair deleted by
+//! another process frees its room at once.
 
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// The data file, in the product's directory.
@@ -38,18 +42,19 @@ const HEAD: usize = 36;
 /// block index (top bit set: dropped), CRC-32 of the block, CRC-32 of the first 12 bytes.
 const REC: usize = 16;
 const DROPPED: u64 = 1 << 63;
+/// Most blocks a log may describe (16 TiB in 1 MiB blocks): a header saying more is not ours.
+const MAX_BLOCKS: u64 = 1 << 24;
 
-/// An open pair of `part.data` and `part.log`, and what this process has read of the log.
+/// A pair of `part.data` and `part.log` known to this process, and what it has read of the
+/// log. The files are opened by name for each call and checked against the inodes recorded.
 pub struct Partial {
-    data: std::fs::File,
-    /// The data file opened `O_DIRECT`, for writing whole pages (`None` where the filesystem
-    /// has no direct I/O, e.g. tmpfs).
-    direct: Option<std::fs::File>,
-    log: std::fs::File,
+    dir: PathBuf,
     pub size: u64,
     pub block_size: u64,
     data_ino: u64,
     log_ino: u64,
+    /// Direct I/O refused once (a filesystem without it): buffered from then on.
+    no_direct: AtomicBool,
     view: Mutex<View>,
 }
 
@@ -57,7 +62,10 @@ pub struct Partial {
 struct View {
     /// CRC of each block held, by index.
     crcs: Vec<Option<u32>>,
-    /// Blocks written through this handle (their CRCs are of the very bytes written).
+    /// Records saying each block held, as read (more than one: written twice, perhaps by two
+    /// processes at once, so its bytes are read back before the product is made whole).
+    logged: Vec<u8>,
+    /// Blocks written through this handle.
     mine: Vec<bool>,
     held: u64,
     /// Bytes of the log applied so far.
@@ -65,24 +73,29 @@ struct View {
 }
 
 impl View {
-    fn apply(&mut self, rec: &[u8]) {
+    /// Applies one record; false when it fails its check (not a whole record there).
+    fn apply(&mut self, rec: &[u8]) -> bool {
         let word = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
         let crc = u32::from_le_bytes(rec[8..12].try_into().expect("4 bytes"));
         let check = u32::from_le_bytes(rec[12..16].try_into().expect("4 bytes"));
         if crc32fast::hash(&rec[..12]) != check {
-            return;
+            return false;
         }
         let index = (word & !DROPPED) as usize;
         let Some(slot) = self.crcs.get_mut(index) else {
-            return;
+            return true;
         };
         let was = slot.is_some();
         *slot = (word & DROPPED == 0).then_some(crc);
+        if slot.is_some() {
+            self.logged[index] = self.logged[index].saturating_add(1);
+        }
         match (was, slot.is_some()) {
             (false, true) => self.held += 1,
             (true, false) => self.held -= 1,
             _ => {}
         }
+        true
     }
 }
 
@@ -132,30 +145,26 @@ impl Partial {
         let log = open_rw(&dir.join(LOG), true).ok()?;
         let mut head = [0u8; HEAD];
         log.read_exact_at(&mut head, 0).ok()?;
-        let data = open_rw(&dir.join(DATA), false).ok()?;
-        let data_ino = data.metadata().ok()?.ino();
+        let data_ino = std::fs::symlink_metadata(dir.join(DATA)).ok()?.ino();
         let u64_at = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
         let (size, block_size) = (u64_at(8), u64_at(16));
-        if block_size == 0 || head != header(size, block_size, data_ino) {
+        if block_size < 512
+            || size.div_ceil(block_size) > MAX_BLOCKS
+            || head != header(size, block_size, data_ino)
+        {
             return None;
         }
         let n = size.div_ceil(block_size) as usize;
-        let direct = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECT)
-            .open(dir.join(DATA))
-            .ok()
-            .filter(|f| f.metadata().is_ok_and(|m| m.ino() == data_ino));
         let p = Partial {
+            dir: dir.to_path_buf(),
             log_ino: log.metadata().ok()?.ino(),
-            direct,
-            data,
-            log,
             size,
             block_size,
             data_ino,
+            no_direct: AtomicBool::new(false),
             view: Mutex::new(View {
                 crcs: vec![None; n],
+                logged: vec![0; n],
                 mine: vec![false; n],
                 held: 0,
                 read: HEAD as u64,
@@ -218,11 +227,29 @@ impl Partial {
         result
     }
 
-    /// Whether this pair is still the one under the names in `dir` (not deleted, replaced or
-    /// made whole since it was opened): two `stat`s.
-    pub fn current(&self, dir: &Path) -> bool {
-        let ino = |name: &str| std::fs::symlink_metadata(dir.join(name)).map(|m| m.ino());
+    /// Whether this pair is still the one under the names in its directory (not deleted,
+    /// replaced or made whole since it was opened): two `stat`s.
+    pub fn current(&self) -> bool {
+        let ino = |name: &str| std::fs::symlink_metadata(self.dir.join(name)).map(|m| m.ino());
         ino(LOG).is_ok_and(|i| i == self.log_ino) && ino(DATA).is_ok_and(|i| i == self.data_ino)
+    }
+
+    /// `name` opened now, if it is still the file of inode `ino`.
+    fn reopen(&self, name: &str, ino: u64, append: bool) -> std::io::Result<std::fs::File> {
+        let f = open_rw(&self.dir.join(name), append)?;
+        if f.metadata()?.ino() != ino {
+            return Err(std::io::Error::other("the pair was replaced"));
+        }
+        Ok(f)
+    }
+
+    /// The data file, opened now (`None` once it was deleted, replaced or made whole).
+    pub fn data(&self) -> Option<std::fs::File> {
+        self.reopen(DATA, self.data_ino, false).ok()
+    }
+
+    fn log(&self) -> std::io::Result<std::fs::File> {
+        self.reopen(LOG, self.log_ino, true)
     }
 
     pub fn data_ino(&self) -> u64 {
@@ -238,54 +265,62 @@ impl Partial {
             .min(self.size.saturating_sub(index * self.block_size))
     }
 
-    /// Applies what other processes appended to the log since the last look.
-    pub fn refresh(&self) {
-        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        let Ok(len) = self.log.metadata().map(|m| m.len()) else {
-            return;
-        };
-        if len <= view.read {
-            return;
-        }
-        let whole = (len - view.read) / REC as u64 * REC as u64;
-        let mut buf = vec![0u8; whole as usize];
-        if self.log.read_exact_at(&mut buf, view.read).is_err() {
-            return;
-        }
-        for rec in buf.chunks_exact(REC) {
-            view.apply(rec);
-        }
-        view.read += whole;
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The CRC of block `index` when the log says it is held (looking at the log again when
-    /// this process's view says not).
-    pub fn crc(&self, index: u64) -> Option<u32> {
-        let known = |p: &Partial| {
-            let view = p.view.lock().unwrap_or_else(|p| p.into_inner());
-            view.crcs.get(index as usize).copied().flatten()
+    /// Applies what was appended to the log since the last look (by any process, this one
+    /// too), in the log's order. A stretch that is not a whole record (an append cut short) is
+    /// stepped over a byte at a time to the next whole one.
+    pub fn refresh(&self) {
+        let Ok(log) = self.log() else { return };
+        let mut view = self.view();
+        let Ok(len) = log.metadata().map(|m| m.len()) else {
+            return;
         };
-        known(self).or_else(|| {
-            self.refresh();
-            known(self)
-        })
+        if len < view.read + REC as u64 {
+            return;
+        }
+        let mut buf = vec![0u8; (len - view.read) as usize];
+        if log.read_exact_at(&mut buf, view.read).is_err() {
+            return;
+        }
+        let mut at = 0;
+        while at + REC <= buf.len() {
+            at += if view.apply(&buf[at..at + REC]) {
+                REC
+            } else {
+                1
+            };
+        }
+        view.read += at as u64;
+    }
+
+    /// The CRC of block `index` when the log says it is held.
+    pub fn crc(&self, index: u64) -> Option<u32> {
+        self.refresh();
+        self.view().crcs.get(index as usize).copied().flatten()
     }
 
     /// CRCs of blocks `first..=last`, `None` unless every one is held.
     pub fn crcs(&self, first: u64, last: u64) -> Option<Vec<u32>> {
-        (first..=last).map(|i| self.crc(i)).collect()
+        self.refresh();
+        let view = self.view();
+        (first..=last)
+            .map(|i| view.crcs.get(i as usize).copied().flatten())
+            .collect()
     }
 
-    /// Blocks held, as this process last read the log.
+    /// Blocks held.
     pub fn held(&self) -> u64 {
-        self.view.lock().unwrap_or_else(|p| p.into_inner()).held
+        self.refresh();
+        self.view().held
     }
 
-    /// The CRC of every block, when all are held (after a fresh look at the log).
+    /// The CRC of every block, when all are held.
     pub fn all_crcs(&self) -> Option<Vec<u32>> {
         self.refresh();
-        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        view.crcs.iter().copied().collect()
+        self.view().crcs.iter().copied().collect()
     }
 
     /// Writes block `index` (`data`, its whole length) and logs it.
@@ -295,30 +330,18 @@ impl Partial {
         }
         self.write_data(data, index * self.block_size)?;
         let crc = crc32fast::hash(data);
-        let rec = record(index, crc);
-        (&self.log).write_all(&rec)?;
-        // Applied here too, so this process knows without reading the log back; the log is
-        // read from where this process last looked, so the record is applied once more later
-        // (harmless: records are states, not changes).
-        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        view.apply(&rec);
-        view.mine[index as usize] = true;
+        self.log()?.write_all(&record(index, crc))?;
+        self.refresh();
+        self.view().mine[index as usize] = true;
         Ok(())
     }
 
-    /// Whether block `index` was written through this handle.
-    pub fn is_mine(&self, index: u64) -> bool {
-        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        view.mine.get(index as usize).copied().unwrap_or(false)
-    }
-
-    /// Whether the data file has a hole before its end (a block punched out after it was
-    /// logged: a race with an eviction in another process). Asked once the file is synced.
-    pub fn has_hole(&self) -> bool {
-        use std::os::fd::AsRawFd;
-        // SAFETY: lseek on a descriptor we own; SEEK_HOLE only reports, it moves no data.
-        let at = unsafe { libc::lseek(self.data.as_raw_fd(), 0, libc::SEEK_HOLE) };
-        at >= 0 && (at as u64) < self.size
+    /// Whether block `index` was written through this handle, and logged only once: its CRC
+    /// is of the very bytes written, and no other write of it raced this one.
+    pub fn is_own(&self, index: u64) -> bool {
+        let view = self.view();
+        let i = index as usize;
+        view.mine.get(i).copied().unwrap_or(false) && view.logged.get(i) == Some(&1)
     }
 
     /// Writes `data` at `at` in the data file: by direct I/O when it is whole pages (the
@@ -330,77 +353,98 @@ impl Partial {
     /// without the disk cache). The disk takes 1 MiB writes at about 1.3 GB/s.
     fn write_data(&self, data: &[u8], at: u64) -> std::io::Result<()> {
         const PAGE: usize = 4096;
-        if let Some(direct) = &self.direct {
-            if data.len().is_multiple_of(PAGE) && at.is_multiple_of(PAGE as u64) {
-                let written =
-                    bounce::with_aligned(data, |aligned| direct.write_all_at(aligned, at));
-                match written {
-                    Ok(()) => return Ok(()),
-                    // Refused (an odd filesystem): buffered, as below.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                    Err(e) => return Err(e),
+        let aligned = data.len().is_multiple_of(PAGE) && at.is_multiple_of(PAGE as u64);
+        if aligned && !self.no_direct.load(Ordering::Relaxed) {
+            let direct = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECT)
+                .open(self.dir.join(DATA));
+            let written = direct.and_then(|f| {
+                if f.metadata()?.ino() != self.data_ino {
+                    return Err(std::io::Error::other("the pair was replaced"));
                 }
+                bounce::with_aligned(data, |aligned| f.write_all_at(aligned, at))
+            });
+            match written {
+                Ok(()) => return Ok(()),
+                // Refused (a filesystem without direct I/O): buffered, now and from now on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.no_direct.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
             }
         }
-        self.data.write_all_at(data, at)
+        self.reopen(DATA, self.data_ino, false)?
+            .write_all_at(data, at)
     }
 
     /// Logs block `index` as not held (it failed its check): it is fetched and written again.
     pub fn forget(&self, index: u64) {
-        let rec = record(index | DROPPED, 0);
-        if (&self.log).write_all(&rec).is_ok() {
-            self.view
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .apply(&rec);
+        if let Ok(mut log) = self.log() {
+            if log.write_all(&record(index | DROPPED, 0)).is_ok() {
+                self.refresh();
+            }
+        }
+        if let Some(m) = self.view().mine.get_mut(index as usize) {
+            *m = false;
         }
     }
 
-    /// Drops blocks `indices`: punched out of the data file and logged as dropped; the bytes
-    /// freed. The caller holds the product's lock and has checked [`Partial::current`].
-    pub fn drop_blocks(&self, indices: &[u64]) -> u64 {
+    /// Drops blocks `indices`: logged as dropped, then punched out of the data file. The
+    /// caller holds the product's lock.
+    pub fn drop_blocks(&self, indices: &[u64]) {
         use std::os::fd::AsRawFd;
-        let mut freed = 0;
+        let Some(data) = self.data() else { return };
         for &i in indices {
-            let (at, len) = (i * self.block_size, self.block_len(i));
             self.forget(i);
-            if let Some(m) = self
-                .view
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .mine
-                .get_mut(i as usize)
-            {
-                *m = false;
-            }
             // SAFETY: fallocate on a descriptor we own; punching frees the range's blocks and
             // leaves the file's length as it is.
-            let punched = unsafe {
+            unsafe {
                 libc::fallocate(
-                    self.data.as_raw_fd(),
+                    data.as_raw_fd(),
                     libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    at as libc::off_t,
-                    len as libc::off_t,
-                )
-            } == 0;
-            if punched {
-                freed += len;
+                    (i * self.block_size) as libc::off_t,
+                    self.block_len(i) as libc::off_t,
+                );
             }
         }
-        freed
+    }
+
+    /// Blocks that overlap a hole in `data` (this pair's data file): punched out after they
+    /// were logged (an eviction racing their write), or all zeros on a filesystem that stores
+    /// those as holes.
+    pub fn blocks_in_holes(&self, data: &std::fs::File) -> Vec<u64> {
+        use std::os::fd::AsRawFd;
+        let fd = data.as_raw_fd();
+        let mut out = Vec::new();
+        let mut at: libc::off_t = 0;
+        while (at as u64) < self.size {
+            // SAFETY: lseek on a descriptor we own; SEEK_HOLE/SEEK_DATA only report.
+            let hole = unsafe { libc::lseek(fd, at, libc::SEEK_HOLE) };
+            if hole < 0 || hole as u64 >= self.size {
+                break;
+            }
+            let data_at = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+            let end = if data_at < 0 {
+                self.size
+            } else {
+                (data_at as u64).min(self.size)
+            };
+            let (first, last) = (hole as u64 / self.block_size, (end - 1) / self.block_size);
+            out.extend(first..=last);
+            at = end as libc::off_t;
+        }
+        out.dedup();
+        out
     }
 
     /// Indices of the blocks held, lowest first.
     pub fn held_indices(&self) -> Vec<u64> {
         self.refresh();
-        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let view = self.view();
         (0..view.crcs.len() as u64)
             .filter(|&i| view.crcs[i as usize].is_some())
             .collect()
-    }
-
-    pub fn data(&self) -> &std::fs::File {
-        &self.data
     }
 }
 
@@ -471,7 +515,7 @@ mod tests {
     }
 
     #[test]
-    fn blocks_written_by_one_pair_are_seen_by_another_and_dropped_ones_are_not() {
+    fn blocks_written_by_one_handle_are_seen_by_another_and_dropped_ones_by_both() {
         let dir = tempfile::tempdir().unwrap();
         let a = Partial::create(dir.path(), 2 * 1024 + 5, 1024, &temp).unwrap();
         let b = Partial::open(dir.path(), 2 * 1024 + 5, 1024).unwrap();
@@ -480,35 +524,89 @@ mod tests {
         assert_eq!(b.crc(2), Some(crc32fast::hash(&[7u8; 5])));
         assert_eq!(b.crc(1), None);
         assert!(a.write(1, &[1u8; 10]).is_err(), "wrong length refused");
-        assert_eq!(b.drop_blocks(&[0]), 1024);
+        // `a` has seen block 0 held; `b` drops it: `a` knows at its next look.
+        assert!(a.crc(0).is_some());
+        b.drop_blocks(&[0]);
+        assert_eq!(
+            a.crc(0),
+            None,
+            "a block dropped by another handle is not held"
+        );
         assert_eq!(a.all_crcs(), None);
-        assert_eq!(a.crc(0), None, "a dropped block is not held");
         assert_eq!(a.held(), 1);
         let mut back = [9u8; 1024];
-        a.data().read_exact_at(&mut back, 0).unwrap();
+        a.data().unwrap().read_exact_at(&mut back, 0).unwrap();
         assert_eq!(back, [0u8; 1024], "punched out");
     }
 
     #[test]
-    fn a_torn_or_altered_record_and_a_foreign_pair_are_ignored() {
+    fn blocks_never_written_or_punched_out_are_found_in_holes() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Partial::create(dir.path(), 3 * 1024, 1024, &temp).unwrap();
+        let p = Partial::create(dir.path(), 4 * 4096, 4096, &temp).unwrap();
+        for i in [0u64, 2, 3] {
+            p.write(i, &[i as u8 + 1; 4096]).unwrap();
+        }
+        let data = p.data().unwrap();
+        data.sync_all().unwrap();
+        assert_eq!(p.blocks_in_holes(&data), [1]);
+        p.drop_blocks(&[2]);
+        assert_eq!(p.blocks_in_holes(&data), [1, 2]);
+    }
+
+    #[test]
+    fn a_record_cut_short_is_stepped_over_and_records_after_it_still_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Partial::create(dir.path(), 4 * 1024, 1024, &temp).unwrap();
         a.write(0, &[1u8; 1024]).unwrap();
-        a.write(1, &[2u8; 1024]).unwrap();
         let log = dir.path().join(LOG);
         let mut raw = std::fs::read(&log).unwrap();
-        raw[HEAD + REC + 3] ^= 1; // block 1's record altered
-        raw.extend_from_slice(&record(2, 5)[..7]); // a record cut short
+        raw[HEAD + 3] ^= 1; // block 0's record altered
+        raw.extend_from_slice(&record(1, 5)[..7]); // a record cut short (a full disk)
         std::fs::write(&log, &raw).unwrap();
-        let b = Partial::open(dir.path(), 3 * 1024, 1024).unwrap();
-        assert!(b.crc(0).is_some());
-        assert_eq!(b.crc(1), None);
-        assert_eq!(b.crc(2), None);
+        // Appends after it, by this handle and another.
+        a.write(2, &[2u8; 1024]).unwrap();
+        let b = Partial::open(dir.path(), 4 * 1024, 1024).unwrap();
+        b.write(3, &[3u8; 1024]).unwrap();
+        // `a` had read block 0's record before it was altered; the others never see it.
+        assert!(a.crc(0).is_some());
+        assert_eq!(b.crc(0), None);
+        for p in [&a, &b] {
+            assert_eq!(p.crc(1), None);
+            assert_eq!(p.crc(2), Some(crc32fast::hash(&[2u8; 1024])));
+            assert_eq!(p.crc(3), Some(crc32fast::hash(&[3u8; 1024])));
+        }
+        let c = Partial::open(dir.path(), 4 * 1024, 1024).unwrap();
+        assert_eq!(c.held_indices(), [2, 3]);
+    }
+
+    #[test]
+    fn a_foreign_pair_or_an_absurd_header_is_not_this_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Partial::create(dir.path(), 3 * 1024, 1024, &temp).unwrap();
         // Another size, or another data file under the name: not this pair.
         assert!(Partial::open(dir.path(), 3 * 1024 + 1, 1024).is_none());
         std::fs::write(dir.path().join("x"), vec![0u8; 3 * 1024]).unwrap();
         std::fs::rename(dir.path().join("x"), dir.path().join(DATA)).unwrap();
         assert!(Partial::open(dir.path(), 3 * 1024, 1024).is_none());
-        assert!(!a.current(dir.path()));
+        assert!(!a.current());
+        assert!(a.data().is_none() && a.write(0, &[0u8; 1024]).is_err());
+        // A header of 2^40 one-byte blocks (with the data file's inode): refused, not allocated.
+        let ino = std::fs::metadata(dir.path().join(DATA)).unwrap().ino();
+        std::fs::write(dir.path().join(LOG), header(1 << 40, 1, ino)).unwrap();
+        assert!(Partial::open_any(dir.path()).is_none());
+    }
+
+    #[test]
+    fn a_block_written_twice_is_not_counted_as_this_handles_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Partial::create(dir.path(), 2 * 1024, 1024, &temp).unwrap();
+        let b = Partial::open(dir.path(), 2 * 1024, 1024).unwrap();
+        a.write(0, &[1u8; 1024]).unwrap();
+        a.write(1, &[2u8; 1024]).unwrap();
+        b.write(1, &[2u8; 1024]).unwrap();
+        a.refresh();
+        assert!(a.is_own(0));
+        assert!(!a.is_own(1), "logged twice: read back before it is trusted");
+        assert!(!b.is_own(0));
     }
 }

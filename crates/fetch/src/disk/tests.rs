@@ -19,8 +19,8 @@ fn layer(dir: &Path, src: MemorySource, budget: DiskBudget) -> DiskCache<MemoryS
     DiskCache::new(src, Some(DiskStore::open(dir, budget).unwrap()))
 }
 
-/// A layer whose store keeps block files even once a product is whole, for the tests of
-/// block files themselves.
+/// A layer whose store keeps a product in its partial file even once every block is held, for
+/// the tests of partial files themselves.
 fn blocks_layer(dir: &Path, src: MemorySource, budget: DiskBudget) -> DiskCache<MemorySource> {
     let store = DiskStore::open(dir, budget).unwrap();
     store.set_auto_assemble(false);
@@ -661,4 +661,32 @@ async fn a_product_is_made_whole_in_place_with_no_room_for_a_copy() {
     assert_eq!(read_all(&store.whole_file("p", size).unwrap()), d.to_vec());
     let again = layer(dir.path(), MemorySource::new(), BIG);
     assert_eq!(again.get_range("p", 0..size).await.unwrap(), d);
+}
+
+/// A product removed by one store frees its room at once, though another store that wrote it
+/// is still running: no store keeps a product's files open between calls.
+#[tokio::test]
+async fn a_product_removed_by_another_store_is_not_held_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data();
+    let a = blocks_layer(
+        dir.path(),
+        MemorySource::new().with_product("p", d.clone()),
+        BIG,
+    );
+    a.get_range("p", 0..3 * MIB).await.unwrap();
+    let b = DiskStore::open(dir.path(), BIG).unwrap();
+    b.remove_product("p");
+    let held_deleted = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter(|t| {
+            let t = t.to_string_lossy();
+            t.starts_with(&*dir.path().to_string_lossy()) && t.ends_with("(deleted)")
+        })
+        .count();
+    assert_eq!(held_deleted, 0);
+    // The first store writes the product again, into a new pair.
+    a.get_range("p", 0..MIB + 1).await.unwrap();
+    assert!(a.store().unwrap().has("p", d.len() as u64, 0));
 }

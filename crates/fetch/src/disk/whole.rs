@@ -5,9 +5,9 @@
 //! it is checked as a block in part is.
 //!
 //! Made from the product's partial file once its log holds every block ([`promote`]): each
-//! block is read back and checked against its logged CRC, the file is `fsync`ed, the index is
-//! written and renamed into place, then the data file is renamed from `part.data` to
-//! `whole.data` and the log deleted: no copy. A reader finds either the partial file or the
+//! block is checked against its logged CRC (read back, unless this process wrote it and no one
+//! else did), the file is `fsync`ed, the index is written and renamed into place, then the data
+//! file is renamed from `part.data` to `whole.data` and the log deleted: no copy. A reader finds either the partial file or the
 //! whole one at every moment (the store looks in both). The index names the data file's inode:
 //! a data file whose inode differs (a crash between the renames, a product dropped and cached
 //! again) is not whole, never a wrong file under the final name. Done by the one process that
@@ -115,13 +115,13 @@ impl WholeIndex {
     }
 }
 
-/// Makes the partial file `p` in `dir` whole: the blocks another process wrote read back and
-/// checked against `crcs` (its log's; this process's own were checked as they were written),
-/// the file `fsync`ed and checked for holes (a block punched out by an eviction racing its
-/// write), the index written and renamed in, then the data file renamed to [`DATA`] and the log
-/// deleted. `Ok(None)` when a block fails its check (it is dropped from the log, to be fetched
-/// again) or the file has a hole. The caller holds the product's lock and has checked that `p`
-/// is current.
+/// Makes the partial file `p` in `dir` whole. Every block is checked against `crcs` (its
+/// log's) first: the blocks this process wrote once and alone were checked as they were
+/// written; the others (written by another process, logged twice, or overlapping a hole: a
+/// block punched out by an eviction racing its write) are read back. Then the file is
+/// `fsync`ed, the index written and renamed in, the data file renamed to [`DATA`] and the log
+/// deleted. `Ok(None)` when a block fails its check (those are dropped from the log, to be
+/// fetched again). The caller holds the product's lock, so no block is punched meanwhile.
 pub fn promote(
     dir: &Path,
     p: &Partial,
@@ -129,32 +129,43 @@ pub fn promote(
     temp: &dyn Fn(&str) -> String,
 ) -> std::io::Result<Option<WholeIndex>> {
     let bs = p.block_size;
+    let data = p
+        .data()
+        .ok_or_else(|| std::io::Error::other("the partial file is gone"))?;
+    let holes = p.blocks_in_holes(&data);
+    let check = |i: u64| !p.is_own(i) || holes.binary_search(&i).is_ok();
+    let mut bad = Vec::new();
     let mut first = 0;
     while first < p.blocks() {
-        if p.is_mine(first) {
+        if !check(first) {
             first += 1;
             continue;
         }
         let last = (first..(first + CHECK_RUN).min(p.blocks()))
-            .take_while(|&i| !p.is_mine(i))
+            .take_while(|&i| check(i))
             .last()
             .unwrap_or(first);
         let start = first * bs;
         let len = ((last + 1) * bs).min(p.size) - start;
-        let buf = pread_run(p.data(), start, len)
+        let buf = pread_run(&data, start, len)
             .ok_or_else(|| std::io::Error::other("cannot read the partial file back"))?;
-        if let Some(k) = first_bad(&buf, bs, &crcs[first as usize..=last as usize]) {
-            p.forget(first + k as u64);
-            return Ok(None);
+        for (k, block) in buf.chunks(bs as usize).enumerate() {
+            let i = first + k as u64;
+            if crc32fast::hash(block) != crcs[i as usize] {
+                bad.push(i);
+            }
         }
         first = last + 1;
     }
-    // The bytes reach the disk before the name does: after a power loss the final name holds
-    // the whole product or nothing.
-    p.data().sync_all()?;
-    if p.has_hole() {
+    if !bad.is_empty() {
+        for i in bad {
+            p.forget(i);
+        }
         return Ok(None);
     }
+    // The bytes reach the disk before the name does: after a power loss the final name holds
+    // the whole product or nothing.
+    data.sync_all()?;
     let index = WholeIndex {
         size: p.size,
         block_size: bs,
@@ -245,6 +256,9 @@ pub fn lock_wait(dir: &Path) -> Option<std::fs::File> {
     flock(dir, libc::LOCK_EX).ok().flatten()
 }
 
+/// The lock, or `None` while another holds it. On a filesystem without `flock` (some network
+/// filesystems) the file is returned unlocked: the store then works as if alone, as it would
+/// with no lock at all, rather than never evicting or making a product whole.
 fn flock(dir: &Path, how: libc::c_int) -> std::io::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd;
     let file = std::fs::OpenOptions::new()
@@ -254,9 +268,11 @@ fn flock(dir: &Path, how: libc::c_int) -> std::io::Result<Option<std::fs::File>>
         .open(dir.join(LOCK))?;
     // SAFETY: flock on a descriptor we own; released when it closes.
     if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
-        Ok(Some(file))
-    } else {
-        Ok(None)
+        return Ok(Some(file));
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(None),
+        _ => Ok(Some(file)),
     }
 }
 
@@ -448,7 +464,10 @@ impl DiskStore {
             }
             Ok(None) => {
                 self.corrupt.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(id, "a corrupt block in the disk cache; fetching it again");
+                tracing::warn!(
+                    id,
+                    "a block in the disk cache is not what its log says; fetching it again"
+                );
                 false
             }
             Err(e) => {
@@ -519,7 +538,7 @@ mod tests {
         drop(full_partial(dir.path()));
         // Another process's handle: none of the blocks are its own, so each is read back.
         let p = Partial::open(dir.path(), 3 * 1024, 1024).unwrap();
-        p.data().write_all_at(&[9], 1500).unwrap();
+        p.data().unwrap().write_all_at(&[9], 1500).unwrap();
         let crcs = p.all_crcs().unwrap();
         assert_eq!(promote(dir.path(), &p, crcs, &temp).unwrap(), None);
         assert_eq!(names(dir.path()), [partial::DATA, partial::LOG]);
@@ -538,7 +557,7 @@ mod tests {
         // An eviction in another process punched block 1 after this one logged it.
         let punched = unsafe {
             libc::fallocate(
-                p.data().as_raw_fd(),
+                p.data().unwrap().as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 4096,
                 4096,
