@@ -179,9 +179,21 @@ impl<S: RangeSource> BlockCache<S> {
         self.core.lock().stats
     }
 
-    /// Drops block `index` of `id` from memory now, if held (a streaming reader is past it).
+    /// Drops block `index` of `id` from memory now, if held and the source keeps it locally
+    /// ([`RangeSource::holds_locally`]: the disk cache has it), so reading it again costs no
+    /// request (a streaming reader is past it).
     pub fn release(&self, id: &str, index: u64) {
-        self.core.lock().release(id, index);
+        if !self.core.lock().contains(id, index) {
+            return;
+        }
+        let bs = self.block_size();
+        if self
+            .core
+            .source
+            .holds_locally(id, index * bs..(index + 1) * bs)
+        {
+            self.core.lock().release(id, index);
+        }
     }
 
     /// Makes sure every block of `blocks` (clipped to the product) is there or on its way, and

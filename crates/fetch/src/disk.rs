@@ -322,7 +322,7 @@ impl DiskStore {
     /// file, then evicts if over budget; the product's last block starts making it whole.
     /// Blocking. Failures are logged, not returned: the cache is an optimisation.
     pub fn put(&self, id: &str, size: u64, index: u64, data: &[u8]) {
-        if self.has(id, size, index) {
+        if self.whole(id).is_some_and(|w| w.size == size) {
             return;
         }
         // Once the filesystem was found too full to keep anything, a block that would not fit
@@ -333,6 +333,9 @@ impl DiskStore {
         let Some(p) = self.partial(id, size, true) else {
             return;
         };
+        if p.crc(index).is_some() {
+            return;
+        }
         if let Err(e) = p.write(index, data) {
             tracing::warn!(id, index, error = %e, "cannot write to the disk cache");
             return;
@@ -342,7 +345,10 @@ impl DiskStore {
         if self.over_budget() {
             self.evict();
         }
-        self.assemble_soon(id, size, false);
+        // The write just read the log: its count is fresh.
+        if p.held_now() == p.blocks() {
+            self.assemble_soon(id, size, false);
+        }
     }
 
     /// `id`'s partial file for a download of `size` bytes, open: the one this process has if
@@ -555,8 +561,6 @@ impl DiskStore {
                 to_free = to_free.saturating_sub(freed);
             }
         }
-        // This process's open pairs read their logs again (a block dropped here is not held).
-        self.partials_map().clear();
         tracing::debug!(used = self.used_bytes(), "disk cache evicted");
     }
 

@@ -96,6 +96,12 @@ pub trait RangeSource: Send + Sync + 'static {
     fn backing_file(&self, _id: &str) -> impl Future<Output = Option<std::fs::File>> + Send {
         std::future::ready(None)
     }
+
+    /// Whether this layer keeps bytes `range` of the product locally (the disk cache), so a
+    /// layer above may let them go from memory. Cheap and blocking (a few syscalls).
+    fn holds_locally(&self, _id: &str, _range: Range<u64>) -> bool {
+        false
+    }
 }
 
 impl<T: RangeSource> RangeSource for Arc<T> {
@@ -111,6 +117,9 @@ impl<T: RangeSource> RangeSource for Arc<T> {
     }
     fn backing_file(&self, id: &str) -> impl Future<Output = Option<std::fs::File>> + Send {
         (**self).backing_file(id)
+    }
+    fn holds_locally(&self, id: &str, range: Range<u64>) -> bool {
+        (**self).holds_locally(id, range)
     }
 }
 

@@ -70,6 +70,8 @@ struct State {
     info_calls: u64,
     in_flight: usize,
     max_in_flight: usize,
+    /// Answer `holds_locally` yes (as a disk cache would for what it holds).
+    local: bool,
 }
 
 /// In-memory products behind the [`RangeSource`] seam, with counters and fault injection.
@@ -95,6 +97,13 @@ impl MemorySource {
     /// Builder form of [`MemorySource::insert`].
     pub fn with_product(self, id: impl Into<String>, data: impl Into<Bytes>) -> Self {
         self.insert(id, data);
+        self
+    }
+
+    /// Says it keeps every product locally ([`RangeSource::holds_locally`]), as a disk cache
+    /// does for what it holds.
+    pub fn keeping_locally(self) -> Self {
+        self.lock().local = true;
         self
     }
 
@@ -248,6 +257,11 @@ impl MemorySource {
 }
 
 impl RangeSource for MemorySource {
+    fn holds_locally(&self, id: &str, _range: Range<u64>) -> bool {
+        let s = self.lock();
+        s.local && s.products.contains_key(id)
+    }
+
     async fn info(&self, id: &str) -> Result<ObjectInfo, FetchError> {
         let (delay, result) = {
             let mut s = self.lock();

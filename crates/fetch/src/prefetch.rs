@@ -122,8 +122,8 @@ pub struct PrefetchConfig {
     /// any start inside what read-ahead already requested counts too).
     pub forward_seek: u64,
     /// Drop a streaming reader's blocks from memory once it is [`Self::backward_seek`] past
-    /// them (see [`BlockCache::release`]): for a cache over a disk cache, where such a block is
-    /// a local read away; off by default.
+    /// them, when the source keeps them locally (see [`BlockCache::release`]): for a cache
+    /// over a disk cache, where such a block is a local read away; off by default.
     pub drop_behind: bool,
 }
 

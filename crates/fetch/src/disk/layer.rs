@@ -191,6 +191,26 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
         Ok(join(blocks, skip, want))
     }
 
+    /// Whether the store holds every block of `range` (of a product whose info this layer has
+    /// seen).
+    fn holds_locally(&self, id: &str, range: Range<u64>) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let Some(size) = self
+            .infos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|i| i.size)
+        else {
+            return false;
+        };
+        let bs = store.block_size();
+        let end = range.end.min(size);
+        end > range.start && (range.start / bs..=(end - 1) / bs).all(|i| store.has(id, size, i))
+    }
+
     /// The product's whole file when the store holds one of the product's size. A product
     /// whose every block is held but not yet assembled starts its assembly (the next open
     /// finds the file).

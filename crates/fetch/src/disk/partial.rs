@@ -37,8 +37,10 @@ pub const DATA: &str = "part.data";
 /// The log beside it.
 pub const LOG: &str = "part.log";
 const MAGIC: &[u8; 8] = b"EOPRT01\n";
-/// magic, size, block size, data file inode (8 bytes each), CRC-32 of those.
-const HEAD: usize = 36;
+/// magic, size, block size, data file inode, nonce (8 bytes each), CRC-32 of those. The nonce
+/// tells this log from a later one that got the same inode number (inodes are reused once
+/// freed, and a handle keeps no file open).
+const HEAD: usize = 44;
 /// block index (top bit set: dropped), CRC-32 of the block, CRC-32 of the first 12 bytes.
 const REC: usize = 16;
 const DROPPED: u64 = 1 << 63;
@@ -53,6 +55,7 @@ pub struct Partial {
     pub block_size: u64,
     data_ino: u64,
     log_ino: u64,
+    nonce: u64,
     /// Direct I/O refused once (a filesystem without it): buffered from then on.
     no_direct: AtomicBool,
     view: Mutex<View>,
@@ -108,59 +111,84 @@ fn record(index: u64, crc: u32) -> [u8; REC] {
     rec
 }
 
-fn header(size: u64, block_size: u64, ino: u64) -> [u8; HEAD] {
+fn header(size: u64, block_size: u64, ino: u64, nonce: u64) -> [u8; HEAD] {
     let mut h = [0u8; HEAD];
     h[..8].copy_from_slice(MAGIC);
     h[8..16].copy_from_slice(&size.to_le_bytes());
     h[16..24].copy_from_slice(&block_size.to_le_bytes());
     h[24..32].copy_from_slice(&ino.to_le_bytes());
-    let crc = crc32fast::hash(&h[..32]);
-    h[32..].copy_from_slice(&crc.to_le_bytes());
+    h[32..40].copy_from_slice(&nonce.to_le_bytes());
+    let crc = crc32fast::hash(&h[..40]);
+    h[40..].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
+/// A value no other log made on this machine is likely to have: the time, the process and a
+/// count.
+fn nonce() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32) ^ COUNT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The fields of a header that checks out: (size, block size, data inode, nonce).
+fn parse_header(h: &[u8; HEAD]) -> Option<(u64, u64, u64, u64)> {
+    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+    let f = (u64_at(8), u64_at(16), u64_at(24), u64_at(32));
+    (header(f.0, f.1, f.2, f.3) == *h).then_some(f)
+}
+
 /// `path` opened read-write when it is a regular file itself (never through a symlink).
-fn open_rw(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+fn open_rw(path: &Path, append: bool) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .append(append)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
-    if !f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    Ok(f)
+    Ok((f, meta))
 }
 
 impl Partial {
     /// The pair in `dir`, if there is one for a product of `size` bytes in blocks of
     /// `block_size` whose log pairs with its data file.
     pub fn open(dir: &Path, size: u64, block_size: u64) -> Option<Partial> {
-        Partial::open_any(dir).filter(|p| p.size == size && p.block_size == block_size)
+        Partial::open_if(dir, |s, bs| s == size && bs == block_size)
     }
 
     /// The pair in `dir`, whatever its size, if its log pairs with its data file.
     pub fn open_any(dir: &Path) -> Option<Partial> {
-        let log = open_rw(&dir.join(LOG), true).ok()?;
+        Partial::open_if(dir, |_, _| true)
+    }
+
+    /// The pair in `dir` if its log pairs with its data file and `wanted(size, block size)`;
+    /// nothing is allocated for a log that is not wanted.
+    fn open_if(dir: &Path, wanted: impl Fn(u64, u64) -> bool) -> Option<Partial> {
+        let (log, log_meta) = open_rw(&dir.join(LOG), true).ok()?;
         let mut head = [0u8; HEAD];
         log.read_exact_at(&mut head, 0).ok()?;
-        let data_ino = std::fs::symlink_metadata(dir.join(DATA)).ok()?.ino();
-        let u64_at = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
-        let (size, block_size) = (u64_at(8), u64_at(16));
-        if block_size < 512
-            || size.div_ceil(block_size) > MAX_BLOCKS
-            || head != header(size, block_size, data_ino)
-        {
+        let (size, block_size, data_ino, nonce) = parse_header(&head)?;
+        if block_size < 512 || size.div_ceil(block_size) > MAX_BLOCKS || !wanted(size, block_size) {
+            return None;
+        }
+        if std::fs::symlink_metadata(dir.join(DATA)).ok()?.ino() != data_ino {
             return None;
         }
         let n = size.div_ceil(block_size) as usize;
         let p = Partial {
             dir: dir.to_path_buf(),
-            log_ino: log.metadata().ok()?.ino(),
+            log_ino: log_meta.ino(),
             size,
             block_size,
             data_ino,
+            nonce,
             no_direct: AtomicBool::new(false),
             view: Mutex::new(View {
                 crcs: vec![None; n],
@@ -187,7 +215,7 @@ impl Partial {
             let data = super::whole::create_new(&data_tmp)?;
             data.set_len(size)?;
             let mut log = super::whole::create_new(&log_tmp)?;
-            log.write_all(&header(size, block_size, data.metadata()?.ino()))?;
+            log.write_all(&header(size, block_size, data.metadata()?.ino(), nonce()))?;
             std::fs::rename(&log_tmp, dir.join(LOG))?;
             std::fs::rename(&data_tmp, dir.join(DATA))
         })();
@@ -211,7 +239,7 @@ impl Partial {
         good: impl Fn(u64) -> Option<u32>,
         temp: &dyn Fn(&str) -> String,
     ) -> std::io::Result<()> {
-        let mut raw = header(size, block_size, ino).to_vec();
+        let mut raw = header(size, block_size, ino, nonce()).to_vec();
         for i in 0..size.div_ceil(block_size) {
             if let Some(crc) = good(i) {
                 raw.extend_from_slice(&record(i, crc));
@@ -228,16 +256,18 @@ impl Partial {
     }
 
     /// Whether this pair is still the one under the names in its directory (not deleted,
-    /// replaced or made whole since it was opened): two `stat`s.
+    /// replaced or made whole since it was opened): the data file's inode, and the log's
+    /// inode and header.
     pub fn current(&self) -> bool {
-        let ino = |name: &str| std::fs::symlink_metadata(self.dir.join(name)).map(|m| m.ino());
-        ino(LOG).is_ok_and(|i| i == self.log_ino) && ino(DATA).is_ok_and(|i| i == self.data_ino)
+        self.log().is_ok()
+            && std::fs::symlink_metadata(self.dir.join(DATA))
+                .is_ok_and(|m| m.ino() == self.data_ino)
     }
 
     /// `name` opened now, if it is still the file of inode `ino`.
     fn reopen(&self, name: &str, ino: u64, append: bool) -> std::io::Result<std::fs::File> {
-        let f = open_rw(&self.dir.join(name), append)?;
-        if f.metadata()?.ino() != ino {
+        let (f, meta) = open_rw(&self.dir.join(name), append)?;
+        if meta.ino() != ino {
             return Err(std::io::Error::other("the pair was replaced"));
         }
         Ok(f)
@@ -248,8 +278,15 @@ impl Partial {
         self.reopen(DATA, self.data_ino, false).ok()
     }
 
+    /// The log, opened now, if it is still this pair's (its inode and its header's nonce).
     fn log(&self) -> std::io::Result<std::fs::File> {
-        self.reopen(LOG, self.log_ino, true)
+        let log = self.reopen(LOG, self.log_ino, true)?;
+        let mut head = [0u8; HEAD];
+        log.read_exact_at(&mut head, 0)?;
+        match parse_header(&head) {
+            Some((_, _, ino, nonce)) if ino == self.data_ino && nonce == self.nonce => Ok(log),
+            _ => Err(std::io::Error::other("the pair was replaced")),
+        }
     }
 
     pub fn data_ino(&self) -> u64 {
@@ -314,6 +351,11 @@ impl Partial {
     /// Blocks held.
     pub fn held(&self) -> u64 {
         self.refresh();
+        self.view().held
+    }
+
+    /// Blocks held, as this handle last read the log (after its own write: no new look).
+    pub fn held_now(&self) -> u64 {
         self.view().held
     }
 
@@ -424,12 +466,18 @@ impl Partial {
             if hole < 0 || hole as u64 >= self.size {
                 break;
             }
+            // SAFETY: as above.
             let data_at = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
             let end = if data_at < 0 {
                 self.size
             } else {
                 (data_at as u64).min(self.size)
             };
+            if end <= hole as u64 {
+                // Filled between the two looks: look again past it.
+                at = hole + 1;
+                continue;
+            }
             let (first, last) = (hole as u64 / self.block_size, (end - 1) / self.block_size);
             out.extend(first..=last);
             at = end as libc::off_t;
@@ -592,8 +640,23 @@ mod tests {
         assert!(a.data().is_none() && a.write(0, &[0u8; 1024]).is_err());
         // A header of 2^40 one-byte blocks (with the data file's inode): refused, not allocated.
         let ino = std::fs::metadata(dir.path().join(DATA)).unwrap().ino();
-        std::fs::write(dir.path().join(LOG), header(1 << 40, 1, ino)).unwrap();
+        std::fs::write(dir.path().join(LOG), header(1 << 40, 1, ino, 7)).unwrap();
         assert!(Partial::open_any(dir.path()).is_none());
+    }
+
+    #[test]
+    fn a_log_made_anew_under_the_same_inode_is_not_this_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Partial::create(dir.path(), 2 * 1024, 1024, &temp).unwrap();
+        a.write(0, &[1u8; 1024]).unwrap();
+        assert!(a.current());
+        // Rewritten in place (same inode), as a reused inode number would look: a new nonce.
+        let ino = std::fs::metadata(dir.path().join(DATA)).unwrap().ino();
+        std::fs::write(dir.path().join(LOG), header(2 * 1024, 1024, ino, nonce())).unwrap();
+        assert!(!a.current());
+        assert!(a.write(1, &[2u8; 1024]).is_err());
+        let b = Partial::open(dir.path(), 2 * 1024, 1024).unwrap();
+        assert_eq!(b.held_indices(), Vec::<u64>::new());
     }
 
     #[test]
