@@ -258,7 +258,11 @@ pub fn lock_wait(dir: &Path) -> Option<std::fs::File> {
 
 /// The lock, or `None` while another holds it. On a filesystem without `flock` (some network
 /// filesystems) the file is returned unlocked: the store then works as if alone, as it would
-/// with no lock at all, rather than never evicting or making a product whole.
+/// with no lock at all, rather than never evicting or making a product whole. Two mounts
+/// sharing such a cache can then race: one's eviction may punch a block out after the other
+/// checked the file for holes and before it renamed it whole, and passthrough would read that
+/// hole as zeros (the daemon's reads check CRCs and fetch it again). Share a cache on such a
+/// filesystem with `--no-passthrough`, or not at all.
 fn flock(dir: &Path, how: libc::c_int) -> std::io::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd;
     let file = std::fs::OpenOptions::new()
