@@ -146,7 +146,6 @@ async fn build(cli: &Cli) -> anyhow::Result<Arc<MountFs>> {
             safe_view: !cli.mount.no_safe_view,
             listed_only: cli.mount.listed_only,
             tree: !cli.mount.no_tree,
-            drop_behind: disk.is_some(),
             passthrough_off: if cli.mount.no_passthrough {
                 Some("--no-passthrough".to_string())
             } else if disk.is_none() {

@@ -229,9 +229,6 @@ pub struct FsConfig {
     /// Why FUSE passthrough is off from the start (`--no-passthrough`, no disk cache); `None`:
     /// on, as far as the kernel allows ([`passthrough`]).
     pub passthrough_off: Option<String>,
-    /// Streaming readers drop the blocks they passed from memory (a disk cache holds them;
-    /// [`PrefetchConfig::drop_behind`]).
-    pub drop_behind: bool,
 }
 
 /// Default bound on products resolved by lookup: 10,000 is far beyond a person's or a script's
@@ -264,7 +261,6 @@ impl Default for FsConfig {
             max_looked_up: DEFAULT_MAX_LOOKED_UP,
             tree: false,
             passthrough_off: Some("no disk cache".to_string()),
-            drop_behind: false,
         }
     }
 }
@@ -738,7 +734,9 @@ impl<R: Resolver, S: RangeSource> Fs<R, S> {
             size,
             PrefetchConfig {
                 max_in_flight: self.config.max_connections,
-                drop_behind: self.config.drop_behind,
+                // Only what the disk cache holds is let go (`holds_locally`): without one,
+                // nothing is.
+                drop_behind: true,
                 ..PrefetchConfig::default()
             },
         );

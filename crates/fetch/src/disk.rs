@@ -290,10 +290,7 @@ impl DiskStore {
         }
         let bs = DISK_BLOCK_SIZE;
         let (first, last) = (start / bs, (end - 1) / bs);
-        // Every block present first, so a product held in part costs no reads.
-        if !(first..=last).all(|i| self.has(id, size, i)) {
-            return None;
-        }
+        // Reads nothing unless every block is held (the log or the index says so first).
         let run = self.read_run(id, size, first, last)?;
         let from = (start - first * bs) as usize;
         Some(run[from..from + (end - start) as usize].to_vec())
@@ -306,6 +303,23 @@ impl DiskStore {
         self.read_whole_run(id, size, first, last)
             .or_else(|| self.read_partial_run(id, size, first, last))
             .or_else(|| self.read_whole_run(id, size, first, last))
+    }
+
+    /// Each block of `first..=last` of `id` (a download of `size` bytes) held in its partial
+    /// file and intact, `None` where not: one look at the log, and no read at all for a
+    /// product with no partial file (a cold read). Blocking.
+    pub fn held_blocks(&self, id: &str, size: u64, first: u64, last: u64) -> Vec<Option<Bytes>> {
+        let n = (last + 1 - first) as usize;
+        let held = self
+            .partial(id, size, false)
+            .map_or_else(|| vec![false; n], |p| p.held_of(first, last));
+        let out: Vec<Option<Bytes>> = (first..=last)
+            .zip(held)
+            .map(|(i, h)| h.then(|| self.read_partial_run(id, size, i, i)).flatten())
+            .collect();
+        let missed = out.iter().filter(|b| b.is_none()).count() as u64;
+        self.misses.fetch_add(missed, Ordering::Relaxed);
+        out
     }
 
     /// Whether block `index` of `id` (a download of `size` bytes) is held (not verified): in
@@ -402,13 +416,7 @@ impl DiskStore {
     /// Blocks `first..=last` of `id` (a download of `size` bytes) from its partial file, all
     /// held: one read, each block checked against its logged CRC. A block that fails is dropped
     /// from the log (fetched and written again). Blocking.
-    pub(crate) fn read_partial_run(
-        &self,
-        id: &str,
-        size: u64,
-        first: u64,
-        last: u64,
-    ) -> Option<Bytes> {
+    fn read_partial_run(&self, id: &str, size: u64, first: u64, last: u64) -> Option<Bytes> {
         let p = self.partial(id, size, false)?;
         let crcs = p.crcs(first, last)?;
         let start = first * DISK_BLOCK_SIZE;

@@ -170,21 +170,18 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
         let (first, last) = (start / bs, (end - 1) / bs);
         let (skip, want) = ((start - first * bs) as usize, (end - start) as usize);
         let (s, key) = (Arc::clone(store), id.to_string());
+        // The whole run in one read when every block is held, else each block held: one trip
+        // to a blocking thread either way.
         let held = blocking(move || {
-            s.read_whole_run(&key, size, first, last)
-                .or_else(|| s.read_partial_run(&key, size, first, last))
+            s.read_run(&key, size, first, last)
+                .ok_or_else(|| s.held_blocks(&key, size, first, last))
         })
         .await;
-        if let Some(run) = held {
-            return Ok(run.slice(skip..skip + want));
-        }
-        let run = Run {
-            first,
-            last,
-            size,
-            bs,
+        let mut blocks = match held {
+            Ok(run) => return Ok(run.slice(skip..skip + want)),
+            Err(blocks) => blocks,
         };
-        let mut blocks = self.held_blocks(store, id, run).await;
+        let run = Run { first, size, bs };
         if let Some(one_answer) = self.fetch_missing(store, id, run, &mut blocks).await? {
             return Ok(one_answer.slice(skip..skip + want));
         }
@@ -229,11 +226,10 @@ impl<S: RangeSource> RangeSource for DiskCache<S> {
     }
 }
 
-/// Blocks `first..=last` of a download of `size` bytes, in blocks of `bs`.
+/// Blocks from `first` of a download of `size` bytes, in blocks of `bs`.
 #[derive(Clone, Copy)]
 struct Run {
     first: u64,
-    last: u64,
     size: u64,
     bs: u64,
 }
@@ -245,17 +241,6 @@ impl Run {
 }
 
 impl<S: RangeSource> DiskCache<S> {
-    /// The run's blocks the store holds (each checked), `None` where missing.
-    async fn held_blocks(&self, store: &Arc<DiskStore>, id: &str, run: Run) -> Vec<Option<Bytes>> {
-        let (s, key) = (Arc::clone(store), id.to_string());
-        blocking(move || {
-            (run.first..=run.last)
-                .map(|i| s.get(&key, run.size, i))
-                .collect()
-        })
-        .await
-    }
-
     /// Fetches each run of missing blocks with one request, fills them in and stores them.
     /// When one answer held every block, that answer: the caller serves a slice of it instead
     /// of a copy (a fresh 8 MiB buffer per read-ahead request was a quarter of the mount's

@@ -348,6 +348,15 @@ impl Partial {
             .collect()
     }
 
+    /// Whether each block of `first..=last` is held (one look at the log).
+    pub fn held_of(&self, first: u64, last: u64) -> Vec<bool> {
+        self.refresh();
+        let view = self.view();
+        (first..=last)
+            .map(|i| view.crcs.get(i as usize).is_some_and(|c| c.is_some()))
+            .collect()
+    }
+
     /// Blocks held.
     pub fn held(&self) -> u64 {
         self.refresh();
